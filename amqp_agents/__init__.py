@@ -1,0 +1,51 @@
+"""amqp_agents: agents that talk to each other through RabbitMQ."""
+
+from .errors import (
+    AgentsError,
+    BrokerConnectionError,
+    ConfigError,
+    DeliveryError,
+    HandlerError,
+    InboxFullError,
+    InvalidMessageError,
+    MessageTooLargeError,
+    NoRouteError,
+    PublishTimeoutError,
+    RemoteError,
+    RequestTimeoutError,
+    TopologyError,
+    UnknownRecipientError,
+)
+from .message import (
+    Message,
+    MessagePriority,
+    MessageType,
+    create_result_message,
+    create_task_message,
+)
+from .queue import MessageQueue, PriorityMessageQueue, Subscription
+
+__all__ = [
+    "AgentsError",
+    "BrokerConnectionError",
+    "ConfigError",
+    "DeliveryError",
+    "HandlerError",
+    "InboxFullError",
+    "InvalidMessageError",
+    "Message",
+    "MessagePriority",
+    "MessageQueue",
+    "MessageTooLargeError",
+    "MessageType",
+    "NoRouteError",
+    "PriorityMessageQueue",
+    "PublishTimeoutError",
+    "RemoteError",
+    "RequestTimeoutError",
+    "Subscription",
+    "TopologyError",
+    "UnknownRecipientError",
+    "create_result_message",
+    "create_task_message",
+]

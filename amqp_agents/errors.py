@@ -1,0 +1,96 @@
+"""Every error amqp_agents raises, in one tree.
+
+A caller can catch :class:`AgentsError` for "anything this library refused or could not
+do", or one branch for the failure it knows how to handle::
+
+    AgentsError
+    ├── ConfigError                 bad YAML, unknown keys, missing ${VAR}, bad class path
+    ├── InvalidMessageError         an envelope that fails validation (ours or a foreign one)
+    │   └── MessageTooLargeError    refused before publishing: over the size limit
+    ├── BrokerConnectionError       broker unreachable, credentials refused, link lost
+    ├── TopologyError               a queue/exchange is missing (passive mode) or conflicts
+    ├── DeliveryError               the broker did not take a message
+    │   ├── UnknownRecipientError   no inbox is bound for the recipient (basic.return)
+    │   ├── NoRouteError            a recipient-less message that no route matches
+    │   ├── InboxFullError          the inbox is at its length limit (reject-publish nack)
+    │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
+    ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
+    ├── RemoteError                 the handler on the other side raised; carries its error
+    └── HandlerError                no handler / no LLM client configured for a message
+
+"""
+
+from __future__ import annotations
+
+
+class AgentsError(Exception):
+    """Base class of every error raised by amqp_agents."""
+
+
+class ConfigError(AgentsError):
+    """A configuration file or value is invalid; the message names the place."""
+
+
+class InvalidMessageError(AgentsError):
+    """A message envelope or its wire form failed validation."""
+
+
+class MessageTooLargeError(InvalidMessageError):
+    """The encoded message exceeds the configured size limit; nothing was published."""
+
+
+class BrokerConnectionError(AgentsError):
+    """The broker could not be reached, refused our credentials, or the link was lost."""
+
+
+class TopologyError(AgentsError):
+    """An exchange/queue is missing or was declared elsewhere with other arguments."""
+
+
+class DeliveryError(AgentsError):
+    """The broker did not accept a message; it was not delivered anywhere."""
+
+
+class UnknownRecipientError(DeliveryError):
+    """No inbox exists for the message's recipient, so the broker returned it."""
+
+    def __init__(self, recipient: str, message_id: str | None = None) -> None:
+        self.recipient = recipient
+        self.message_id = message_id
+        super().__init__(f"no inbox for recipient {recipient!r} (message {message_id})")
+
+
+class NoRouteError(DeliveryError):
+    """A message without recipient matched no routing rule."""
+
+
+class InboxFullError(DeliveryError):
+    """The recipient's inbox is at its length limit and rejected the message."""
+
+
+class PublishTimeoutError(DeliveryError, TimeoutError):
+    """The broker did not confirm the publish in time (e.g. a resource alarm)."""
+
+
+class RequestTimeoutError(AgentsError, TimeoutError):
+    """No result arrived for a request before its timeout."""
+
+
+class RemoteError(AgentsError):
+    """The handler that processed our request raised.
+
+    Attributes:
+        error_type: the class name of the remote exception.
+        error_message: its message.
+        agent_id: the agent whose handler failed.
+    """
+
+    def __init__(self, error_type: str, error_message: str, agent_id: str = "") -> None:
+        self.error_type = error_type
+        self.error_message = error_message
+        self.agent_id = agent_id
+        super().__init__(f"{agent_id or 'remote'} raised {error_type}: {error_message}")
+
+
+class HandlerError(AgentsError):
+    """An agent cannot handle a message (no handler, no LLM client)."""

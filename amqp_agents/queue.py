@@ -1,0 +1,485 @@
+"""MessageQueue: agents' inboxes on RabbitMQ, with confirmed sends and durable history.
+
+One robust connection per MessageQueue. Publishing uses one channel with publisher
+confirms and ``mandatory``: :meth:`MessageQueue.send` returns only after the broker has
+taken responsibility for the message, and raises a typed error when it did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from aio_pika import DeliveryMode
+from aio_pika import Message as AmqpMessage
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelInvalidStateError,
+    DeliveryError,
+    PublishError,
+)
+from pamqp.commands import Basic
+
+from . import wire
+from .connection import connect, redact_url, resolve_url
+from .errors import (
+    BrokerConnectionError,
+    InboxFullError,
+    InvalidMessageError,
+    NoRouteError,
+    PublishTimeoutError,
+    UnknownRecipientError,
+)
+from .errors import DeliveryError as AgentsDeliveryError
+from .history import read_history
+from .message import Message, validate_agent_id
+from .topology import Topology
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Message], Awaitable[None] | None]
+
+
+class Subscription:
+    """A tap on an agent's traffic; :meth:`cancel` removes it."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+
+    async def cancel(self) -> None:
+        """Stop the tap and delete its private queue."""
+        if not self._channel.is_closed:
+            await self._queue.cancel(self._tag)
+            await self._channel.close()
+
+
+class MessageQueue:
+    """Send and receive agent messages through RabbitMQ.
+
+    Args:
+        url: broker URL (vhost in the path, ``amqps://`` for TLS); default ``$AMQP_URL``,
+            else ``amqp://guest:guest@localhost:5672/``.
+        namespace: prefix of every exchange and queue name (see docs/wire-format.md).
+        publish_timeout_s: how long :meth:`send` waits for the broker's confirm.
+        connect_timeout_s: how long connecting may take.
+        max_body_bytes: larger messages are refused before publishing.
+        passive: only check that the topology exists; never create it.
+        inbox_max_length: length limit of inboxes this queue declares; a full inbox
+            refuses new messages (:class:`InboxFullError`).
+        history_max_age: retention of the history stream by age (e.g. ``"7D"``).
+        history_max_bytes: retention of the history stream by size.
+        connection_name: shown by the broker (``rabbitmqctl list_connections``).
+
+    Use as ``async with MessageQueue(url, namespace="prod") as queue: ...``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        namespace: str = "agents",
+        publish_timeout_s: float = 10.0,
+        connect_timeout_s: float = 10.0,
+        max_body_bytes: int = wire.DEFAULT_MAX_BODY_BYTES,
+        passive: bool = False,
+        inbox_max_length: int | None = None,
+        history_max_age: str = "7D",
+        history_max_bytes: int = 1_000_000_000,
+        connection_name: str | None = None,
+    ) -> None:
+        self.url = resolve_url(url)
+        self.namespace = wire.validate_namespace(namespace)
+        self.publish_timeout_s = publish_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.passive = passive
+        self.connection_name = connection_name or f"amqp-agents pid={os.getpid()}"
+        self._topology_options: dict[str, Any] = {
+            "passive": passive,
+            "inbox_max_length": inbox_max_length,
+            "history_max_age": history_max_age,
+            "history_max_bytes": history_max_bytes,
+        }
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._exchange: AbstractExchange | None = None
+        self._dead_letter_exchange: AbstractExchange | None = None
+        self._topology: Topology | None = None
+        self._topology_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"MessageQueue({redact_url(self.url)!r}, namespace={self.namespace!r})"
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    async def connect(self) -> MessageQueue:
+        """Connect and declare (or, passive, check) the namespace's base topology.
+
+        Raises:
+            BrokerConnectionError: the broker cannot be reached or refused us.
+            TopologyError: passive mode and the topology is missing, or a conflict.
+        """
+        if self._connection is not None:
+            return self
+        self._connection = await connect(
+            self.url, name=self.connection_name, timeout_s=self.connect_timeout_s
+        )
+        try:
+            self._publish_channel = await self._connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            await self.topology()
+            # Exchange objects publish on the channel they came from: take them from the
+            # confirming, return-raising channel, never from the declaration channel.
+            self._exchange = await self._publish_channel.get_exchange(
+                wire.exchange_name(self.namespace), ensure=False
+            )
+            self._dead_letter_exchange = await self._publish_channel.get_exchange(
+                wire.dead_letter_exchange_name(self.namespace), ensure=False
+            )
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Close the connection; unacknowledged deliveries go back to their queues."""
+        connection, self._connection = self._connection, None
+        self._topology = None
+        if connection is not None and not connection.is_closed:
+            await connection.close()
+
+    async def __aenter__(self) -> MessageQueue:
+        return await self.connect()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        """The open connection; raises if :meth:`connect` was not called."""
+        if self._connection is None:
+            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
+        return self._connection
+
+    async def channel(self, *, prefetch: int | None = None) -> AbstractChannel:
+        """A new channel on this connection (callers close it)."""
+        channel = await self.connection.channel()
+        if prefetch is not None:
+            await channel.set_qos(prefetch_count=prefetch)
+        return channel
+
+    async def topology(self) -> Topology:
+        """The namespace's declarations, made on a channel of their own."""
+        async with self._topology_lock:
+            if self._topology is None or self._topology.channel.is_closed:
+                channel = await self.connection.channel()
+                topology = Topology(channel, self.namespace, **self._topology_options)
+                await topology.declare_base()
+                self._topology = topology
+            return self._topology
+
+    async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
+        """Declare the agent's inbox if it does not exist yet (idempotent)."""
+        validate_agent_id(agent_id)
+        topology = await self.topology()
+        async with self._topology_lock:
+            return await topology.declare_inbox(agent_id)
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send(
+        self,
+        message: Message,
+        *,
+        reply_to: str | None = None,
+        deadline: datetime | None = None,
+        extra_headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Publish ``message`` to its recipient and wait for the broker's confirm.
+
+        Args:
+            message: the envelope; an empty recipient lets routes distribute it.
+            reply_to: the queue where answers must go (AMQP ``reply_to``).
+            deadline: the requester gives up then; the broker expires the message.
+            extra_headers: more flat header values.
+
+        Raises:
+            UnknownRecipientError: no inbox exists for the recipient.
+            NoRouteError: no recipient, and no route matches.
+            InboxFullError: the inbox is at its length limit.
+            PublishTimeoutError: no confirm within ``publish_timeout_s``.
+            MessageTooLargeError / InvalidMessageError: refused before publishing.
+            BrokerConnectionError: the connection is down.
+        """
+        out = wire.encode(
+            message,
+            reply_to=reply_to,
+            deadline=deadline,
+            extra_headers=extra_headers,
+            max_body_bytes=self.max_body_bytes,
+        )
+        await self._publish(self._topic_exchange(), out.routing_key, _amqp_message(out), message)
+
+    async def send_to_queue(self, message: Message, queue_name: str) -> None:
+        """Publish ``message`` straight into ``queue_name`` (an RPC reply queue).
+
+        The broker also copies it into the history stream (``BCC``), so conversations
+        read back from history include replies.
+        """
+        out = wire.encode(message, max_body_bytes=self.max_body_bytes)
+        amqp = _amqp_message(out)
+        amqp.headers["BCC"] = [wire.history_name(self.namespace)]
+        channel = self._channel_for_publish()
+        await self._publish(channel.default_exchange, queue_name, amqp, message)
+
+    async def dead_letter(
+        self,
+        incoming: AbstractIncomingMessage,
+        *,
+        reason: str,
+        agent_id: str,
+        error: BaseException | None = None,
+        attempts: int | None = None,
+    ) -> None:
+        """Move a delivery to ``{ns}.dead`` with headers saying why, then ack it.
+
+        If the copy cannot be published, the delivery is rejected instead, so the
+        inbox's own dead-lettering still keeps it (reason ``rejected``).
+        """
+        headers = dict(incoming.headers or {})
+        headers[wire.H_DEAD_REASON] = reason
+        headers[wire.H_DEAD_AGENT] = agent_id
+        if error is not None:
+            headers[wire.H_DEAD_ERROR_TYPE] = type(error).__name__
+            headers[wire.H_DEAD_ERROR_MESSAGE] = str(error)[:4000]
+        if attempts is not None:
+            headers[wire.H_DEAD_ATTEMPTS] = attempts
+        copy = AmqpMessage(
+            incoming.body,
+            headers=headers,
+            content_type=incoming.content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=incoming.priority,
+            correlation_id=incoming.correlation_id,
+            reply_to=incoming.reply_to,
+            message_id=incoming.message_id,
+            timestamp=incoming.timestamp,
+            type=incoming.type,
+        )
+        assert self._dead_letter_exchange is not None
+        try:
+            await self._dead_letter_exchange.publish(
+                copy, routing_key=incoming.routing_key or "", timeout=self.publish_timeout_s
+            )
+        except Exception:
+            log.exception("could not dead-letter %s; rejecting it instead", incoming.message_id)
+            await incoming.reject(requeue=False)
+            return
+        log.warning(
+            "dead-lettered message %s for %s: %s%s",
+            incoming.message_id,
+            agent_id,
+            reason,
+            f" ({type(error).__name__}: {error})" if error else "",
+        )
+        await incoming.ack()
+
+    def _topic_exchange(self) -> AbstractExchange:
+        if self._exchange is None:
+            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
+        return self._exchange
+
+    def _channel_for_publish(self) -> AbstractChannel:
+        if self._publish_channel is None:
+            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
+        return self._publish_channel
+
+    async def _publish(
+        self, exchange: AbstractExchange, routing_key: str, amqp: AmqpMessage, message: Message
+    ) -> None:
+        try:
+            await exchange.publish(
+                amqp, routing_key=routing_key, mandatory=True, timeout=self.publish_timeout_s
+            )
+        except PublishError:
+            if exchange.name == "":
+                raise AgentsDeliveryError(
+                    f"reply queue {routing_key!r} no longer exists (message {message.id})"
+                ) from None
+            if not message.recipient:
+                raise NoRouteError(
+                    f"no route matches {routing_key!r} (message {message.id})"
+                ) from None
+            raise UnknownRecipientError(message.recipient, message.id) from None
+        except DeliveryError as exc:
+            if isinstance(exc.frame, Basic.Nack):
+                raise InboxFullError(
+                    f"the broker refused message {message.id} for {routing_key!r}: "
+                    "a destination queue is full (x-overflow reject-publish)"
+                ) from None
+            raise AgentsDeliveryError(f"message {message.id} not delivered: {exc}") from None
+        except TimeoutError:
+            raise PublishTimeoutError(
+                f"no confirm for message {message.id} within {self.publish_timeout_s}s "
+                "(is the broker blocked by a memory or disk alarm?)"
+            ) from None
+        except (ChannelInvalidStateError, *CONNECTION_EXCEPTIONS) as exc:
+            raise BrokerConnectionError(
+                f"connection lost while sending message {message.id}: {exc!r}"
+            ) from None
+
+    # -- receiving --------------------------------------------------------------------
+
+    async def receive(self, agent_id: str, timeout: float | None = None) -> Message | None:
+        """Take the next message from the agent's inbox, highest priority first.
+
+        Waits up to ``timeout`` seconds (forever if None); returns None on timeout.
+        An undecodable message is moved to ``{ns}.dead`` and the wait goes on.
+        """
+        await self.ensure_inbox(agent_id)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        channel = await self.channel(prefetch=1)
+        try:
+            queue = await channel.get_queue(wire.inbox_name(self.namespace, agent_id), ensure=False)
+            while True:
+                remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+                incoming = await _take_one(queue, remaining)
+                if incoming is None:
+                    return None
+                message = await self._decode_or_dead_letter(incoming, agent_id)
+                if message is not None:
+                    await incoming.ack()
+                    return message
+        finally:
+            await channel.close()
+
+    async def receive_all(self, agent_id: str) -> list[Message]:
+        """Take every message waiting in the agent's inbox, highest priority first."""
+        await self.ensure_inbox(agent_id)
+        channel = await self.channel()
+        messages: list[Message] = []
+        try:
+            queue = await channel.get_queue(wire.inbox_name(self.namespace, agent_id), ensure=False)
+            while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
+                message = await self._decode_or_dead_letter(incoming, agent_id)
+                if message is not None:
+                    await incoming.ack()
+                    messages.append(message)
+        finally:
+            await channel.close()
+        return messages
+
+    async def _decode_or_dead_letter(
+        self, incoming: AbstractIncomingMessage, agent_id: str
+    ) -> Message | None:
+        try:
+            return wire.decode(incoming, inbox_owner=agent_id)
+        except InvalidMessageError as exc:
+            await self.dead_letter(incoming, reason=f"undecodable: {exc}", agent_id=agent_id)
+            return None
+
+    async def subscribe(self, agent_id: str, callback: Callback) -> Subscription:
+        """Call ``callback`` with a copy of every message addressed to ``agent_id``.
+
+        A tap: the messages stay in the inbox for the agent. The copies come through a
+        private queue that lives as long as the subscription (or the connection).
+        """
+        await self.ensure_inbox(agent_id)
+        channel = await self.channel(prefetch=100)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(wire.exchange_name(self.namespace), wire.inbox_binding_key(agent_id))
+
+        async def on_message(incoming: AbstractIncomingMessage) -> None:
+            async with incoming.process(ignore_processed=True):
+                try:
+                    message = wire.decode(incoming, inbox_owner=agent_id)
+                except InvalidMessageError as exc:
+                    log.warning("tap on %s: undecodable message skipped: %s", agent_id, exc)
+                    return
+                try:
+                    result = callback(message)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("tap callback for %s raised", agent_id)
+
+        tag = await queue.consume(on_message)
+        return Subscription(channel, queue, tag)
+
+    # -- history ----------------------------------------------------------------------
+
+    async def get_conversation(self, conversation_id: str) -> list[Message]:
+        """Every retained message of a conversation, in send order."""
+        return await self._read_history(lambda m: m.conversation_id == conversation_id)
+
+    async def get_agent_history(self, agent_id: str) -> list[Message]:
+        """Every retained message sent by or to ``agent_id``, in send order."""
+        return await self._read_history(lambda m: agent_id in (m.sender, m.recipient))
+
+    async def _read_history(self, keep: Callable[[Message], bool]) -> list[Message]:
+        channel = await self.connection.channel(publisher_confirms=True)
+        try:
+            return await read_history(channel, self.namespace, keep)
+        finally:
+            await channel.close()
+
+
+PriorityMessageQueue = MessageQueue
+"""The tutorial's name: every inbox has native AMQP priority, so one class does both."""
+
+
+def _amqp_message(out: wire.Outgoing) -> AmqpMessage:
+    return AmqpMessage(
+        out.body,
+        headers=out.headers,
+        content_type=wire.CONTENT_TYPE,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        priority=out.priority,
+        correlation_id=out.correlation_id,
+        reply_to=out.reply_to,
+        expiration=out.expiration_s,
+        message_id=out.message_id,
+        timestamp=out.timestamp,
+        type=out.type,
+    )
+
+
+async def _take_one(queue: AbstractQueue, timeout: float | None) -> AbstractIncomingMessage | None:
+    """Consume exactly one delivery (prefetch 1), cancelling before it is acked."""
+    got: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+
+    async def on_message(incoming: AbstractIncomingMessage) -> None:
+        if got.done():
+            await incoming.nack(requeue=True)
+        else:
+            got.set_result(incoming)
+
+    tag = await queue.consume(on_message)
+    try:
+        return await asyncio.wait_for(got, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        await queue.cancel(tag)

@@ -1,0 +1,369 @@
+"""The wire contract in code: names, routing keys, and Message <-> AMQP mapping.
+
+This is the only module that knows how a :class:`~amqp_agents.message.Message` looks
+on the wire; docs/wire-format.md describes the same contract for other languages.
+It is pure: it builds plain values and reads any object that has the AMQP
+properties of an incoming message (an aio-pika ``IncomingMessage`` does).
+
+Names for namespace ``ns``::
+
+    exchange_name("agents")            -> "agents"            (topic, durable)
+    inbox_name("agents", "writer")     -> "agents.inbox.writer"
+    inbox_binding_key("writer")        -> "*.*.*.writer"
+    routing_key(msg)                   -> "task.2.coordinator.writer"
+    dead_letter_exchange_name("agents")-> "agents.dlx"        (fanout)
+    dead_queue_name("agents")          -> "agents.dead"
+    history_name("agents")             -> "agents.history"    (stream)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from .errors import InvalidMessageError, MessageTooLargeError
+from .message import Message, MessagePriority, MessageType
+
+CONTENT_TYPE = "application/json"
+NO_AGENT = "-"
+"""Routing-key word for an unknown sender or a recipient-less (routed) message."""
+
+# Header names. Values stay flat scalars: a stream drops table/array headers.
+H_SENDER = "x-sender"
+H_RECIPIENT = "x-recipient"
+H_CONVERSATION = "x-conversation-id"
+H_METADATA = "x-metadata"
+H_TIMESTAMP_US = "x-timestamp-us"
+"""Microseconds since the epoch: AMQP's own timestamp property has whole seconds."""
+H_DEADLINE_US = "x-deadline-us"
+"""When the requester stops waiting (µs since the epoch); late work is dead-lettered."""
+H_ATTEMPT = "x-attempt"
+"""How many times a handler has already failed on this message (0 when absent)."""
+H_DEAD_REASON = "x-dead-reason"
+H_DEAD_AGENT = "x-dead-agent"
+H_DEAD_ERROR_TYPE = "x-dead-error-type"
+H_DEAD_ERROR_MESSAGE = "x-dead-error-message"
+H_DEAD_ATTEMPTS = "x-dead-attempts"
+H_HISTORY_MARKER = "x-history-marker"
+"""Set only on the marker a history query appends to find the stream's current end."""
+
+INBOX_MAX_PRIORITY = 4
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+"""Headers travel in one AMQP frame (frame_max defaults to 128 KiB); the broker closes
+the connection on a larger one, so we refuse it first."""
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+
+
+def validate_namespace(ns: str) -> str:
+    """Return ``ns`` if usable as a name prefix, else raise InvalidMessageError.
+
+    >>> validate_namespace("prod.agents")
+    'prod.agents'
+    """
+    if not _NAMESPACE.match(ns) or ns.startswith("amq."):
+        raise InvalidMessageError(f"invalid namespace {ns!r}")
+    return ns
+
+
+def exchange_name(ns: str) -> str:
+    """The topic exchange all agent traffic of ``ns`` is published to."""
+    return ns
+
+
+def inbox_name(ns: str, agent_id: str) -> str:
+    """``inbox_name("agents", "writer") -> "agents.inbox.writer"``."""
+    return f"{ns}.inbox.{agent_id}"
+
+
+def inbox_binding_key(agent_id: str) -> str:
+    """``inbox_binding_key("writer") -> "*.*.*.writer"``: every message addressed to it."""
+    return f"*.*.*.{agent_id}"
+
+
+def dead_letter_exchange_name(ns: str) -> str:
+    """Fanout exchange the inboxes dead-letter into; bound to :func:`dead_queue_name`."""
+    return f"{ns}.dlx"
+
+
+def dead_queue_name(ns: str) -> str:
+    """Where messages that could not be handled end, with headers saying why."""
+    return f"{ns}.dead"
+
+
+def history_name(ns: str) -> str:
+    """The stream queue keeping a bounded, durable copy of the namespace's traffic."""
+    return f"{ns}.history"
+
+
+def routing_key(message: Message) -> str:
+    """``{type}.{priority}.{sender}.{recipient}``, with ``-`` for an empty agent id.
+
+    >>> routing_key(Message(sender="a", recipient="", type=MessageType.TASK))
+    'task.2.a.-'
+    """
+    return (
+        f"{message.type.value}.{int(message.priority)}."
+        f"{message.sender or NO_AGENT}.{message.recipient or NO_AGENT}"
+    )
+
+
+def inbox_arguments(ns: str, *, max_length: int | None = None) -> dict[str, Any]:
+    """Declaration arguments of an inbox; every declarer must use the same ones.
+
+    ``reject-publish`` makes a full inbox refuse (the sender gets a nack and an
+    :class:`~amqp_agents.errors.InboxFullError`) instead of silently dropping its head.
+    """
+    args: dict[str, Any] = {
+        "x-queue-type": "classic",
+        "x-max-priority": INBOX_MAX_PRIORITY,
+        "x-dead-letter-exchange": dead_letter_exchange_name(ns),
+        "x-overflow": "reject-publish",
+    }
+    if max_length is not None:
+        args["x-max-length"] = max_length
+    return args
+
+
+def history_arguments(*, max_age: str = "7D", max_bytes: int = 1_000_000_000) -> dict[str, Any]:
+    """Arguments of the history stream: retention by age and by size."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": max_age,
+        "x-max-length-bytes": max_bytes,
+        "x-stream-max-segment-size-bytes": min(max_bytes // 4, 100_000_000),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message ready to publish: routing key, body and AMQP properties."""
+
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any]
+    message_id: str
+    type: str
+    priority: int
+    timestamp: datetime
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    expiration_s: float | None = None
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode(
+    message: Message,
+    *,
+    reply_to: str | None = None,
+    deadline: datetime | None = None,
+    extra_headers: dict[str, Any] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> Outgoing:
+    """Map a Message to its wire form.
+
+    Args:
+        message: the envelope to send.
+        reply_to: the queue answers must go to (AMQP ``reply_to``).
+        deadline: when the sender stops waiting; sets a header and the AMQP expiration.
+        extra_headers: more flat headers (e.g. the retry attempt).
+        max_body_bytes: refuse larger bodies before the broker sees them.
+
+    Raises:
+        InvalidMessageError: content or metadata is not JSON-serialisable.
+        MessageTooLargeError: body or headers exceed their limit.
+    """
+    try:
+        body = _dumps(message.content)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMessageError(f"message {message.id}: content is not JSON: {exc}") from exc
+    if len(body) > max_body_bytes:
+        raise MessageTooLargeError(
+            f"message {message.id}: body is {len(body)} bytes, limit {max_body_bytes}"
+        )
+    ts = message.timestamp
+    headers: dict[str, Any] = {
+        H_SENDER: message.sender,
+        H_RECIPIENT: message.recipient,
+        H_TIMESTAMP_US: _to_us(ts),
+    }
+    if message.conversation_id is not None:
+        headers[H_CONVERSATION] = message.conversation_id
+    if message.metadata:
+        try:
+            meta = json.dumps(message.metadata, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidMessageError(f"message {message.id}: metadata is not JSON: {exc}") from exc
+        if len(meta.encode()) > MAX_HEADER_BYTES:
+            raise MessageTooLargeError(
+                f"message {message.id}: metadata is {len(meta.encode())} bytes as a header,"
+                f" limit {MAX_HEADER_BYTES}; put large data in content"
+            )
+        headers[H_METADATA] = meta
+    expiration_s: float | None = None
+    if deadline is not None:
+        headers[H_DEADLINE_US] = _to_us(deadline)
+        expiration_s = max((deadline - datetime.now(UTC)).total_seconds(), 0.001)
+    if extra_headers:
+        headers.update(extra_headers)
+    return Outgoing(
+        routing_key=routing_key(message),
+        body=body,
+        headers=headers,
+        message_id=message.id,
+        type=message.type.value,
+        priority=int(message.priority),
+        timestamp=ts,
+        correlation_id=message.reply_to,
+        reply_to=reply_to,
+        expiration_s=expiration_s,
+    )
+
+
+class IncomingLike(Protocol):
+    """The AMQP properties :func:`decode` reads (aio-pika's IncomingMessage has them)."""
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> Any: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def correlation_id(self) -> str | None: ...
+    @property
+    def type(self) -> str | None: ...
+    @property
+    def priority(self) -> int | None: ...
+    @property
+    def timestamp(self) -> datetime | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+
+
+def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
+    """Read a Message from an AMQP delivery, ours or a foreign client's.
+
+    Missing pieces get defaults: no ``message_id`` -> a new uuid; no ``x-sender`` ->
+    the routing key's sender word (or ``""``); no recipient -> ``inbox_owner``; no
+    timestamp -> now; no priority -> NORMAL (RabbitMQ itself ranks it below LOW).
+
+    Raises:
+        InvalidMessageError: wrong content type, body not UTF-8 JSON, bad type/metadata.
+    """
+    content_type = (incoming.content_type or CONTENT_TYPE).split(";")[0].strip().lower()
+    if content_type != CONTENT_TYPE:
+        raise InvalidMessageError(f"content type {incoming.content_type!r} is not {CONTENT_TYPE}")
+    try:
+        content = json.loads(incoming.body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidMessageError(f"body is not UTF-8: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise InvalidMessageError(f"body is not JSON: {exc}") from exc
+    headers = incoming.headers or {}
+    words = (incoming.routing_key or "").split(".")
+    key_words = words if len(words) == 4 else [None, None, None, None]
+
+    msg_type = incoming.type or key_words[0] or MessageType.NOTIFICATION.value
+    try:
+        type_ = MessageType(msg_type)
+    except ValueError as exc:
+        raise InvalidMessageError(f"unknown message type {msg_type!r}") from exc
+
+    sender = _header_str(headers, H_SENDER)
+    if sender is None:
+        sender = key_words[2] if key_words[2] not in (None, NO_AGENT) else ""
+    recipient = _header_str(headers, H_RECIPIENT)
+    if not recipient:
+        word = key_words[3]
+        recipient = word if word not in (None, NO_AGENT) else inbox_owner
+
+    metadata: dict[str, Any] = {}
+    raw_meta = headers.get(H_METADATA)
+    if raw_meta is not None:
+        try:
+            metadata = json.loads(header_text(raw_meta))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidMessageError(f"{H_METADATA} is not JSON: {exc}") from exc
+        if not isinstance(metadata, dict):
+            raise InvalidMessageError(f"{H_METADATA} must be a JSON object")
+
+    ts_us = headers.get(H_TIMESTAMP_US)
+    if isinstance(ts_us, int) and not isinstance(ts_us, bool):
+        timestamp = _from_us(ts_us)
+    elif incoming.timestamp is not None:
+        timestamp = incoming.timestamp
+    else:
+        timestamp = datetime.now(UTC)
+
+    priority = incoming.priority
+    if priority is None:
+        prio = MessagePriority.NORMAL
+    else:
+        prio = MessagePriority(min(max(priority, 1), INBOX_MAX_PRIORITY))
+
+    try:
+        return Message(
+            id=incoming.message_id or str(uuid.uuid4()),
+            sender=sender,
+            recipient=recipient,
+            type=type_,
+            priority=prio,
+            content=content,
+            metadata=metadata,
+            timestamp=timestamp,
+            reply_to=incoming.correlation_id,
+            conversation_id=_header_str(headers, H_CONVERSATION),
+        )
+    except ValueError as exc:
+        raise InvalidMessageError(f"invalid envelope: {exc}") from exc
+
+
+def deadline_of(headers: Any) -> datetime | None:
+    """The requester's deadline carried by a delivery, if any."""
+    value = (headers or {}).get(H_DEADLINE_US)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _from_us(value)
+    return None
+
+
+def attempt_of(headers: Any) -> int:
+    """How many times handling this delivery has failed before."""
+    value = (headers or {}).get(H_ATTEMPT, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _header_str(headers: Any, name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        return None
+    return header_text(value)
+
+
+def header_text(value: Any) -> str:
+    """A header value as text (AMQP long strings may arrive as bytes)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")
+    return str(value)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _to_us(ts: datetime) -> int:
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)

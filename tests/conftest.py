@@ -1,0 +1,116 @@
+"""Finding a real RabbitMQ for the tests, and giving each test its own namespace.
+
+Order: ``$AMQP_URL`` if set; else the local broker on 127.0.0.1:5672 if it answers;
+else a RabbitMQ container through testcontainers if Docker works; else the session
+fails loudly. There is no skip: a test run without a broker is a failed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import aio_pika
+import pytest
+
+from amqp_agents import MessageQueue
+from amqp_agents.topology import delete_namespace
+
+LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """The URL of a real broker; never skips."""
+    if url := os.environ.get("AMQP_URL"):
+        yield url
+        return
+    if _port_open("127.0.0.1", 5672):
+        yield LOCAL_URL
+        return
+    try:
+        from testcontainers.rabbitmq import RabbitMqContainer
+
+        container = RabbitMqContainer("rabbitmq:3.13-management")
+        container.start()
+    except Exception as exc:  # no Docker engine, no image, ...
+        pytest.fail(
+            "no RabbitMQ for the tests: AMQP_URL is unset, nothing answers on "
+            f"127.0.0.1:5672, and testcontainers could not start one ({exc!r}). "
+            "Start one with `docker compose up -d rabbitmq` or `rabbitmq-server -detached`.",
+            pytrace=False,
+        )
+    try:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(5672)
+        yield f"amqp://guest:guest@{host}:{port}/"
+    finally:
+        container.stop()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest) -> str:
+    """A namespace unique to this test."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def make_queue(
+    amqp_url: str, namespace: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Awaitable[MessageQueue]]]:
+    """Factory of connected MessageQueues in the test's namespace; deletes what they made."""
+    made: list[MessageQueue] = []
+    agents: set[str] = set()
+
+    async def factory(**kwargs: Any) -> MessageQueue:
+        kwargs.setdefault("namespace", namespace)
+        kwargs.setdefault("connection_name", f"test {request.node.nodeid}")
+        queue = MessageQueue(amqp_url, **kwargs)
+        await queue.connect()
+        made.append(queue)
+        return queue
+
+    yield factory
+    for queue in made:
+        if queue._topology is not None:
+            agents.update(queue._topology.inboxes)
+        await queue.close()
+    await cleanup_namespace(amqp_url, namespace, sorted(agents))
+
+
+@pytest.fixture
+async def queue(make_queue: Callable[..., Awaitable[MessageQueue]]) -> MessageQueue:
+    """A connected MessageQueue in the test's namespace."""
+    return await make_queue()
+
+
+@pytest.fixture
+async def raw_channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    """A plain aio-pika channel (confirms on), for playing a foreign client."""
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        yield await connection.channel(publisher_confirms=True)
+    finally:
+        await connection.close()
+
+
+async def cleanup_namespace(url: str, namespace: str, agents: list[str]) -> None:
+    """Delete every exchange and queue of ``namespace``."""
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel()
+        await asyncio.wait_for(delete_namespace(channel, namespace, agents), 30)
+    finally:
+        await connection.close()
