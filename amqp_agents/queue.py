@@ -372,6 +372,7 @@ class MessageQueue:
                 if message is not None:
                     await incoming.ack()
                     return message
+                # dead-lettered or not for this agent: keep waiting
         finally:
             await channel.close()
 
@@ -391,14 +392,30 @@ class MessageQueue:
             await channel.close()
         return messages
 
+    def accept(self, message: Message, agent_id: str) -> Message | None:
+        """What ``agent_id`` should see of a message taken from its inbox.
+
+        The plain queue hands every message over unchanged. A routing queue overrides
+        this to finish on the consumer side what a topic binding cannot express
+        (filters, sender prefixes) and to apply transforms; returning None means the
+        message was not meant for this agent and is acknowledged without handling.
+        """
+        return message
+
     async def _decode_or_dead_letter(
         self, incoming: AbstractIncomingMessage, agent_id: str
     ) -> Message | None:
+        """Decode and :meth:`accept` a delivery; None if it was dead-lettered or skipped."""
         try:
-            return wire.decode(incoming, inbox_owner=agent_id)
+            message = wire.decode(incoming, inbox_owner=agent_id)
         except InvalidMessageError as exc:
             await self.dead_letter(incoming, reason=f"undecodable: {exc}", agent_id=agent_id)
             return None
+        accepted = self.accept(message, agent_id)
+        if accepted is None:
+            log.debug("message %s is not for %s; acknowledged unhandled", message.id, agent_id)
+            await incoming.ack()
+        return accepted
 
     async def subscribe(self, agent_id: str, callback: Callback) -> Subscription:
         """Call ``callback`` with a copy of every message addressed to ``agent_id``.
