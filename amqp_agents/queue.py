@@ -46,6 +46,7 @@ from .errors import (
 from .errors import DeliveryError as AgentsDeliveryError
 from .history import read_history
 from .message import Message, validate_agent_id
+from .rpc import ReplyListener
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,8 @@ class MessageQueue:
         self._dead_letter_exchange: AbstractExchange | None = None
         self._topology: Topology | None = None
         self._topology_lock = asyncio.Lock()
+        self._replies: ReplyListener | None = None
+        self._replies_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"MessageQueue({redact_url(self.url)!r}, namespace={self.namespace!r})"
@@ -161,6 +164,7 @@ class MessageQueue:
         """Close the connection; unacknowledged deliveries go back to their queues."""
         connection, self._connection = self._connection, None
         self._topology = None
+        self._replies = None
         if connection is not None and not connection.is_closed:
             await connection.close()
 
@@ -239,7 +243,13 @@ class MessageQueue:
             extra_headers=extra_headers,
             max_body_bytes=self.max_body_bytes,
         )
-        await self._publish(self._topic_exchange(), out.routing_key, _amqp_message(out), message)
+        await self._publish(
+            self._topic_exchange(),
+            out.routing_key,
+            _amqp_message(out),
+            message.id,
+            message.recipient,
+        )
 
     async def send_to_queue(self, message: Message, queue_name: str) -> None:
         """Publish ``message`` straight into ``queue_name`` (an RPC reply queue).
@@ -251,7 +261,7 @@ class MessageQueue:
         amqp = _amqp_message(out)
         amqp.headers["BCC"] = [wire.history_name(self.namespace)]
         channel = self._channel_for_publish()
-        await self._publish(channel.default_exchange, queue_name, amqp, message)
+        await self._publish(channel.default_exchange, queue_name, amqp, message.id)
 
     async def dead_letter(
         self,
@@ -267,30 +277,18 @@ class MessageQueue:
         If the copy cannot be published, the delivery is rejected instead, so the
         inbox's own dead-lettering still keeps it (reason ``rejected``).
         """
-        headers = dict(incoming.headers or {})
-        headers[wire.H_DEAD_REASON] = reason
-        headers[wire.H_DEAD_AGENT] = agent_id
+        headers: dict[str, Any] = {wire.H_DEAD_REASON: reason, wire.H_DEAD_AGENT: agent_id}
         if error is not None:
             headers[wire.H_DEAD_ERROR_TYPE] = type(error).__name__
             headers[wire.H_DEAD_ERROR_MESSAGE] = str(error)[:4000]
         if attempts is not None:
             headers[wire.H_DEAD_ATTEMPTS] = attempts
-        copy = AmqpMessage(
-            incoming.body,
-            headers=headers,
-            content_type=incoming.content_type,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=incoming.priority,
-            correlation_id=incoming.correlation_id,
-            reply_to=incoming.reply_to,
-            message_id=incoming.message_id,
-            timestamp=incoming.timestamp,
-            type=incoming.type,
-        )
-        assert self._dead_letter_exchange is not None
         try:
-            await self._dead_letter_exchange.publish(
-                copy, routing_key=incoming.routing_key or "", timeout=self.publish_timeout_s
+            await self.republish(
+                incoming,
+                exchange=wire.dead_letter_exchange_name(self.namespace),
+                routing_key=incoming.routing_key or "",
+                headers=headers,
             )
         except Exception:
             log.exception("could not dead-letter %s; rejecting it instead", incoming.message_id)
@@ -305,6 +303,53 @@ class MessageQueue:
         )
         await incoming.ack()
 
+    async def republish(
+        self,
+        incoming: AbstractIncomingMessage,
+        *,
+        exchange: str,
+        routing_key: str,
+        headers: dict[str, Any],
+    ) -> None:
+        """Publish a confirmed copy of a delivery (body, properties, headers + ``headers``).
+
+        Used to move a delivery elsewhere (dead letters, retry queues) before acking it,
+        so that it is never in no queue at all. The copy carries no AMQP expiration:
+        a deadline travels in its header.
+
+        Raises:
+            DeliveryError and subclasses, as :meth:`send`.
+        """
+        copy = AmqpMessage(
+            incoming.body,
+            headers={**(incoming.headers or {}), **headers},
+            content_type=incoming.content_type,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=incoming.priority,
+            correlation_id=incoming.correlation_id,
+            reply_to=incoming.reply_to,
+            message_id=incoming.message_id,
+            timestamp=incoming.timestamp,
+            type=incoming.type,
+            user_id=incoming.user_id,
+        )
+        channel = self._channel_for_publish()
+        target = (
+            channel.default_exchange
+            if exchange == ""
+            else await channel.get_exchange(exchange, ensure=False)
+        )
+        await self._publish(target, routing_key, copy, incoming.message_id or "?")
+
+    async def replies(self) -> ReplyListener:
+        """The listener of this connection's private reply queue (started on first use)."""
+        async with self._replies_lock:
+            if self._replies is None:
+                listener = ReplyListener(await self.connection.channel(), self.namespace)
+                await listener.start()
+                self._replies = listener
+            return self._replies
+
     def _topic_exchange(self) -> AbstractExchange:
         if self._exchange is None:
             raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
@@ -316,37 +361,42 @@ class MessageQueue:
         return self._publish_channel
 
     async def _publish(
-        self, exchange: AbstractExchange, routing_key: str, amqp: AmqpMessage, message: Message
+        self,
+        exchange: AbstractExchange,
+        routing_key: str,
+        amqp: AmqpMessage,
+        message_id: str,
+        recipient: str | None = None,
     ) -> None:
         try:
             await exchange.publish(
                 amqp, routing_key=routing_key, mandatory=True, timeout=self.publish_timeout_s
             )
         except PublishError:
-            if exchange.name == "":
+            if recipient is None:
                 raise AgentsDeliveryError(
-                    f"reply queue {routing_key!r} no longer exists (message {message.id})"
+                    f"nothing bound for {routing_key!r} on {exchange.name!r} (message {message_id})"
                 ) from None
-            if not message.recipient:
+            if not recipient:
                 raise NoRouteError(
-                    f"no route matches {routing_key!r} (message {message.id})"
+                    f"no route matches {routing_key!r} (message {message_id})"
                 ) from None
-            raise UnknownRecipientError(message.recipient, message.id) from None
+            raise UnknownRecipientError(recipient, message_id) from None
         except DeliveryError as exc:
             if isinstance(exc.frame, Basic.Nack):
                 raise InboxFullError(
-                    f"the broker refused message {message.id} for {routing_key!r}: "
+                    f"the broker refused message {message_id} for {routing_key!r}: "
                     "a destination queue is full (x-overflow reject-publish)"
                 ) from None
-            raise AgentsDeliveryError(f"message {message.id} not delivered: {exc}") from None
+            raise AgentsDeliveryError(f"message {message_id} not delivered: {exc}") from None
         except TimeoutError:
             raise PublishTimeoutError(
-                f"no confirm for message {message.id} within {self.publish_timeout_s}s "
+                f"no confirm for message {message_id} within {self.publish_timeout_s}s "
                 "(is the broker blocked by a memory or disk alarm?)"
             ) from None
         except (ChannelInvalidStateError, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerConnectionError(
-                f"connection lost while sending message {message.id}: {exc!r}"
+                f"connection lost while sending message {message_id}: {exc!r}"
             ) from None
 
     # -- receiving --------------------------------------------------------------------
@@ -368,7 +418,7 @@ class MessageQueue:
                 incoming = await _take_one(queue, remaining)
                 if incoming is None:
                     return None
-                message = await self._decode_or_dead_letter(incoming, agent_id)
+                message = await self.decode_delivery(incoming, agent_id)
                 if message is not None:
                     await incoming.ack()
                     return message
@@ -384,7 +434,7 @@ class MessageQueue:
         try:
             queue = await channel.get_queue(wire.inbox_name(self.namespace, agent_id), ensure=False)
             while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
-                message = await self._decode_or_dead_letter(incoming, agent_id)
+                message = await self.decode_delivery(incoming, agent_id)
                 if message is not None:
                     await incoming.ack()
                     messages.append(message)
@@ -402,7 +452,7 @@ class MessageQueue:
         """
         return message
 
-    async def _decode_or_dead_letter(
+    async def decode_delivery(
         self, incoming: AbstractIncomingMessage, agent_id: str
     ) -> Message | None:
         """Decode and :meth:`accept` a delivery; None if it was dead-lettered or skipped."""

@@ -9,6 +9,7 @@ permission.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
@@ -52,11 +53,17 @@ class Topology:
         self.exchange: AbstractExchange | None = None
         self.history: AbstractQueue | None = None
         self._inboxes: dict[str, AbstractQueue] = {}
+        self._retry_queues: set[str] = set()
 
     @property
     def inboxes(self) -> list[str]:
         """Agent ids whose inbox this topology declared or checked."""
         return list(self._inboxes)
+
+    @property
+    def retry_queues(self) -> list[str]:
+        """Names of the retry queues this topology declared."""
+        return sorted(self._retry_queues)
 
     async def declare_base(self) -> AbstractExchange:
         """Declare the topic exchange, the dead-letter path and the history stream."""
@@ -92,6 +99,21 @@ class Topology:
         self._inboxes[agent_id] = queue
         return queue
 
+    async def declare_retry_queue(self, agent_id: str, delay_s: float) -> str:
+        """Declare the queue that holds ``agent_id``'s failed messages for ``delay_s``.
+
+        Its messages expire after the delay and are dead-lettered straight back into the
+        agent's inbox (through the default exchange, so history does not record the
+        retry twice). One queue per delay keeps expiry in order: per-message TTLs in one
+        queue would expire only at its head.
+        """
+        name = wire.retry_queue_name(self.ns, agent_id, delay_s)
+        if name in self._retry_queues:
+            return name
+        await self._queue(name, wire.retry_queue_arguments(self.ns, agent_id, delay_s))
+        self._retry_queues.add(name)
+        return name
+
     async def bind_history(self, routing_key: str) -> None:
         """Make the history stream keep messages published with ``routing_key``."""
         if self.exchange is None or self.history is None:
@@ -126,9 +148,14 @@ class Topology:
         )
 
 
-async def delete_namespace(channel: AbstractChannel, namespace: str, agent_ids: list[str]) -> None:
-    """Delete a namespace's exchanges and queues (inboxes of ``agent_ids``); for tests/teardown."""
-    names = [wire.inbox_name(namespace, a) for a in agent_ids]
+async def delete_namespace(
+    channel: AbstractChannel,
+    namespace: str,
+    agent_ids: Sequence[str],
+    extra_queues: Sequence[str] = (),
+) -> None:
+    """Delete a namespace's exchanges and queues (inboxes of ``agent_ids``); for teardown."""
+    names = [wire.inbox_name(namespace, a) for a in agent_ids] + list(extra_queues)
     names += [wire.dead_queue_name(namespace), wire.history_name(namespace)]
     for name in names:
         await channel.queue_delete(name)

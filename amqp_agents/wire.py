@@ -101,6 +101,21 @@ def history_name(ns: str) -> str:
     return f"{ns}.history"
 
 
+def retry_queue_name(ns: str, agent_id: str, delay_s: float) -> str:
+    """``retry_queue_name("agents", "writer", 0.2) -> "agents.retry.writer.200ms"``."""
+    return f"{ns}.retry.{agent_id}.{round(delay_s * 1000)}ms"
+
+
+def retry_queue_arguments(ns: str, agent_id: str, delay_s: float) -> dict[str, Any]:
+    """A retry queue: messages wait ``delay_s`` there, then go back into the inbox."""
+    return {
+        "x-queue-type": "classic",
+        "x-message-ttl": round(delay_s * 1000),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": inbox_name(ns, agent_id),
+    }
+
+
 def routing_key(message: Message) -> str:
     """``{type}.{priority}.{sender}.{recipient}``, with ``-`` for an empty agent id.
 

@@ -11,7 +11,7 @@ import asyncio
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 import aio_pika
@@ -73,6 +73,7 @@ async def make_queue(
     """Factory of connected MessageQueues in the test's namespace; deletes what they made."""
     made: list[MessageQueue] = []
     agents: set[str] = set()
+    extra: set[str] = set()
 
     async def factory(**kwargs: Any) -> MessageQueue:
         kwargs.setdefault("namespace", namespace)
@@ -86,8 +87,9 @@ async def make_queue(
     for queue in made:
         if queue._topology is not None:
             agents.update(queue._topology.inboxes)
+            extra.update(queue._topology.retry_queues)
         await queue.close()
-    await cleanup_namespace(amqp_url, namespace, sorted(agents))
+    await cleanup_namespace(amqp_url, namespace, sorted(agents), sorted(extra))
 
 
 @pytest.fixture
@@ -106,11 +108,13 @@ async def raw_channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChann
         await connection.close()
 
 
-async def cleanup_namespace(url: str, namespace: str, agents: list[str]) -> None:
+async def cleanup_namespace(
+    url: str, namespace: str, agents: list[str], extra_queues: Sequence[str] = ()
+) -> None:
     """Delete every exchange and queue of ``namespace``."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        await asyncio.wait_for(delete_namespace(channel, namespace, agents), 30)
+        await asyncio.wait_for(delete_namespace(channel, namespace, agents, extra_queues), 30)
     finally:
         await connection.close()

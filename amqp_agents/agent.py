@@ -1,0 +1,496 @@
+"""MessagePassingAgent: consume an inbox, dispatch by message type, reply, retry.
+
+The life of one delivery (``_on_delivery -> _handle_delivery``)::
+
+    decode ── undecodable ─────────────────────────────> {ns}.dead, ack
+      │
+    past its deadline? ── yes ──────────────────────────> {ns}.dead ("expired"), ack
+      │
+    duplicate (dedup window)? ── yes ───────────────────> ack, skip
+      │
+    handler(message) ── returns ──> reply (if any) ─────> ack
+      │
+      raises ── attempts left ──> {ns}.retry.<agent>.<delay> ──(TTL)──> inbox, ack
+             └─ last attempt ───> ERROR reply + {ns}.dead with error headers, ack
+
+A delivery is acknowledged only after all of this finished, so a crash at any point
+means redelivery (at-least-once). The consumer's prefetch equals ``concurrency``: at
+most that many handlers run at once, and the rest wait in the broker, where priority
+still orders them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from . import wire
+from .errors import (
+    AgentsError,
+    HandlerError,
+    RemoteError,
+    RequestTimeoutError,
+    UnknownRecipientError,
+)
+from .message import (
+    Message,
+    MessagePriority,
+    MessageType,
+    create_task_message,
+    validate_agent_id,
+)
+from .queue import MessageQueue
+from .rpc import StatusCallback
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Message], Awaitable[Any]]
+
+_REPLY_TYPES = {
+    MessageType.TASK: MessageType.RESULT,
+    MessageType.REQUEST: MessageType.RESPONSE,
+}
+"""Requests that always get a reply (their requester may be waiting), and its type."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often and how late a failed handler is retried.
+
+    ``max_attempts`` counts the first try; ``delays_s[i]`` is the wait before retry
+    ``i + 1`` (the last delay repeats). The default gives up after about 1.2 s, so a
+    requester waiting with ``send_task`` learns of a persistent failure in seconds.
+    """
+
+    max_attempts: int = 3
+    delays_s: tuple[float, ...] = (0.2, 1.0)
+
+    def delay_before(self, attempt: int) -> float:
+        """Delay before running attempt number ``attempt`` (2 for the first retry)."""
+        return self.delays_s[min(attempt - 2, len(self.delays_s) - 1)]
+
+
+@dataclass(slots=True)
+class _Context:
+    message: Message
+    reply_address: str | None
+
+
+_current: contextvars.ContextVar[_Context] = contextvars.ContextVar("amqp_agents_current")
+
+
+@dataclass(slots=True)
+class TaskHandle:
+    """A request sent with ``wait_for_result=False``; await :meth:`result` later."""
+
+    message: Message
+    _future: asyncio.Future[Message]
+    _timeout_s: float
+    _forget: Callable[[], None] = field(repr=False)
+
+    @property
+    def message_id(self) -> str:
+        """The id of the task message (the reply's correlation id)."""
+        return self.message.id
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result's content.
+
+        Raises:
+            RequestTimeoutError: nothing arrived within ``timeout`` (default: the task's).
+            RemoteError: the handler failed for the last time.
+        """
+        limit = self._timeout_s if timeout is None else timeout
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(self._future), limit)
+        except TimeoutError:
+            self._forget()
+            raise RequestTimeoutError(
+                f"no result for task {self.message.id} from {self.message.recipient!r} "
+                f"within {limit}s"
+            ) from None
+        return _content_or_raise(reply)
+
+
+class MessagePassingAgent:
+    """An agent that consumes its inbox and answers by message type.
+
+    Override ``_process_task`` / ``_process_request`` (or ``_handle_*``) in a subclass,
+    or register handlers with :meth:`on`. A handler's return value becomes the reply.
+
+    Args:
+        agent_id: the agent's id; its inbox is ``{ns}.inbox.{agent_id}``.
+        message_queue: a connected :class:`MessageQueue`.
+        llm_client: an OpenAI-compatible async client used by the default
+            ``_process_task`` (``llm_client.chat.completions.create``).
+        model: the model name passed to the LLM client.
+        concurrency: handlers running at once (the consumer's prefetch).
+        retry: the retry policy for failing handlers.
+        drain_timeout_s: how long :meth:`stop` lets running handlers finish.
+        dedup_window: remember this many handled message ids and skip redelivered
+            duplicates (0 = off).
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        message_queue: MessageQueue,
+        llm_client: Any = None,
+        *,
+        model: str = "gpt-4o-mini",
+        concurrency: int = 8,
+        retry: RetryPolicy | None = None,
+        drain_timeout_s: float = 30.0,
+        dedup_window: int = 0,
+    ) -> None:
+        self.id = validate_agent_id(agent_id)
+        self.queue = message_queue
+        self.llm = llm_client
+        self.model = model
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.drain_timeout_s = drain_timeout_s
+        self.dedup_window = dedup_window
+        self.handlers: dict[MessageType, Handler] = {}
+        self.running = False
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._channel: AbstractChannel | None = None
+        self._inbox: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._stopped = asyncio.Event()
+        self._setup_handlers()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.id!r})"
+
+    # -- handlers ---------------------------------------------------------------------
+
+    def _setup_handlers(self) -> None:
+        """Install the default handlers (the tutorial's three)."""
+        self.handlers[MessageType.TASK] = self._handle_task
+        self.handlers[MessageType.REQUEST] = self._handle_request
+        self.handlers[MessageType.NOTIFICATION] = self._handle_notification
+
+    def on(self, msg_type: MessageType) -> Callable[[Handler], Handler]:
+        """Decorator registering a handler for ``msg_type`` without subclassing.
+
+        >>> @agent.on(MessageType.REQUEST)          # doctest: +SKIP
+        ... async def answer(message): return {"echo": message.content}
+        """
+
+        def register(handler: Handler) -> Handler:
+            self.handlers[msg_type] = handler
+            return handler
+
+        return register
+
+    async def _handle_task(self, message: Message) -> Any:
+        """Run ``_process_task`` on a task's description and context."""
+        content = message.content if isinstance(message.content, dict) else {}
+        description = content.get("description", message.content)
+        context = content.get("context") or {}
+        return await self._process_task(description, context)
+
+    async def _handle_request(self, message: Message) -> Any:
+        """Answer a request with ``_process_request``."""
+        return await self._process_request(message.content)
+
+    async def _handle_notification(self, message: Message) -> None:
+        """Log a notification; it needs no reply."""
+        log.info("[%s] notification from %s: %r", self.id, message.sender, message.content)
+
+    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        """Complete a task with the LLM client; override for other work.
+
+        Raises:
+            HandlerError: no LLM client was given.
+        """
+        if self.llm is None:
+            raise HandlerError(
+                f"agent {self.id!r} has no llm_client; pass one or override _process_task"
+            )
+        context_str = "\n".join(f"{k}: {v}" for k, v in context.items()) or "None"
+        prompt = f"Complete this task:\n{task}\n\nContext:\n{context_str}"
+        response = await self.llm.chat.completions.create(
+            model=self.model, messages=[{"role": "user", "content": prompt}]
+        )
+        return response.choices[0].message.content
+
+    async def _process_request(self, request: Any) -> Any:
+        """Answer a request; override in a subclass."""
+        return f"Received request: {request}"
+
+    # -- sending ----------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        recipient: str,
+        content: Any,
+        msg_type: MessageType = MessageType.NOTIFICATION,
+        priority: MessagePriority = MessagePriority.NORMAL,
+    ) -> Message:
+        """Send a message from this agent; returns it once the broker confirmed it."""
+        message = Message(
+            sender=self.id, recipient=recipient, type=msg_type, priority=priority, content=content
+        )
+        await self.queue.send(message)
+        return message
+
+    async def send_task(
+        self,
+        recipient: str,
+        task_description: str,
+        context: dict[str, Any] | None = None,
+        wait_for_result: bool = True,
+        timeout: float = 30.0,
+        priority: MessagePriority = MessagePriority.NORMAL,
+        on_status: StatusCallback | None = None,
+    ) -> Any:
+        """Send a task; wait for its result (or return a :class:`TaskHandle`).
+
+        Many tasks may be in flight at once; waiting never takes other messages from
+        this agent's inbox. The task carries its deadline: an agent that picks it up
+        too late dead-letters it as expired instead of working for nobody.
+
+        Args:
+            on_status: called with each STATUS message the handler reports.
+
+        Returns:
+            the result's content, or a TaskHandle when ``wait_for_result`` is False.
+
+        Raises:
+            RequestTimeoutError: no result within ``timeout`` seconds.
+            RemoteError: the recipient's handler failed for the last time.
+            UnknownRecipientError: the recipient has no inbox.
+        """
+        message = create_task_message(self.id, recipient, task_description, context, priority)
+        # A sub-task sent from inside a handler continues that conversation.
+        if (current := _current.get(None)) is not None:
+            message.conversation_id = current.message.conversation_id or message.conversation_id
+        replies = await self.queue.replies()
+        future = replies.expect(message.id, on_status)
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
+        try:
+            await self.queue.send(message, reply_to=replies.queue_name, deadline=deadline)
+        except BaseException:
+            replies.forget(message.id)
+            raise
+        handle = TaskHandle(message, future, timeout, lambda: replies.forget(message.id))
+        if not wait_for_result:
+            return handle
+        return await handle.result()
+
+    async def send_status(self, content: Any) -> None:
+        """From inside a handler: report progress on the message being handled.
+
+        The requester receives it through its ``on_status`` callback.
+        """
+        current = _current.get(None)
+        if current is None:
+            raise HandlerError("send_status() is only meaningful inside a handler")
+        status = self._reply_to(current.message, MessageType.STATUS, content)
+        await self._send_reply(status, current.reply_address)
+
+    # -- consuming --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Consume the inbox until :meth:`stop` is called."""
+        await self.start_consuming()
+        await self._stopped.wait()
+
+    async def start_consuming(self) -> None:
+        """Declare the inbox if needed and start consuming it; returns at once."""
+        if self.running:
+            return
+        await self.queue.ensure_inbox(self.id)
+        self._stopped.clear()
+        self._channel = await self.queue.channel(prefetch=self.concurrency)
+        self._inbox = await self._channel.get_queue(
+            wire.inbox_name(self.queue.namespace, self.id), ensure=False
+        )
+        self._consumer_tag = await self._inbox.consume(self._on_delivery)
+        self.running = True
+        log.info(
+            "agent %s consuming %s (concurrency %d)", self.id, self._inbox.name, self.concurrency
+        )
+
+    async def stop(self) -> None:
+        """Stop gracefully: take no new deliveries, let running handlers finish.
+
+        Handlers still running after ``drain_timeout_s`` are cancelled; their
+        deliveries are not acknowledged, so the broker puts them back in the inbox.
+        """
+        if not self.running:
+            self._stopped.set()
+            return
+        self.running = False
+        assert self._inbox is not None and self._channel is not None
+        if self._consumer_tag is not None and not self._channel.is_closed:
+            await self._inbox.cancel(self._consumer_tag)
+        if self._in_flight:
+            _, pending = await asyncio.wait(set(self._in_flight), timeout=self.drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning(
+                    "%s: %d handlers cancelled at stop; their messages return to the inbox",
+                    self.id,
+                    len(pending),
+                )
+                await asyncio.wait(pending)
+        if not self._channel.is_closed:
+            await self._channel.close()
+        self._stopped.set()
+        log.info("agent %s stopped", self.id)
+
+    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        # Each delivery is handled in its own task so that a slow handler does not
+        # hold up the next; prefetch (= concurrency) bounds how many run at once.
+        task = asyncio.create_task(self._handle_delivery(incoming))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        message = await self.queue.decode_delivery(incoming, self.id)
+        if message is None:
+            return
+        deadline = wire.deadline_of(incoming.headers)
+        if deadline is not None and deadline <= datetime.now(UTC):
+            await self.queue.dead_letter(incoming, reason="expired", agent_id=self.id)
+            return
+        if self.dedup_window and message.id in self._seen:
+            log.info("%s: duplicate of %s skipped", self.id, message.id)
+            await incoming.ack()
+            return
+        handler = self.handlers.get(message.type)
+        if handler is None:
+            log.warning(
+                "%s: no handler for %s message %s from %s; acknowledged",
+                self.id,
+                message.type.value,
+                message.id,
+                message.sender,
+            )
+            await incoming.ack()
+            return
+        reply_address = incoming.reply_to
+        token = _current.set(_Context(message, reply_address))
+        try:
+            result = await handler(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._handler_failed(incoming, message, exc)
+            return
+        finally:
+            _current.reset(token)
+        await self._reply(message, result, reply_address)
+        self._remember(message.id)
+        await incoming.ack()
+
+    async def _handler_failed(
+        self, incoming: AbstractIncomingMessage, message: Message, error: Exception
+    ) -> None:
+        attempt = wire.attempt_of(incoming.headers) + 1
+        permanent = isinstance(error, HandlerError)
+        if not permanent and attempt < self.retry.max_attempts:
+            delay = self.retry.delay_before(attempt + 1)
+            log.warning(
+                "%s: handler failed on %s (attempt %d/%d, retry in %.1fs): %s: %s",
+                self.id,
+                message.id,
+                attempt,
+                self.retry.max_attempts,
+                delay,
+                type(error).__name__,
+                error,
+            )
+            topology = await self.queue.topology()
+            retry_queue = await topology.declare_retry_queue(self.id, delay)
+            await self.queue.republish(
+                incoming, exchange="", routing_key=retry_queue, headers={wire.H_ATTEMPT: attempt}
+            )
+            await incoming.ack()
+            return
+        if message.type in _REPLY_TYPES:
+            content = {
+                "error_type": type(error).__name__,
+                "error_message": str(error),
+                "attempts": attempt,
+            }
+            error_reply = self._reply_to(message, MessageType.ERROR, content)
+            await self._send_reply(error_reply, incoming.reply_to)
+        await self.queue.dead_letter(
+            incoming, reason="handler failed", agent_id=self.id, error=error, attempts=attempt
+        )
+
+    async def _reply(self, message: Message, result: Any, reply_address: str | None) -> None:
+        if isinstance(result, Message):
+            reply = result
+        elif message.type in _REPLY_TYPES:
+            reply = self._reply_to(message, _REPLY_TYPES[message.type], result)
+        elif result is not None:
+            reply = self._reply_to(message, MessageType.RESPONSE, result)
+        else:
+            return
+        await self._send_reply(reply, reply_address)
+
+    def _reply_to(self, message: Message, msg_type: MessageType, content: Any) -> Message:
+        return Message(
+            sender=self.id,
+            recipient=message.sender,
+            type=msg_type,
+            priority=message.priority,
+            content=content,
+            reply_to=message.id,
+            conversation_id=message.conversation_id,
+        )
+
+    async def _send_reply(self, reply: Message, reply_address: str | None) -> None:
+        """Replies go where the request said (AMQP reply_to), else to the sender's inbox."""
+        if reply_address:
+            try:
+                await self.queue.send_to_queue(reply, reply_address)
+            except AgentsError as exc:
+                log.warning(
+                    "%s: reply %s to %s not delivered: %s", self.id, reply.id, reply_address, exc
+                )
+            return
+        if not reply.recipient:
+            log.warning(
+                "%s: reply %s has nowhere to go (no sender, no reply_to)", self.id, reply.id
+            )
+            return
+        try:
+            await self.queue.send(reply)
+        except UnknownRecipientError:
+            log.warning(
+                "%s: reply %s not delivered: %s has no inbox", self.id, reply.id, reply.recipient
+            )
+
+    def _remember(self, message_id: str) -> None:
+        if not self.dedup_window:
+            return
+        self._seen[message_id] = None
+        while len(self._seen) > self.dedup_window:
+            self._seen.popitem(last=False)
+
+
+def _content_or_raise(reply: Message) -> Any:
+    if reply.type is MessageType.ERROR:
+        content = reply.content if isinstance(reply.content, dict) else {}
+        raise RemoteError(
+            str(content.get("error_type", "Error")),
+            str(content.get("error_message", reply.content)),
+            reply.sender,
+        )
+    return reply.content

@@ -1,0 +1,107 @@
+"""The reply path of requests: one private reply queue per MessageQueue.
+
+Requests carry ``reply_to`` = this queue's name; replies (and STATUS progress reports)
+come back with ``correlation_id`` = the request's id and resolve a future kept here,
+as in aio-pika's RPC pattern. Replies never pass through an agent's inbox, so waiting
+for one never takes, delays or drops any other message addressed to the agent, and a
+handler that waits for a sub-task cannot deadlock the inbox's prefetch window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from . import wire
+from .errors import BrokerConnectionError, InvalidMessageError
+from .message import Message, MessageType
+
+log = logging.getLogger(__name__)
+
+StatusCallback = Callable[[Message], Awaitable[None] | None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Message]
+    on_status: StatusCallback | None
+
+
+class ReplyListener:
+    """Consumes a private, exclusive reply queue and resolves waiting requests."""
+
+    def __init__(self, channel: AbstractChannel, namespace: str) -> None:
+        self._channel = channel
+        # A client-chosen name (not server-named) so that a reconnecting robust channel
+        # redeclares the very queue that in-flight requests named as their reply_to.
+        self.queue_name = f"{namespace}.reply.{uuid.uuid4().hex}"
+        self._queue: AbstractQueue | None = None
+        self._pending: dict[str, _Pending] = {}
+
+    async def start(self) -> None:
+        """Declare the reply queue and start consuming it."""
+        await self._channel.set_qos(prefetch_count=1000)
+        self._queue = await self._channel.declare_queue(
+            self.queue_name, exclusive=True, auto_delete=True
+        )
+        await self._queue.consume(self._on_reply)
+        self._channel.close_callbacks.add(self._on_channel_close)
+
+    def expect(
+        self, request_id: str, on_status: StatusCallback | None = None
+    ) -> asyncio.Future[Message]:
+        """Register interest in the reply to ``request_id`` (call before publishing)."""
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = _Pending(future, on_status)
+        return future
+
+    def forget(self, request_id: str) -> None:
+        """Stop waiting for ``request_id`` (timed out or cancelled); a late reply is dropped."""
+        self._pending.pop(request_id, None)
+
+    @property
+    def in_flight(self) -> int:
+        """How many requests are waiting for their reply."""
+        return len(self._pending)
+
+    async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
+        await incoming.ack()
+        try:
+            reply = wire.decode(incoming)
+        except InvalidMessageError as exc:
+            log.warning("undecodable reply %s ignored: %s", incoming.message_id, exc)
+            return
+        pending = self._pending.get(reply.reply_to or "")
+        if pending is None:
+            log.debug(
+                "reply %s to %s arrived after its requester stopped waiting",
+                reply.id,
+                reply.reply_to,
+            )
+            return
+        if reply.type is MessageType.STATUS:
+            if pending.on_status is not None:
+                try:
+                    result = pending.on_status(reply)
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:
+                    log.exception("on_status callback raised")
+            return
+        self._pending.pop(reply.reply_to or "", None)
+        if not pending.future.done():
+            pending.future.set_result(reply)
+
+    def _on_channel_close(self, *_: object) -> None:
+        # A closed reply channel strands every waiter: fail them now rather than at timeout.
+        error = BrokerConnectionError("reply channel closed; the reply may be lost")
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        self._pending.clear()
