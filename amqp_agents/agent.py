@@ -254,6 +254,7 @@ class MessagePassingAgent:
         timeout: float = 30.0,
         priority: MessagePriority = MessagePriority.NORMAL,
         on_status: StatusCallback | None = None,
+        conversation_id: str | None = None,
     ) -> Any:
         """Send a task; wait for its result (or return a :class:`TaskHandle`).
 
@@ -263,6 +264,8 @@ class MessagePassingAgent:
 
         Args:
             on_status: called with each STATUS message the handler reports.
+            conversation_id: join this conversation instead of starting a new one
+                (inside a handler, the handled message's conversation is the default).
 
         Returns:
             the result's content, or a TaskHandle when ``wait_for_result`` is False.
@@ -274,7 +277,9 @@ class MessagePassingAgent:
         """
         message = create_task_message(self.id, recipient, task_description, context, priority)
         # A sub-task sent from inside a handler continues that conversation.
-        if (current := _current.get(None)) is not None:
+        if conversation_id is not None:
+            message.conversation_id = conversation_id
+        elif (current := _current.get(None)) is not None:
             message.conversation_id = current.message.conversation_id or message.conversation_id
         replies = await self.queue.replies()
         future = replies.expect(message.id, on_status)

@@ -122,6 +122,8 @@ class MessageQueue:
         self._dead_letter_exchange: AbstractExchange | None = None
         self._topology: Topology | None = None
         self._topology_lock = asyncio.Lock()
+        self.declared_queues: set[str] = set()
+        """Names of every queue this MessageQueue declared (kept across reconnects)."""
         self._replies: ReplyListener | None = None
         self._replies_lock = asyncio.Lock()
 
@@ -198,7 +200,12 @@ class MessageQueue:
         async with self._topology_lock:
             if self._topology is None or self._topology.channel.is_closed:
                 channel = await self.connection.channel()
-                topology = Topology(channel, self.namespace, **self._topology_options)
+                topology = Topology(
+                    channel,
+                    self.namespace,
+                    declared=self.declared_queues,
+                    **self._topology_options,
+                )
                 await topology.declare_base()
                 self._topology = topology
             return self._topology

@@ -31,6 +31,7 @@ class Topology:
         inbox_max_length: length limit of every inbox declared here (None: unlimited).
         history_max_age: retention of the history stream by age ("7D", "12h").
         history_max_bytes: retention of the history stream by size.
+        declared: a set that records the name of every queue declared (for teardown).
     """
 
     def __init__(
@@ -42,8 +43,10 @@ class Topology:
         inbox_max_length: int | None = None,
         history_max_age: str = "7D",
         history_max_bytes: int = 1_000_000_000,
+        declared: set[str] | None = None,
     ) -> None:
         self.channel = channel
+        self.declared = declared if declared is not None else set()
         self.ns = namespace
         self.passive = passive
         self.inbox_max_length = inbox_max_length
@@ -54,16 +57,6 @@ class Topology:
         self.history: AbstractQueue | None = None
         self._inboxes: dict[str, AbstractQueue] = {}
         self._retry_queues: set[str] = set()
-
-    @property
-    def inboxes(self) -> list[str]:
-        """Agent ids whose inbox this topology declared or checked."""
-        return list(self._inboxes)
-
-    @property
-    def retry_queues(self) -> list[str]:
-        """Names of the retry queues this topology declared."""
-        return sorted(self._retry_queues)
 
     async def declare_base(self) -> AbstractExchange:
         """Declare the topic exchange, the dead-letter path and the history stream."""
@@ -131,6 +124,7 @@ class Topology:
             raise self._error("exchange", name, exc) from exc
 
     async def _queue(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+        self.declared.add(name)
         try:
             return await self.channel.declare_queue(
                 name, durable=True, passive=self.passive, arguments=arguments
@@ -149,15 +143,11 @@ class Topology:
 
 
 async def delete_namespace(
-    channel: AbstractChannel,
-    namespace: str,
-    agent_ids: Sequence[str],
-    extra_queues: Sequence[str] = (),
+    channel: AbstractChannel, namespace: str, queues: Sequence[str] = ()
 ) -> None:
-    """Delete a namespace's exchanges and queues (inboxes of ``agent_ids``); for teardown."""
-    names = [wire.inbox_name(namespace, a) for a in agent_ids] + list(extra_queues)
-    names += [wire.dead_queue_name(namespace), wire.history_name(namespace)]
-    for name in names:
+    """Delete a namespace's exchanges, its fixed queues and ``queues``; for teardown."""
+    fixed = [wire.dead_queue_name(namespace), wire.history_name(namespace)]
+    for name in sorted(set(queues) | set(fixed)):
         await channel.queue_delete(name)
     for name in (wire.exchange_name(namespace), wire.dead_letter_exchange_name(namespace)):
         await channel.exchange_delete(name)

@@ -72,8 +72,6 @@ async def make_queue(
 ) -> AsyncIterator[Callable[..., Awaitable[MessageQueue]]]:
     """Factory of connected MessageQueues in the test's namespace; deletes what they made."""
     made: list[MessageQueue] = []
-    agents: set[str] = set()
-    extra: set[str] = set()
 
     async def factory(**kwargs: Any) -> MessageQueue:
         kwargs.setdefault("namespace", namespace)
@@ -84,12 +82,11 @@ async def make_queue(
         return queue
 
     yield factory
+    declared: set[str] = set()
     for queue in made:
-        if queue._topology is not None:
-            agents.update(queue._topology.inboxes)
-            extra.update(queue._topology.retry_queues)
+        declared |= queue.declared_queues
         await queue.close()
-    await cleanup_namespace(amqp_url, namespace, sorted(agents), sorted(extra))
+    await cleanup_namespace(amqp_url, namespace, sorted(declared))
 
 
 @pytest.fixture
@@ -108,13 +105,11 @@ async def raw_channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChann
         await connection.close()
 
 
-async def cleanup_namespace(
-    url: str, namespace: str, agents: list[str], extra_queues: Sequence[str] = ()
-) -> None:
-    """Delete every exchange and queue of ``namespace``."""
+async def cleanup_namespace(url: str, namespace: str, queues: Sequence[str] = ()) -> None:
+    """Delete the exchanges and fixed queues of ``namespace``, and ``queues``."""
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel()
-        await asyncio.wait_for(delete_namespace(channel, namespace, agents, extra_queues), 30)
+        await asyncio.wait_for(delete_namespace(channel, namespace, queues), 30)
     finally:
         await connection.close()
