@@ -414,12 +414,12 @@ class AioPikaImplementation(Implementation):
         async with contextlib.AsyncExitStack() as stack:
             self._cleanup_on_exit(stack, queues, exchanges)
             pub = await self._channel(stack, confirms=True)
-            sub = await self._channel(stack, confirms=False, prefetch=spec.PREFETCH)
             exchange = await self._topic_exchange(pub, exchanges)
             total = n * spec.FANOUT_COPIES
             done = _Completion(total)
             on_message = _task_consumer(done)
             for k, binding in enumerate(spec.FANOUT_BINDINGS):
+                sub = await self._channel(stack, confirms=False, prefetch=spec.PREFETCH)
                 queue = await self._inbox(sub, f"sub{k}", queues)
                 await queue.bind(exchange.name, binding, timeout=OP_TIMEOUT)
                 await queue.consume(on_message, timeout=OP_TIMEOUT)
