@@ -1,5 +1,6 @@
 """amqp_agents: agents that talk to each other through RabbitMQ."""
 
+from .agent import MessagePassingAgent, RetryPolicy, TaskHandle
 from .errors import (
     AgentsError,
     BrokerConnectionError,
@@ -34,6 +35,7 @@ __all__ = [
     "InboxFullError",
     "InvalidMessageError",
     "Message",
+    "MessagePassingAgent",
     "MessagePriority",
     "MessageQueue",
     "MessageTooLargeError",
@@ -43,7 +45,9 @@ __all__ = [
     "PublishTimeoutError",
     "RemoteError",
     "RequestTimeoutError",
+    "RetryPolicy",
     "Subscription",
+    "TaskHandle",
     "TopologyError",
     "UnknownRecipientError",
     "create_result_message",

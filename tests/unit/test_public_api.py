@@ -1,0 +1,41 @@
+"""The public surface: an explicit, sorted and complete ``__all__``."""
+
+from __future__ import annotations
+
+import amqp_agents
+from amqp_agents import errors
+
+
+def test_all_is_sorted() -> None:
+    assert amqp_agents.__all__ == sorted(amqp_agents.__all__)
+
+
+def test_all_names_exist() -> None:
+    for name in amqp_agents.__all__:
+        assert hasattr(amqp_agents, name), name
+
+
+def test_every_error_is_exported_and_derives_from_the_base() -> None:
+    error_types = [
+        obj
+        for obj in vars(errors).values()
+        if isinstance(obj, type)
+        and issubclass(obj, Exception)
+        and obj.__module__ == errors.__name__
+    ]
+    for error in error_types:
+        assert issubclass(error, amqp_agents.AgentsError)
+        assert error.__name__ in amqp_agents.__all__, error.__name__
+
+
+def test_every_error_is_drawn_in_the_tree() -> None:
+    doc = errors.__doc__ or ""
+    for name in amqp_agents.__all__:
+        obj = getattr(amqp_agents, name)
+        if isinstance(obj, type) and issubclass(obj, amqp_agents.AgentsError):
+            assert name in doc, name
+
+
+def test_timeouts_are_also_builtin_timeouts() -> None:
+    assert issubclass(amqp_agents.RequestTimeoutError, TimeoutError)
+    assert issubclass(amqp_agents.PublishTimeoutError, TimeoutError)
