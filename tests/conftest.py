@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any
@@ -21,6 +23,8 @@ from amqp_agents import MessageQueue
 from amqp_agents.topology import delete_namespace
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
+SESSION = uuid.uuid4().hex[:6]
+"""Every namespace a test uses starts with ``t-{SESSION}-``: leaks are attributable."""
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -63,7 +67,7 @@ def amqp_url() -> Iterator[str]:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest) -> str:
     """A namespace unique to this test."""
-    return f"t-{uuid.uuid4().hex[:10]}"
+    return f"t-{SESSION}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
@@ -113,3 +117,29 @@ async def cleanup_namespace(url: str, namespace: str, queues: Sequence[str] = ()
         await asyncio.wait_for(delete_namespace(channel, namespace, queues), 30)
     finally:
         await connection.close()
+
+
+def _leftovers() -> list[str]:
+    """Queues and exchanges of this session still on the local broker (needs rabbitmqctl)."""
+    if os.environ.get("AMQP_URL") or shutil.which("rabbitmqctl") is None:
+        return []
+    names: list[str] = []
+    for what in ("list_queues", "list_exchanges"):
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", what, "name"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        names += [n for n in done.stdout.split() if n.startswith(f"t-{SESSION}-")]
+    return names
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a test left a queue or exchange behind on the shared broker."""
+    if exitstatus != 0 or getattr(session.config, "workerinput", None) is not None:
+        return
+    if leftovers := _leftovers():
+        print(f"\nLEAK: tests left these on the broker: {', '.join(sorted(leftovers))}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
