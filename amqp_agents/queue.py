@@ -3,6 +3,11 @@
 One robust connection per MessageQueue. Publishing uses one channel with publisher
 confirms and ``mandatory``: :meth:`MessageQueue.send` returns only after the broker has
 taken responsibility for the message, and raises a typed error when it did not.
+
+The publish path goes one layer below aio-pika, to the aiormq channel under its
+channel, with pamqp properties built straight from :class:`wire.Outgoing`: the same
+frames, confirms and returns as ``Exchange.publish``, without an intermediate
+``aio_pika.Message`` per send.
 """
 
 from __future__ import annotations
@@ -17,10 +22,8 @@ from types import TracebackType
 from typing import Any
 
 from aio_pika import DeliveryMode
-from aio_pika import Message as AmqpMessage
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
@@ -118,8 +121,7 @@ class MessageQueue:
         }
         self._connection: AbstractRobustConnection | None = None
         self._publish_channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
-        self._dead_letter_exchange: AbstractExchange | None = None
+        self._exchange_name = wire.exchange_name(self.namespace)
         self._topology: Topology | None = None
         self._topology_lock = asyncio.Lock()
         self.declared_queues: set[str] = set()
@@ -149,14 +151,6 @@ class MessageQueue:
                 publisher_confirms=True, on_return_raises=True
             )
             await self.topology()
-            # Exchange objects publish on the channel they came from: take them from the
-            # confirming, return-raising channel, never from the declaration channel.
-            self._exchange = await self._publish_channel.get_exchange(
-                wire.exchange_name(self.namespace), ensure=False
-            )
-            self._dead_letter_exchange = await self._publish_channel.get_exchange(
-                wire.dead_letter_exchange_name(self.namespace), ensure=False
-            )
         except BaseException:
             await self.close()
             raise
@@ -251,9 +245,10 @@ class MessageQueue:
             max_body_bytes=self.max_body_bytes,
         )
         await self._publish(
-            self._topic_exchange(),
+            self._exchange_name,
             out.routing_key,
-            _amqp_message(out),
+            out.body,
+            _properties(out),
             message.id,
             message.recipient,
         )
@@ -264,11 +259,12 @@ class MessageQueue:
         The broker also copies it into the history stream (``BCC``), so conversations
         read back from history include replies.
         """
-        out = wire.encode(message, max_body_bytes=self.max_body_bytes)
-        amqp = _amqp_message(out)
-        amqp.headers["BCC"] = [wire.history_name(self.namespace)]
-        channel = self._channel_for_publish()
-        await self._publish(channel.default_exchange, queue_name, amqp, message.id)
+        out = wire.encode(
+            message,
+            extra_headers={"BCC": [wire.history_name(self.namespace)]},
+            max_body_bytes=self.max_body_bytes,
+        )
+        await self._publish("", queue_name, out.body, _properties(out), message.id)
 
     async def dead_letter(
         self,
@@ -327,8 +323,7 @@ class MessageQueue:
         Raises:
             DeliveryError and subclasses, as :meth:`send`.
         """
-        copy = AmqpMessage(
-            incoming.body,
+        copy = Basic.Properties(
             headers={**(incoming.headers or {}), **headers},
             content_type=incoming.content_type,
             delivery_mode=DeliveryMode.PERSISTENT,
@@ -337,16 +332,10 @@ class MessageQueue:
             reply_to=incoming.reply_to,
             message_id=incoming.message_id,
             timestamp=incoming.timestamp,
-            type=incoming.type,
+            message_type=incoming.type,
             user_id=incoming.user_id,
         )
-        channel = self._channel_for_publish()
-        target = (
-            channel.default_exchange
-            if exchange == ""
-            else await channel.get_exchange(exchange, ensure=False)
-        )
-        await self._publish(target, routing_key, copy, incoming.message_id or "?")
+        await self._publish(exchange, routing_key, incoming.body, copy, incoming.message_id or "?")
 
     async def replies(self) -> ReplyListener:
         """The listener of this connection's private reply queue (started on first use)."""
@@ -357,32 +346,40 @@ class MessageQueue:
                 self._replies = listener
             return self._replies
 
-    def _topic_exchange(self) -> AbstractExchange:
-        if self._exchange is None:
-            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
-        return self._exchange
-
-    def _channel_for_publish(self) -> AbstractChannel:
-        if self._publish_channel is None:
-            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
-        return self._publish_channel
-
     async def _publish(
         self,
-        exchange: AbstractExchange,
+        exchange: str,
         routing_key: str,
-        amqp: AmqpMessage,
+        body: bytes,
+        properties: Basic.Properties,
         message_id: str,
         recipient: str | None = None,
     ) -> None:
+        """Publish with ``mandatory`` and wait for the broker's confirm; map failures.
+
+        What ``aio_pika.Exchange.publish`` does, on the aiormq channel under the
+        publishing channel (a robust channel swaps it after a reconnect, so it is looked
+        up per publish): a returned message raises PublishError, a nack DeliveryError.
+        """
+        channel = self._publish_channel
+        if channel is None:
+            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
         try:
-            await exchange.publish(
-                amqp, routing_key=routing_key, mandatory=True, timeout=self.publish_timeout_s
+            if channel.is_closed:
+                raise ChannelInvalidStateError(f"{channel!r} closed")
+            underlay = await channel.get_underlay_channel()
+            await underlay.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self.publish_timeout_s,
             )
         except PublishError:
             if recipient is None:
                 raise AgentsDeliveryError(
-                    f"nothing bound for {routing_key!r} on {exchange.name!r} (message {message_id})"
+                    f"nothing bound for {routing_key!r} on {exchange!r} (message {message_id})"
                 ) from None
             if not recipient:
                 raise NoRouteError(
@@ -524,19 +521,19 @@ PriorityMessageQueue = MessageQueue
 """The tutorial's name: every inbox has native AMQP priority, so one class does both."""
 
 
-def _amqp_message(out: wire.Outgoing) -> AmqpMessage:
-    return AmqpMessage(
-        out.body,
-        headers=out.headers,
+def _properties(out: wire.Outgoing) -> Basic.Properties:
+    """The AMQP properties of an encoded message (docs/wire-format.md, "Properties")."""
+    return Basic.Properties(
         content_type=wire.CONTENT_TYPE,
+        headers=out.headers,
         delivery_mode=DeliveryMode.PERSISTENT,
         priority=out.priority,
         correlation_id=out.correlation_id,
         reply_to=out.reply_to,
-        expiration=out.expiration_s,
+        expiration=None if out.expiration_s is None else str(int(out.expiration_s * 1000)),
         message_id=out.message_id,
         timestamp=out.timestamp,
-        type=out.type,
+        message_type=out.type,
     )
 
 
