@@ -14,6 +14,7 @@ from .errors import (
     PublishTimeoutError,
     RemoteError,
     RequestTimeoutError,
+    RoutingError,
     TopologyError,
     UnknownRecipientError,
 )
@@ -25,6 +26,8 @@ from .message import (
     create_task_message,
 )
 from .queue import MessageQueue, PriorityMessageQueue, Subscription
+from .routed_queue import RoutingMessageQueue
+from .routing import MessageRouter
 
 __all__ = [
     "AgentsError",
@@ -38,6 +41,7 @@ __all__ = [
     "MessagePassingAgent",
     "MessagePriority",
     "MessageQueue",
+    "MessageRouter",
     "MessageTooLargeError",
     "MessageType",
     "NoRouteError",
@@ -46,6 +50,8 @@ __all__ = [
     "RemoteError",
     "RequestTimeoutError",
     "RetryPolicy",
+    "RoutingError",
+    "RoutingMessageQueue",
     "Subscription",
     "TaskHandle",
     "TopologyError",

@@ -5,6 +5,7 @@ do", or one branch for the failure it knows how to handle::
 
     AgentsError
     ├── ConfigError                 bad YAML, unknown keys, missing ${VAR}, bad class path
+    │   └── RoutingError            a route pattern, destination or hook that is unusable
     ├── InvalidMessageError         an envelope that fails validation (ours or a foreign one)
     │   └── MessageTooLargeError    refused before publishing: over the size limit
     ├── BrokerConnectionError       broker unreachable, credentials refused, link lost
@@ -29,6 +30,10 @@ class AgentsError(Exception):
 
 class ConfigError(AgentsError):
     """A configuration file or value is invalid; the message names the place."""
+
+
+class RoutingError(ConfigError):
+    """A route cannot be compiled (unknown pattern form, bad value) or a hook misbehaved."""
 
 
 class InvalidMessageError(AgentsError):

@@ -115,6 +115,17 @@ class Topology:
         if not self.passive:
             await self.history.bind(self.exchange, routing_key=routing_key)
 
+    async def bind_inbox(self, agent_id: str, routing_key: str) -> None:
+        """Declare ``agent_id``'s inbox and also bind it with ``routing_key`` (a route's).
+
+        Route keys end in ``-`` (recipient-less messages), so they never overlap the
+        inbox's own ``*.*.*.{agent_id}`` binding.
+        """
+        queue = await self.declare_inbox(agent_id)
+        assert self.exchange is not None
+        if not self.passive:
+            await queue.bind(self.exchange, routing_key=routing_key)
+
     async def _exchange(self, name: str, kind: ExchangeType) -> AbstractExchange:
         try:
             return await self.channel.declare_exchange(

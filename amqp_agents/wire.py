@@ -10,6 +10,7 @@ Names for namespace ``ns``::
     exchange_name("agents")            -> "agents"            (topic, durable)
     inbox_name("agents", "writer")     -> "agents.inbox.writer"
     inbox_binding_key("writer")        -> "*.*.*.writer"
+    route_binding_key(msg_type="task") -> "task.*.*.-"       (a route's binding)
     routing_key(msg)                   -> "task.2.coordinator.writer"
     dead_letter_exchange_name("agents")-> "agents.dlx"        (fanout)
     dead_queue_name("agents")          -> "agents.dead"
@@ -114,6 +115,14 @@ def retry_queue_arguments(ns: str, agent_id: str, delay_s: float) -> dict[str, A
         "x-dead-letter-exchange": "",
         "x-dead-letter-routing-key": inbox_name(ns, agent_id),
     }
+
+
+def route_binding_key(*, msg_type: str = "*", priority: str = "*", sender: str = "*") -> str:
+    """The binding key of a route: only recipient-less messages, narrowed by the words given.
+
+    ``route_binding_key(sender="bob") -> "*.*.bob.-"``; ``route_binding_key() -> "*.*.*.-"``.
+    """
+    return f"{msg_type}.{priority}.{sender}.{NO_AGENT}"
 
 
 def routing_key(message: Message) -> str:
@@ -270,7 +279,8 @@ def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
     """Read a Message from an AMQP delivery, ours or a foreign client's.
 
     Missing pieces get defaults: no ``message_id`` -> a new uuid; no ``x-sender`` ->
-    the routing key's sender word (or ``""``); no recipient -> ``inbox_owner``; no
+    the routing key's sender word (or ``""``); no recipient -> the key's recipient
+    word, ``""`` for a routed message (word ``-``), else ``inbox_owner``; no
     timestamp -> now; no priority -> NORMAL (RabbitMQ itself ranks it below LOW).
 
     Raises:
@@ -298,10 +308,7 @@ def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
     sender = _header_str(headers, H_SENDER)
     if sender is None:
         sender = key_words[2] if key_words[2] not in (None, NO_AGENT) else ""
-    recipient = _header_str(headers, H_RECIPIENT)
-    if not recipient:
-        word = key_words[3]
-        recipient = word if word not in (None, NO_AGENT) else inbox_owner
+    recipient = _recipient(_header_str(headers, H_RECIPIENT), key_words[3], inbox_owner)
 
     metadata: dict[str, Any] = {}
     raw_meta = headers.get(H_METADATA)
@@ -342,6 +349,20 @@ def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
         )
     except ValueError as exc:
         raise InvalidMessageError(f"invalid envelope: {exc}") from exc
+
+
+def _recipient(header: str | None, word: str | None, inbox_owner: str) -> str:
+    """The recipient of a delivery: ``""`` for a routed one, so its router can decide.
+
+    The ``x-recipient`` header wins: it is empty exactly for a routed message, and it
+    outlives the routing key, which a retry or dead-letter hop replaces with a queue
+    name. Without the header, the key's word (``-``: routed), else the inbox's owner.
+    """
+    if header is not None:
+        return header
+    if word is None:
+        return inbox_owner
+    return "" if word == NO_AGENT else word
 
 
 def deadline_of(headers: Any) -> datetime | None:

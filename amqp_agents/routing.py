@@ -1,0 +1,315 @@
+"""Routes: which inboxes a recipient-less message goes to, compiled to topic bindings.
+
+A route says "messages like this go to these agents"::
+
+    router = MessageRouter()
+    router.add_route("type:task", ["researcher"])
+    router.add_route("sender:agent_*", ["auditor"])
+    router.add_filter("sender:agent_*", lambda m: m.priority >= 3)
+
+Two places read the same routes. The broker: each route becomes a topic binding of
+its destinations' inboxes (:func:`compile_rule` gives the key), so one publish reaches
+every inbox that may want it. The consumer: a binding cannot say everything (a sender
+prefix, a filter function), so :meth:`MessageRouter.accept` finishes the decision for
+each delivery and applies the route's transforms. :meth:`MessageRouter.get_destinations`
+predicts the outcome of both; the integration tests hold the broker to it.
+
+Pure: nothing here does IO. :class:`amqp_agents.routed_queue.RoutingMessageQueue`
+makes the bindings and calls :meth:`MessageRouter.accept`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from . import wire
+from .errors import RoutingError
+from .message import AGENT_ID_PATTERN, Message, MessageType
+
+Filter = Callable[[Message], bool]
+"""Keeps a route for a message (True) or drops the route's destinations (False)."""
+Transform = Callable[[Message], Message]
+"""Returns the message a destination sees; it gets a private copy to change."""
+
+Attribute = Literal["*", "type", "priority", "sender"]
+
+_PATTERN_FORMS = "'*', 'type:<type>', 'priority:<1-4>', 'sender:<id>' or 'sender:<prefix>*'"
+
+# Used with fullmatch: "$" alone would let a trailing newline into a binding key.
+_AGENT_ID = re.compile(AGENT_ID_PATTERN)
+_SENDER_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,62}")
+_PRIORITY = re.compile(r"[1-4]")
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A route pattern as the broker and the consumer use it.
+
+    Attributes:
+        pattern: the pattern as written.
+        binding_key: the topic binding that delivers every message the pattern matches
+            (and, when not ``exact``, some more).
+        exact: the binding delivers exactly the matching messages; when False the
+            consumer must check :meth:`matches` and drop the rest.
+        attribute: the message attribute the pattern tests (``*``: none).
+        value: the value it is compared with (for a sender prefix: the prefix).
+        prefix: ``value`` is a sender prefix rather than a whole id.
+    """
+
+    pattern: str
+    binding_key: str
+    exact: bool
+    attribute: Attribute
+    value: str = ""
+    prefix: bool = False
+
+    def matches(self, message: Message) -> bool:
+        """Whether ``message`` matches the pattern (filters are not part of a rule)."""
+        if self.attribute == "type":
+            return message.type.value == self.value
+        if self.attribute == "priority":
+            return str(int(message.priority)) == self.value
+        if self.attribute == "sender":
+            if self.prefix:
+                return message.sender.startswith(self.value)
+            return message.sender == self.value
+        return True
+
+
+def compile_rule(pattern: str) -> CompiledRule:
+    """Compile a route pattern into its topic binding key and consumer-side predicate.
+
+    Route keys end in ``-``: routes only ever see recipient-less messages. A sender
+    prefix has no topic-binding form (``*`` stands for a whole word), so it binds as
+    narrowly as possible and the consumer completes the match::
+
+        "*"              -> "*.*.*.-"      exact
+        "type:task"      -> "task.*.*.-"   exact
+        "priority:4"     -> "*.4.*.-"      exact
+        "sender:bob"     -> "*.*.bob.-"    exact
+        "sender:agent_*" -> "*.*.*.-"      not exact: the consumer checks the prefix
+        "type:job"       -> RoutingError   (not a message type)
+        "recipient:bob"  -> RoutingError   (unknown pattern form)
+
+    >>> rule = compile_rule("sender:agent_*")
+    >>> rule.binding_key, rule.exact
+    ('*.*.*.-', False)
+
+    Raises:
+        RoutingError: unknown pattern form or invalid value; the message lists the forms.
+    """
+    if pattern == "*":
+        return CompiledRule(pattern, wire.route_binding_key(), exact=True, attribute="*")
+    kind, colon, value = pattern.partition(":")
+    compile_value = _COMPILERS.get(kind) if colon else None
+    if compile_value is None:
+        raise RoutingError(f"unknown route pattern {pattern!r}: expected {_PATTERN_FORMS}")
+    return compile_value(pattern, value)
+
+
+def _compile_type(pattern: str, value: str) -> CompiledRule:
+    if value not in {t.value for t in MessageType}:
+        kinds = ", ".join(t.value for t in MessageType)
+        raise RoutingError(f"route pattern {pattern!r}: {value!r} is not a message type ({kinds})")
+    key = wire.route_binding_key(msg_type=value)
+    return CompiledRule(pattern, key, exact=True, attribute="type", value=value)
+
+
+def _compile_priority(pattern: str, value: str) -> CompiledRule:
+    if not _PRIORITY.fullmatch(value):
+        raise RoutingError(f"route pattern {pattern!r}: priority must be 1, 2, 3 or 4")
+    key = wire.route_binding_key(priority=value)
+    return CompiledRule(pattern, key, exact=True, attribute="priority", value=value)
+
+
+def _compile_sender(pattern: str, value: str) -> CompiledRule:
+    if value.endswith("*"):
+        prefix = value[:-1]
+        if not _SENDER_PREFIX.fullmatch(prefix):
+            raise RoutingError(
+                f"route pattern {pattern!r}: a sender prefix must be the non-empty start of"
+                " an agent id, with '*' only at the end (use '*' alone to match every sender)"
+            )
+        key = wire.route_binding_key()
+        return CompiledRule(
+            pattern, key, exact=False, attribute="sender", value=prefix, prefix=True
+        )
+    _check_agent_id(pattern, value, "sender")
+    key = wire.route_binding_key(sender=value)
+    return CompiledRule(pattern, key, exact=True, attribute="sender", value=value)
+
+
+_COMPILERS: dict[str, Callable[[str, str], CompiledRule]] = {
+    "type": _compile_type,
+    "priority": _compile_priority,
+    "sender": _compile_sender,
+}
+
+
+@dataclass(slots=True)
+class _Route:
+    """One route: a compiled pattern, where it sends, and its optional hooks."""
+
+    rule: CompiledRule
+    destinations: list[str]
+    filter: Filter | None = None
+    transform: Transform | None = None
+
+    def takes(self, message: Message) -> bool:
+        """The pattern matches and the filter (if any) keeps the message."""
+        if not self.rule.matches(message):
+            return False
+        if self.filter is None:
+            return True
+        try:
+            return bool(self.filter(message))
+        except Exception as exc:
+            exc.add_note(f"in the filter of route {self.rule.pattern!r}")
+            raise
+
+    def apply(self, message: Message) -> Message:
+        """The message after this route's transform (if any)."""
+        if self.transform is None:
+            return message
+        try:
+            result = self.transform(message)
+        except Exception as exc:
+            exc.add_note(f"in the transform of route {self.rule.pattern!r}")
+            raise
+        if not isinstance(result, Message):
+            raise RoutingError(
+                f"the transform of route {self.rule.pattern!r} returned"
+                f" {type(result).__name__}, not a Message"
+            )
+        return result
+
+
+class MessageRouter:
+    """Routes for recipient-less messages, with per-route filters and transforms.
+
+    A route is known by its pattern, as in the tutorial: adding a route with a pattern
+    that exists replaces its destinations and keeps its filter and transform. Routes
+    are evaluated in the order they were first added. Filters and transforms run on
+    both the sender's side (to refuse a message no route takes) and the consumer's, so
+    they must be deterministic and quick; a transform gets a private copy to change.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, _Route] = {}
+
+    def add_route(self, pattern: str, destinations: Sequence[str]) -> None:
+        """Send messages matching ``pattern`` to the inboxes of ``destinations``.
+
+        Raises:
+            RoutingError: bad pattern (see :func:`compile_rule`), no destination, or a
+                destination that is not a valid agent id.
+        """
+        rule = compile_rule(pattern)
+        dests = _destinations(pattern, destinations)
+        route = self._routes.get(pattern)
+        if route is None:
+            self._routes[pattern] = _Route(rule, dests)
+        else:
+            route.destinations = dests
+
+    def add_filter(self, pattern: str, filter_func: Filter) -> None:
+        """Only let the route ``pattern`` take messages for which ``filter_func`` is true.
+
+        Raises:
+            RoutingError: there is no route with that pattern (add it first).
+        """
+        self._route(pattern).filter = filter_func
+
+    def add_transform(self, pattern: str, transform_func: Transform) -> None:
+        """Have the route ``pattern``'s destinations receive ``transform_func(message)``.
+
+        Raises:
+            RoutingError: there is no route with that pattern (add it first).
+        """
+        self._route(pattern).transform = transform_func
+
+    @property
+    def rules(self) -> list[CompiledRule]:
+        """The compiled patterns, in route order."""
+        return [route.rule for route in self._routes.values()]
+
+    def bindings(self) -> list[tuple[str, str]]:
+        """``(binding_key, destination)`` pairs the broker needs, without repeats.
+
+        >>> router = MessageRouter()
+        >>> router.add_route("type:task", ["researcher", "writer"])
+        >>> router.bindings()
+        [('task.*.*.-', 'researcher'), ('task.*.*.-', 'writer')]
+        """
+        pairs = (
+            (route.rule.binding_key, dest)
+            for route in self._routes.values()
+            for dest in route.destinations
+        )
+        return list(dict.fromkeys(pairs))
+
+    def get_destinations(self, message: Message) -> list[str]:
+        """The agents that receive ``message`` if it is sent without a recipient.
+
+        In route order, then destination order, each agent once. ``message.recipient``
+        is not consulted: a message with a recipient never goes through routes.
+        """
+        found = (
+            dest
+            for route in self._routes.values()
+            if route.takes(message)
+            for dest in route.destinations
+        )
+        return list(dict.fromkeys(found))
+
+    def accept(self, message: Message, destination: str) -> Message | None:
+        """What ``destination`` receives of a routed message delivered into its inbox.
+
+        Bindings may deliver more than the routes mean (a sender prefix binds every
+        routed message; an inbox keeps old bindings), so this decides for real: None
+        unless a route listing ``destination`` matches and its filter keeps the message.
+        Otherwise a copy with ``recipient=destination``, passed through the transforms
+        of those routes in route order. ``message`` itself is never changed.
+        """
+        routes = [
+            route
+            for route in self._routes.values()
+            if destination in route.destinations and route.takes(message)
+        ]
+        if not routes:
+            return None
+        accepted = message.model_copy(update={"recipient": destination}, deep=True)
+        for route in routes:
+            accepted = route.apply(accepted)
+        return accepted
+
+    def _route(self, pattern: str) -> _Route:
+        route = self._routes.get(pattern)
+        if route is None:
+            raise RoutingError(f"no route with pattern {pattern!r}; call add_route first")
+        return route
+
+
+def _destinations(pattern: str, destinations: Sequence[str]) -> list[str]:
+    """Validated destinations, each once; a bare string would route to its letters."""
+    if isinstance(destinations, str):
+        raise RoutingError(
+            f"route {pattern!r}: destinations must be a list of agent ids, not a string"
+        )
+    dests = list(dict.fromkeys(destinations))
+    if not dests:
+        raise RoutingError(f"route {pattern!r} has no destinations")
+    for dest in dests:
+        _check_agent_id(pattern, dest, "destination")
+    return dests
+
+
+def _check_agent_id(pattern: str, value: str, role: str) -> None:
+    if not isinstance(value, str) or not _AGENT_ID.fullmatch(value):
+        raise RoutingError(
+            f"route {pattern!r}: invalid agent id {value!r} as {role}: must match"
+            f" {AGENT_ID_PATTERN}"
+        )
