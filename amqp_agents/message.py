@@ -56,7 +56,7 @@ def validate_agent_id(agent_id: str) -> str:
     Raises:
         InvalidMessageError: the id does not match :data:`AGENT_ID_PATTERN`.
     """
-    if not isinstance(agent_id, str) or not _AGENT_ID.match(agent_id):
+    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
         raise InvalidMessageError(f"invalid agent id {agent_id!r}: must match {AGENT_ID_PATTERN}")
     return agent_id
 
@@ -93,7 +93,7 @@ class Message(BaseModel):
     @field_validator("sender", "recipient")
     @classmethod
     def _agent_id_or_empty(cls, value: str) -> str:
-        if value and not _AGENT_ID.match(value):
+        if value and not _AGENT_ID.fullmatch(value):
             raise ValueError(f"invalid agent id {value!r}: must match {AGENT_ID_PATTERN}")
         return value
 

@@ -339,6 +339,8 @@ class MessageQueue:
 
     async def replies(self) -> ReplyListener:
         """The listener of this connection's private reply queue (started on first use)."""
+        if self._replies is not None:
+            return self._replies
         async with self._replies_lock:
             if self._replies is None:
                 listener = ReplyListener(await self.connection.channel(), self.namespace)
@@ -375,6 +377,10 @@ class MessageQueue:
                 properties=properties,
                 mandatory=True,
                 timeout=self.publish_timeout_s,
+                # Wait for the confirm only, not also for the frame to reach the socket:
+                # the confirm implies it, and the connection's bounded write queue still
+                # holds publishers back when the socket is slow.
+                wait=False,
             )
         except PublishError:
             if recipient is None:
@@ -465,7 +471,15 @@ class MessageQueue:
         except InvalidMessageError as exc:
             await self.dead_letter(incoming, reason=f"undecodable: {exc}", agent_id=agent_id)
             return None
-        accepted = self.accept(message, agent_id)
+        try:
+            accepted = self.accept(message, agent_id)
+        except Exception as exc:
+            # A route's filter or transform raised: park the message with the reason
+            # rather than leave it unacknowledged (stuck) or drop it.
+            await self.dead_letter(
+                incoming, reason="route filter/transform failed", agent_id=agent_id, error=exc
+            )
+            return None
         if accepted is None:
             log.debug("message %s is not for %s; acknowledged unhandled", message.id, agent_id)
             await incoming.ack()

@@ -67,7 +67,7 @@ def validate_namespace(ns: str) -> str:
     >>> validate_namespace("prod.agents")
     'prod.agents'
     """
-    if not _NAMESPACE.match(ns) or ns.startswith("amq."):
+    if not _NAMESPACE.fullmatch(ns) or ns.startswith("amq."):
         raise InvalidMessageError(f"invalid namespace {ns!r}")
     return ns
 

@@ -324,3 +324,31 @@ async def _drain_ids(queue: aio_pika.abc.AbstractQueue) -> set[str]:
     while (incoming := await queue.get(no_ack=True, fail=False)) is not None:
         ids.add(wire.decode(incoming).id)
     return ids
+
+
+async def test_a_raising_filter_parks_the_message_in_dead_letters(
+    make_routing_queue: MakeRoutingQueue,
+    raw_channel: aio_pika.abc.AbstractChannel,
+    namespace: str,
+) -> None:
+    def explode(message: Message) -> bool:
+        raise ValueError("filter bug")
+
+    router = MessageRouter()
+    router.add_route("type:notification", ["archive"])
+    router.add_filter("type:notification", explode)
+    queue = await make_routing_queue(router)
+    # get_destinations runs the filter at send time too: publish as a foreign client.
+    exchange = await raw_channel.get_exchange(namespace)
+    await exchange.publish(
+        aio_pika.Message(b'"x"', content_type="application/json", priority=2),
+        routing_key="notification.2.alice.-",
+    )
+    assert await queue.receive("archive", timeout=1) is None
+    dead = await raw_channel.get_queue(wire.dead_queue_name(namespace))
+    async with asyncio.timeout(5), dead.iterator() as it:
+        async for corpse in it:
+            await corpse.ack()
+            break
+    assert corpse.headers[wire.H_DEAD_REASON] == "route filter/transform failed"
+    assert corpse.headers[wire.H_DEAD_ERROR_MESSAGE] == "filter bug"

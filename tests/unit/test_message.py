@@ -77,7 +77,7 @@ def test_valid_agent_ids(good: str) -> None:
     assert validate_agent_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "a.b", "a*", "#", "9lives", "x" * 65])
+@pytest.mark.parametrize("bad", ["", "a.b", "a*", "#", "9lives", "x" * 65, "bob\n"])
 def test_invalid_agent_ids(bad: str) -> None:
     with pytest.raises(InvalidMessageError):
         validate_agent_id(bad)
