@@ -110,7 +110,9 @@ class TaskHandle:
         """
         limit = self._timeout_s if timeout is None else timeout
         try:
-            reply = await asyncio.wait_for(asyncio.shield(self._future), limit)
+            # shield: a timed-out wait leaves the future alone, so result() can be retried.
+            async with asyncio.timeout(limit):
+                reply = await asyncio.shield(self._future)
         except TimeoutError:
             self._forget()
             raise RequestTimeoutError(
@@ -358,11 +360,18 @@ class MessagePassingAgent:
         log.info("agent %s stopped", self.id)
 
     async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        # Each delivery is handled in its own task so that a slow handler does not
-        # hold up the next; prefetch (= concurrency) bounds how many run at once.
-        task = asyncio.create_task(self._handle_delivery(incoming))
+        # aio-pika already runs each consumer callback in a task of its own, so a slow
+        # handler does not hold up the next and prefetch (= concurrency) bounds how many
+        # run at once. That task is the one stop() waits for (and cancels, if it must).
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - aio-pika always calls us from a task
+            await self._handle_delivery(incoming)
+            return
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
+        try:
+            await self._handle_delivery(incoming)
+        finally:
+            self._in_flight.discard(task)
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
         message = await self.queue.decode_delivery(incoming, self.id)

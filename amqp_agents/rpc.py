@@ -46,11 +46,12 @@ class ReplyListener:
 
     async def start(self) -> None:
         """Declare the reply queue and start consuming it."""
-        await self._channel.set_qos(prefetch_count=1000)
         self._queue = await self._channel.declare_queue(
             self.queue_name, exclusive=True, auto_delete=True
         )
-        await self._queue.consume(self._on_reply)
+        # No acks: a reply is only worth anything to this connection's waiters, and an
+        # exclusive queue dies with the connection, so there is nothing to redeliver to.
+        await self._queue.consume(self._on_reply, no_ack=True)
         self._channel.close_callbacks.add(self._on_channel_close)
 
     def expect(
@@ -71,7 +72,6 @@ class ReplyListener:
         return len(self._pending)
 
     async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
-        await incoming.ack()
         try:
             reply = wire.decode(incoming)
         except InvalidMessageError as exc:
