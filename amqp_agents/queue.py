@@ -19,8 +19,9 @@ import os
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
+import aiormq
 from aio_pika import DeliveryMode
 from aio_pika.abc import (
     AbstractChannel,
@@ -369,7 +370,8 @@ class MessageQueue:
         try:
             if channel.is_closed:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
-            underlay = await channel.get_underlay_channel()
+            # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).
+            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
             await underlay.basic_publish(
                 body,
                 exchange=exchange,
