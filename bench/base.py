@@ -74,6 +74,14 @@ class Implementation(abc.ABC):
 
         Returns ``{"deliveries_per_s"}``."""
 
+    async def memory(self, n: int, agents: int) -> Figures:
+        """RSS of one agent's process across ``n`` messages, and of ``agents`` agents.
+
+        Returns e.g. ``{"agent_rss_growth_mb", "agents_start_s", "agents_rss_mb"}``.
+        Optional: the default raises NotImplementedError (shown as "n/a").
+        """
+        raise NotImplementedError("memory")
+
     # --- helpers for subclasses -------------------------------------------------------
     def new_name(self, role: str) -> str:
         """A fresh name under this instance's prefix, e.g. ``bench-ab12.aio-pika.3.inbox``."""

@@ -35,7 +35,9 @@ IMPLEMENTATIONS: dict[str, str] = {
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
 
-WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout")
+WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout", "memory")
+SINGLE_RUN: frozenset[str] = frozenset({"memory"})
+"""Workloads measured once whatever ``--runs`` says: a growth check, not a race."""
 RATIO: tuple[str, str] = ("amqp_agents", "aio-pika")
 """The ratio column is ``RATIO[0] / RATIO[1]`` (of the medians)."""
 
@@ -52,6 +54,8 @@ class Sizes:
     rpc_conc: int
     fanout: int
     warmup: int
+    memory: int
+    memory_agents: int
     in_flight: int = spec.RPC_CONC_IN_FLIGHT
 
     @classmethod
@@ -63,6 +67,8 @@ class Sizes:
             rpc_conc=spec.RPC_CONC_N // d,
             fanout=spec.FANOUT_N // d,
             warmup=spec.WARMUP_N // d,
+            memory=spec.MEMORY_N // d,
+            memory_agents=spec.MEMORY_AGENTS // d,
         )
 
     def n(self, workload: str) -> int:
@@ -91,6 +97,8 @@ async def call_workload(
                 return await impl.rpc_conc(n, sizes.in_flight)
             if workload == "fanout":
                 return await impl.fanout(n)
+            if workload == "memory":
+                return await impl.memory(n, sizes.memory_agents)
     except TimeoutError:
         if scope.expired():
             raise TimeoutError(f"{workload}(n={n}) did not finish in {budget:.0f}s") from None
@@ -268,7 +276,8 @@ async def measure(
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
-        await call_workload(impl, workload, sizes.warmup, sizes, payload)
+        if workload not in SINGLE_RUN:
+            await call_workload(impl, workload, sizes.warmup, sizes, payload)
         return await call_workload(impl, workload, sizes.n(workload), sizes, payload)
     finally:
         try:
@@ -307,7 +316,8 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
             rabbitmq_version = await broker.server_version()
         log(f"RabbitMQ {rabbitmq_version}; prefix {run_prefix}; sizes {sizes}")
         for workload in args.workloads:
-            for r in range(args.runs):
+            runs = 1 if workload in SINGLE_RUN else args.runs
+            for r in range(runs):
                 for name in args.impl:
                     cell = results[workload][name]
                     if name not in classes or cell.status == "n/a":
@@ -321,20 +331,20 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                     except NotImplementedError as exc:
                         cell.status = "n/a"
                         cell.note = f"not implemented: {exc}" if str(exc) else "not implemented"
-                        log(f"[{workload} {r + 1}/{args.runs}] {name}: n/a")
+                        log(f"[{workload} {r + 1}/{runs}] {name}: n/a")
                         continue
                     except Exception as exc:
                         detail = "".join(traceback.format_exception_only(exc)).strip()
                         cell.errors.append(f"run {r + 1}: {detail}")
-                        if not cell.runs and r == args.runs - 1:
+                        if not cell.runs and r == runs - 1:
                             cell.status = "error"
-                        log(f"[{workload} {r + 1}/{args.runs}] {name}: FAILED {detail}")
+                        log(f"[{workload} {r + 1}/{runs}] {name}: FAILED {detail}")
                         traceback.print_exc(file=sys.stderr)
                         continue
                     cell.runs.append(figures)
                     shown = ", ".join(f"{k}={fmt(v)}" for k, v in figures.items())
                     took = time.perf_counter() - t0
-                    log(f"[{workload} {r + 1}/{args.runs}] {name}: {shown} ({took:.1f}s)")
+                    log(f"[{workload} {r + 1}/{runs}] {name}: {shown} ({took:.1f}s)")
     finally:
         with contextlib.suppress(Exception):
             await broker.sweep(set(), set())

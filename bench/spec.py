@@ -18,6 +18,10 @@ RPC_CONC_N: Final = 5_000
 RPC_CONC_IN_FLIGHT: Final = 64
 FANOUT_N: Final = 20_000
 WARMUP_N: Final = 500
+MEMORY_N: Final = 200_000
+"""Messages one agent handles while its process's RSS is sampled (``memory``)."""
+MEMORY_AGENTS: Final = 1_000
+"""Agents started in one process (``memory``)."""
 QUICK_DIVISOR: Final = 10
 
 # --- broker-facing parameters -----------------------------------------------------------
