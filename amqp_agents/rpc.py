@@ -36,11 +36,12 @@ class _Pending:
 class ReplyListener:
     """Consumes a private, exclusive reply queue and resolves waiting requests."""
 
-    def __init__(self, channel: AbstractChannel, namespace: str) -> None:
+    def __init__(self, channel: AbstractChannel, namespace: str, owner: str | None = None) -> None:
         self._channel = channel
         # A client-chosen name (not server-named) so that a reconnecting robust channel
         # redeclares the very queue that in-flight requests named as their reply_to.
-        self.queue_name = f"{namespace}.reply.{uuid.uuid4().hex}"
+        # The owner's id in it lets a broker permission grant exactly its reply queues.
+        self.queue_name = wire.reply_queue_name(namespace, owner, uuid.uuid4().hex)
         self._queue: AbstractQueue | None = None
         self._pending: dict[str, _Pending] = {}
 

@@ -15,6 +15,8 @@ Names for namespace ``ns``::
     dead_letter_exchange_name("agents")-> "agents.dlx"        (fanout)
     dead_queue_name("agents")          -> "agents.dead"
     history_name("agents")             -> "agents.history"    (stream)
+    reply_queue_name("agents", "w", t) -> "agents.reply.w.{t}" (exclusive, per connection)
+    topology_record_name("agents")     -> "agents.topology"   (what `topology apply` bound)
 """
 
 from __future__ import annotations
@@ -100,6 +102,23 @@ def dead_queue_name(ns: str) -> str:
 def history_name(ns: str) -> str:
     """The stream queue keeping a bounded, durable copy of the namespace's traffic."""
     return f"{ns}.history"
+
+
+def reply_queue_name(ns: str, owner: str | None, token: str) -> str:
+    """A private reply queue: ``{ns}.reply.{owner}.{token}``, or ``{ns}.reply.{token}``.
+
+    The owner (an agent id) lets a broker permission name exactly the reply queues of
+    one agent: ``reply_queue_name("agents", "writer", "ab12") -> "agents.reply.writer.ab12"``.
+    """
+    return f"{ns}.reply.{owner}.{token}" if owner else f"{ns}.reply.{token}"
+
+
+def topology_record_name(ns: str) -> str:
+    """Holds one message: the bindings the last ``amqp-agents topology apply`` made.
+
+    AMQP cannot list bindings, so ``topology plan`` compares with this record.
+    """
+    return f"{ns}.topology"
 
 
 def retry_queue_name(ns: str, agent_id: str, delay_s: float) -> str:
