@@ -38,6 +38,7 @@ from aio_pika.exceptions import (
 from pamqp.commands import Basic
 
 from . import wire
+from ._properties import FastProperties
 from .connection import connect, redact_url, resolve_url
 from .errors import (
     BrokerConnectionError,
@@ -539,7 +540,7 @@ PriorityMessageQueue = MessageQueue
 
 def _properties(out: wire.Outgoing) -> Basic.Properties:
     """The AMQP properties of an encoded message (docs/wire-format.md, "Properties")."""
-    return Basic.Properties(
+    return FastProperties(
         content_type=wire.CONTENT_TYPE,
         headers=out.headers,
         delivery_mode=DeliveryMode.PERSISTENT,
