@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amqp_agents import (
     InvalidMessageError,
@@ -187,3 +189,38 @@ def test_deadline_sets_header_and_expiration() -> None:
 def test_envelope_with_invalid_agent_id_is_rejected(bad: str) -> None:
     with pytest.raises(InvalidMessageError):
         Message.from_dict({**full_message().to_dict(), "sender": bad})
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(alphabet=st.characters(codec="utf-8")),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(json_values)
+def test_body_parses_as_the_standard_library_does(value: Any) -> None:
+    body = json.dumps(value).encode()
+    got = wire.decode(FakeIncoming(body=body)).content
+    # NaN != NaN: compare through the standard library's own encoding.
+    assert json.dumps(got) == json.dumps(json.loads(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"NaN",
+        b"[Infinity, -Infinity]",
+        b"1" + b"0" * 400,
+        b"1e400",
+        b'"\\ud800"',
+        b"[" * 300 + b"]" * 300,
+    ],
+)
+def test_unusual_but_valid_json_is_read_as_the_standard_library_does(body: bytes) -> None:
+    got = wire.decode(FakeIncoming(body=body)).content
+    assert json.dumps(got) == json.dumps(json.loads(body))
