@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import ssl
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -33,8 +35,47 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-async def connect(url: str, *, name: str, timeout_s: float = 10.0) -> AbstractRobustConnection:
+def tls_context(
+    *,
+    ca_file: Path | None = None,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """A client TLS context for an ``amqps://`` broker.
+
+    Args:
+        ca_file: CA bundle that signed the broker's certificate (None: the system CAs).
+        cert_file: client certificate, for brokers that authenticate clients by it.
+        key_file: the certificate's private key.
+        verify: check the broker's certificate and host name; off only for local tests.
+
+    Raises:
+        OSError, ssl.SSLError: a file is unreadable or not PEM (callers name the place).
+    """
+    context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    timeout_s: float = 10.0,
+    ssl_context: ssl.SSLContext | None = None,
+) -> AbstractRobustConnection:
     """Open a robust connection (it reconnects and replays declarations by itself).
+
+    Args:
+        url: the broker URL; ``amqps://`` uses ``ssl_context`` (default: system CAs).
+        name: the connection name the broker shows.
+        timeout_s: how long connecting may take.
+        ssl_context: TLS settings (see :func:`tls_context`); ignored for ``amqp://``.
 
     Raises:
         BrokerConnectionError: unreachable broker, refused credentials or vhost, timeout.
@@ -44,6 +85,7 @@ async def connect(url: str, *, name: str, timeout_s: float = 10.0) -> AbstractRo
             url,
             timeout=timeout_s,
             client_properties={"connection_name": name},
+            ssl_context=ssl_context,
         )
     except (TimeoutError, AMQPConnectionError, OSError) as exc:
         detail = str(exc).replace(url, redact_url(url)) or type(exc).__name__

@@ -16,7 +16,8 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
@@ -87,9 +88,14 @@ class MessageQueue:
         passive: only check that the topology exists; never create it.
         inbox_max_length: length limit of inboxes this queue declares; a full inbox
             refuses new messages (:class:`InboxFullError`).
+        inbox_max_lengths: per-agent limits that override ``inbox_max_length`` (every
+            process that declares an inbox must use the same limit).
         history_max_age: retention of the history stream by age (e.g. ``"7D"``).
         history_max_bytes: retention of the history stream by size.
         connection_name: shown by the broker (``rabbitmqctl list_connections``).
+        ssl_context: TLS settings for an ``amqps://`` URL (see ``connection.tls_context``).
+        reply_owner: the agent id in this connection's reply queue name
+            (``{ns}.reply.{owner}.{hex}``), so a broker permission can grant exactly it.
 
     Use as ``async with MessageQueue(url, namespace="prod") as queue: ...``.
     """
@@ -107,6 +113,9 @@ class MessageQueue:
         history_max_age: str = "7D",
         history_max_bytes: int = 1_000_000_000,
         connection_name: str | None = None,
+        inbox_max_lengths: Mapping[str, int | None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        reply_owner: str | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -115,9 +124,12 @@ class MessageQueue:
         self.max_body_bytes = max_body_bytes
         self.passive = passive
         self.connection_name = connection_name or f"amqp-agents pid={os.getpid()}"
+        self.ssl_context = ssl_context
+        self.reply_owner = None if reply_owner is None else validate_agent_id(reply_owner)
         self._topology_options: dict[str, Any] = {
             "passive": passive,
             "inbox_max_length": inbox_max_length,
+            "inbox_max_lengths": dict(inbox_max_lengths or {}),
             "history_max_age": history_max_age,
             "history_max_bytes": history_max_bytes,
         }
@@ -146,7 +158,10 @@ class MessageQueue:
         if self._connection is not None:
             return self
         self._connection = await connect(
-            self.url, name=self.connection_name, timeout_s=self.connect_timeout_s
+            self.url,
+            name=self.connection_name,
+            timeout_s=self.connect_timeout_s,
+            ssl_context=self.ssl_context,
         )
         try:
             self._publish_channel = await self._connection.channel(
@@ -345,7 +360,9 @@ class MessageQueue:
             return self._replies
         async with self._replies_lock:
             if self._replies is None:
-                listener = ReplyListener(await self.connection.channel(), self.namespace)
+                listener = ReplyListener(
+                    await self.connection.channel(), self.namespace, self.reply_owner
+                )
                 await listener.start()
                 self._replies = listener
             return self._replies

@@ -8,15 +8,37 @@ permission.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, ExchangeType
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractQueue,
+    ExchangeType,
+)
 from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, ChannelPreconditionFailed
+from aiormq.exceptions import ChannelAccessRefused
 
 from . import wire
 from .errors import TopologyError
+from .layout import (
+    BindingSpec,
+    Check,
+    ExchangeSpec,
+    Layout,
+    Observed,
+    Plan,
+    QueueSpec,
+    Status,
+    Step,
+    binding_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +51,7 @@ class Topology:
         namespace: the name prefix.
         passive: check that things exist instead of creating them.
         inbox_max_length: length limit of every inbox declared here (None: unlimited).
+        inbox_max_lengths: per-agent limits that override ``inbox_max_length``.
         history_max_age: retention of the history stream by age ("7D", "12h").
         history_max_bytes: retention of the history stream by size.
         declared: a set that records the name of every queue declared (for teardown).
@@ -44,12 +67,14 @@ class Topology:
         history_max_age: str = "7D",
         history_max_bytes: int = 1_000_000_000,
         declared: set[str] | None = None,
+        inbox_max_lengths: Mapping[str, int | None] | None = None,
     ) -> None:
         self.channel = channel
         self.declared = declared if declared is not None else set()
         self.ns = namespace
         self.passive = passive
         self.inbox_max_length = inbox_max_length
+        self.inbox_max_lengths = dict(inbox_max_lengths or {})
         self.history_args = wire.history_arguments(
             max_age=history_max_age, max_bytes=history_max_bytes
         )
@@ -83,7 +108,8 @@ class Topology:
         if self.exchange is None or self.history is None:
             await self.declare_base()
         assert self.exchange is not None and self.history is not None
-        args = wire.inbox_arguments(self.ns, max_length=self.inbox_max_length)
+        max_length = self.inbox_max_lengths.get(agent_id, self.inbox_max_length)
+        args = wire.inbox_arguments(self.ns, max_length=max_length)
         queue = await self._queue(wire.inbox_name(self.ns, agent_id), args)
         key = wire.inbox_binding_key(agent_id)
         if not self.passive:
@@ -144,6 +170,11 @@ class Topology:
             raise self._error("queue", name, exc) from exc
 
     def _error(self, kind: str, name: str, exc: Exception) -> TopologyError:
+        if isinstance(exc, ChannelAccessRefused):
+            return TopologyError(
+                f"not allowed to declare {kind} {name!r}: set `passive: true` for a user"
+                f" without configure permission (docs/deploy.md): {exc}"
+            )
         if isinstance(exc, ChannelNotFoundEntity) or self.passive:
             hint = "run `amqp-agents topology apply` with a user that may configure it"
             return TopologyError(f"{kind} {name!r} does not exist ({hint}): {exc}")
@@ -157,8 +188,217 @@ async def delete_namespace(
     channel: AbstractChannel, namespace: str, queues: Sequence[str] = ()
 ) -> None:
     """Delete a namespace's exchanges, its fixed queues and ``queues``; for teardown."""
-    fixed = [wire.dead_queue_name(namespace), wire.history_name(namespace)]
+    fixed = [
+        wire.dead_queue_name(namespace),
+        wire.history_name(namespace),
+        wire.topology_record_name(namespace),
+    ]
     for name in sorted(set(queues) | set(fixed)):
         await channel.queue_delete(name)
     for name in (wire.exchange_name(namespace), wire.dead_letter_exchange_name(namespace)):
         await channel.exchange_delete(name)
+
+
+# -- inspecting and applying a whole layout (``amqp-agents topology plan / apply``) ------
+
+Progress = Callable[[int, int], None]
+"""Called with (done, total) as objects are inspected."""
+StepDone = Callable[[Step], None]
+"""Called after each step :func:`apply_layout` carried out."""
+_Declare = Callable[[AbstractChannel, bool], Awaitable[object]]
+
+
+async def inspect_layout(
+    connection: AbstractConnection,
+    layout: Layout,
+    *,
+    check_arguments: bool = True,
+    progress: Progress | None = None,
+) -> Observed:
+    """Find out which of ``layout``'s exchanges and queues exist, and which conflict.
+
+    A passive declare tells whether an object exists. With ``check_arguments``, an
+    existing one is then declared again with our arguments: a no-op when they are
+    equal, PRECONDITION_FAILED (reported, not raised) when they differ. That needs
+    configure permission; without it the object is reported present, unchecked.
+    """
+    total = len(layout.exchanges) + len(layout.queues)
+    checks: dict[str, Check] = {}
+    declares: list[tuple[str, _Declare]] = [
+        (ex.name, _exchange_declare(ex)) for ex in layout.exchanges
+    ] + [(queue.name, _queue_declare(queue)) for queue in layout.queues]
+    async with _Inspector(connection) as inspector:
+        for name, declare in declares:
+            checks[name] = await inspector.check(declare, check_arguments)
+            if progress is not None:
+                progress(len(checks), total)
+        record = wire.topology_record_name(layout.namespace)
+        recorded = None
+        if record in checks and checks[record].status is Status.PRESENT:
+            recorded = await inspector.read_record(record)
+    exchanges = {ex.name: checks[ex.name] for ex in layout.exchanges}
+    queues = {queue.name: checks[queue.name] for queue in layout.queues}
+    return Observed(exchanges, queues, recorded)
+
+
+async def apply_layout(
+    connection: AbstractConnection, the_plan: Plan, *, on_step: StepDone | None = None
+) -> None:
+    """Carry out ``the_plan``: declare what is missing, bind, record the bindings.
+
+    Every binding of the layout is bound again, reported or not: binding is
+    idempotent, and it heals a record that no longer matches the broker. Nothing is
+    ever deleted or unbound.
+
+    Raises:
+        TopologyError: the plan has conflicts (then nothing is done), or the broker
+            refused a declaration (e.g. the user may not configure it).
+    """
+    if the_plan.conflicts:
+        names = ", ".join(f"{s.kind} {s.name!r}" for s in the_plan.conflicts)
+        raise TopologyError(
+            f"nothing applied: {names} already exist with other arguments than the"
+            " configuration's (see `amqp-agents topology plan`)"
+        )
+    layout = the_plan.layout
+    exchanges = {ex.name: ex for ex in layout.exchanges}
+    queues = {queue.name: queue for queue in layout.queues}
+    reported = {s.binding: s for s in the_plan.steps if s.action == "bind"}
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        for step in the_plan.steps:
+            if step.action != "create":
+                continue
+            declare = (
+                _exchange_declare(exchanges[step.name])
+                if step.kind == "exchange"
+                else _queue_declare(queues[step.name])
+            )
+            try:
+                await declare(channel, False)
+            except ChannelClosed as exc:
+                raise _apply_error(step.kind, step.name, exc) from exc
+            if on_step is not None:
+                on_step(step)
+        for binding in layout.bindings:
+            try:
+                queue = await channel.get_queue(binding.queue, ensure=False)
+                await queue.bind(binding.exchange, routing_key=binding.key)
+            except ChannelClosed as exc:
+                raise _apply_error("binding", binding_name(binding), exc) from exc
+            if on_step is not None and binding in reported:
+                on_step(reported[binding])
+        stale = [s.binding for s in the_plan.steps if s.action == "stale" and s.binding]
+        await _write_record(channel, layout.namespace, [*layout.bindings, *stale])
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+def _exchange_declare(spec: ExchangeSpec) -> _Declare:
+    def declare(channel: AbstractChannel, passive: bool) -> Awaitable[object]:
+        return channel.declare_exchange(
+            spec.name, ExchangeType(spec.type), durable=True, passive=passive
+        )
+
+    return declare
+
+
+def _queue_declare(spec: QueueSpec) -> _Declare:
+    def declare(channel: AbstractChannel, passive: bool) -> Awaitable[object]:
+        return channel.declare_queue(
+            spec.name, durable=True, passive=passive, arguments=dict(spec.arguments)
+        )
+
+    return declare
+
+
+def _apply_error(kind: str, name: str, exc: ChannelClosed) -> TopologyError:
+    if isinstance(exc, ChannelAccessRefused):
+        return TopologyError(
+            f"not allowed to create {kind} {name!r}: `topology apply` needs a user with"
+            f" configure permission on the namespace (docs/deploy.md): {exc}"
+        )
+    return TopologyError(f"cannot create {kind} {name!r}: {exc}")
+
+
+class _Inspector:
+    """Checks on a channel that is replaced after each failure (a failure closes it)."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self._connection = connection
+        self._channel: AbstractChannel | None = None
+
+    async def __aenter__(self) -> _Inspector:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._drop()
+
+    async def check(self, declare: _Declare, check_arguments: bool) -> Check:
+        """Passive declare; then, if it exists, a redeclare with our arguments."""
+        try:
+            await declare(await self._open(), True)
+        except ChannelNotFoundEntity:
+            await self._drop()
+            return Check(Status.MISSING)
+        except ChannelClosed as exc:
+            await self._drop()
+            return Check(Status.CONFLICT, str(exc))
+        if not check_arguments:
+            return Check(Status.PRESENT)
+        try:
+            await declare(await self._open(), False)
+        except ChannelAccessRefused as exc:
+            await self._drop()
+            return Check(Status.PRESENT, f"arguments not checked: {exc}")
+        except ChannelClosed as exc:
+            # PRECONDITION_FAILED (other arguments) or RESOURCE_LOCKED (exclusive).
+            await self._drop()
+            return Check(Status.CONFLICT, str(exc))
+        return Check(Status.PRESENT)
+
+    async def read_record(self, name: str) -> frozenset[BindingSpec] | None:
+        """The bindings recorded in ``name``, left in the queue (None: no usable record)."""
+        try:
+            queue = await (await self._open()).get_queue(name, ensure=False)
+            message = await queue.get(no_ack=False, fail=False)
+        except ChannelClosed as exc:
+            await self._drop()
+            log.warning("cannot read the apply record %s: %s", name, exc)
+            return None
+        if message is None:
+            return None
+        await message.nack(requeue=True)
+        try:
+            data = json.loads(message.body)
+            return frozenset(BindingSpec(*map(str, item)) for item in data["bindings"])
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("the apply record %s is unreadable (%s); ignoring it", name, exc)
+            return None
+
+    async def _open(self) -> AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel()
+        return self._channel
+
+    async def _drop(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+
+async def _write_record(
+    channel: AbstractChannel, namespace: str, bindings: Sequence[BindingSpec]
+) -> None:
+    """Replace the record (its queue keeps one message) with ``bindings``."""
+    body = json.dumps(
+        {"bindings": [[b.exchange, b.queue, b.key] for b in dict.fromkeys(bindings)]}
+    ).encode()
+    await channel.default_exchange.publish(
+        aio_pika.Message(
+            body, content_type=wire.CONTENT_TYPE, delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        ),
+        routing_key=wire.topology_record_name(namespace),
+    )
