@@ -149,6 +149,34 @@ _COMPILERS: dict[str, Callable[[str, str], CompiledRule]] = {
 }
 
 
+@dataclass(frozen=True, slots=True)
+class RouteVerdict:
+    """How one route decides about a message (see :meth:`MessageRouter.explain`).
+
+    Attributes:
+        pattern: the route's pattern.
+        binding_key: its topic binding.
+        destinations: where it sends what it takes.
+        matches: the pattern matches the message.
+        filtered_out: the route's filter returned False.
+        filter_error: the filter raised (type and message); the route does not take it.
+        transformed: the route has a transform its destinations' copies pass through.
+    """
+
+    pattern: str
+    binding_key: str
+    destinations: tuple[str, ...]
+    matches: bool
+    filtered_out: bool = False
+    filter_error: str | None = None
+    transformed: bool = False
+
+    @property
+    def takes(self) -> bool:
+        """The route sends the message to its destinations."""
+        return self.matches and not self.filtered_out and self.filter_error is None
+
+
 @dataclass(slots=True)
 class _Route:
     """One route: a compiled pattern, where it sends, and its optional hooks."""
@@ -264,6 +292,34 @@ class MessageRouter:
             for dest in route.destinations
         )
         return list(dict.fromkeys(found))
+
+    def explain(self, message: Message) -> list[RouteVerdict]:
+        """Every route's decision about ``message``, in route order; for people.
+
+        Unlike :meth:`get_destinations`, a raising filter does not propagate: it is
+        reported in its route's verdict (which then does not take the message).
+        """
+        verdicts = []
+        for route in self._routes.values():
+            matches = route.rule.matches(message)
+            filtered_out, error = False, None
+            if matches and route.filter is not None:
+                try:
+                    filtered_out = not route.filter(message)
+                except Exception as exc:
+                    error = f"{type(exc).__name__}: {exc}"
+            verdicts.append(
+                RouteVerdict(
+                    route.rule.pattern,
+                    route.rule.binding_key,
+                    tuple(route.destinations),
+                    matches,
+                    filtered_out,
+                    error,
+                    route.transform is not None,
+                )
+            )
+        return verdicts
 
     def accept(self, message: Message, destination: str) -> Message | None:
         """What ``destination`` receives of a routed message delivered into its inbox.

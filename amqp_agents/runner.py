@@ -1,0 +1,335 @@
+"""Running the agents of a configuration in one process (``amqp-agents run CONFIG``).
+
+One read from top to bottom::
+
+    prepare(config, agent_ids)   select agents, import their classes, build the queue
+                                 and the agents: every configuration error surfaces
+                                 here, before anything connects
+    AgentRunner.start()          (passive: check the topology exists) connect, start
+                                 each agent, one log line per agent
+    AgentRunner.stop()           stop consuming, drain in-flight handlers (bounded by
+                                 the drain timeout), close the connection
+    run(config, ...)             start, wait for SIGTERM/SIGINT, stop
+
+All agents share one connection (one MessageQueue): a RoutingMessageQueue when the
+file has routes, so routed messages are filtered and transformed as configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .agent import MessagePassingAgent, RetryPolicy
+from .config import AgentConfig, AgentsConfig, build_router, import_object
+from .connection import connect, redact_url, resolve_url, tls_context
+from .errors import ConfigError, TopologyError
+from .layout import Status, layout_of
+from .queue import MessageQueue
+from .routed_queue import RoutingMessageQueue
+from .topology import inspect_layout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DRAIN_TIMEOUT_S = 30.0
+"""How long a stop lets in-flight handlers finish before cancelling them."""
+
+
+@dataclass(slots=True)
+class AgentRunner:
+    """The agents of one configuration, on one shared MessageQueue.
+
+    Build it with :func:`prepare`; :meth:`start` and :meth:`stop` bracket the run.
+    """
+
+    config: AgentsConfig
+    queue: MessageQueue
+    agents: list[MessagePassingAgent]
+
+    async def start(self) -> None:
+        """Connect and start consuming every agent's inbox; one log line per agent.
+
+        Raises:
+            TopologyError: passive mode and the topology is incomplete (every missing
+                name is listed), or a queue exists with other arguments.
+            BrokerConnectionError: the broker cannot be reached or refused us.
+        """
+        if self.queue.passive:
+            await check_topology(self.config, self.queue)
+        await self.queue.connect()
+        try:
+            for agent in self.agents:
+                await agent.start_consuming()
+                log.info(
+                    "agent %s started: %s, concurrency %d, inbox %s",
+                    agent.id,
+                    type(agent).__name__,
+                    agent.concurrency,
+                    f"{self.queue.namespace}.inbox.{agent.id}",
+                )
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "%d agent(s) running in namespace %r on %s; stop with SIGTERM or Ctrl-C",
+            len(self.agents),
+            self.queue.namespace,
+            redact_url(self.queue.url),
+        )
+
+    async def stop(self) -> None:
+        """Stop every agent at once (each drains its handlers), then disconnect."""
+        try:
+            await asyncio.gather(*(agent.stop() for agent in self.agents))
+        finally:
+            await self.queue.close()
+        log.info("all agents stopped")
+
+
+def prepare(
+    config: AgentsConfig,
+    agent_ids: Sequence[str] = (),
+    *,
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+) -> AgentRunner:
+    """Import, build and check everything a run needs, without connecting.
+
+    Args:
+        config: the loaded configuration.
+        agent_ids: the agents to run (empty: all of ``config.agents``).
+        drain_timeout_s: how long stopping lets each agent's running handlers finish.
+
+    Raises:
+        ConfigError: an unknown agent id, a class that cannot be imported or is no
+            MessagePassingAgent, an unusable filter/transform or TLS file; the message
+            names the file, line and field.
+    """
+    selected = select_agents(config, agent_ids)
+    classes = [(i, agent, agent_class(config, i)) for i, agent in selected]
+    queue = queue_from_config(
+        config,
+        connection_name=f"amqp-agents run {','.join(a.id for _, a in selected)} pid={os.getpid()}",
+        reply_owner=selected[0][1].id if len(selected) == 1 else None,
+    )
+    agents = [
+        build_agent(config, i, agent, cls, queue, drain_timeout_s) for i, agent, cls in classes
+    ]
+    return AgentRunner(config, queue, agents)
+
+
+async def run(
+    config: AgentsConfig,
+    agent_ids: Sequence[str] = (),
+    *,
+    drain_timeout_s: float = DEFAULT_DRAIN_TIMEOUT_S,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the agents until SIGTERM or SIGINT (or ``stop`` is set), then drain and return.
+
+    A second signal while draining cancels the handlers still running; their messages
+    are not acknowledged, so the broker hands them out again.
+
+    Raises:
+        ConfigError, TopologyError, BrokerConnectionError: as :func:`prepare` and
+            :meth:`AgentRunner.start`.
+    """
+    runner = prepare(config, agent_ids, drain_timeout_s=drain_timeout_s)
+    stop = stop or asyncio.Event()
+    force = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            log.warning("%s again: cancelling the handlers still running", signum.name)
+            force.set()
+            return
+        log.info(
+            "%s received: stopping %d agent(s), draining in-flight handlers (up to %gs)",
+            signum.name,
+            len(runner.agents),
+            drain_timeout_s,
+        )
+        stop.set()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await runner.start()
+        await stop.wait()
+        stopping = asyncio.create_task(runner.stop())
+        forced = asyncio.create_task(force.wait())
+        await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
+        forced.cancel()
+        if not stopping.done():
+            stopping.cancel()
+            await asyncio.gather(stopping, return_exceptions=True)
+            await runner.queue.close()
+        else:
+            stopping.result()
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+
+def select_agents(config: AgentsConfig, agent_ids: Iterable[str]) -> list[tuple[int, AgentConfig]]:
+    """The agents to run with their index in the file, in file order.
+
+    Raises:
+        ConfigError: an id the file does not define, or a file without agents.
+    """
+    indexed = list(enumerate(config.agents))
+    wanted = list(dict.fromkeys(agent_ids))
+    known = {agent.id for agent in config.agents}
+    if unknown := [agent_id for agent_id in wanted if agent_id not in known]:
+        defined = ", ".join(sorted(known)) or "none"
+        raise ConfigError(
+            f"{config.where('agents')}: no agent {', '.join(map(repr, unknown))} in this "
+            f"file (it defines: {defined})"
+        )
+    selected = [(i, a) for i, a in indexed if not wanted or a.id in wanted]
+    if not selected:
+        raise ConfigError(f"{config.where('agents')}: the file defines no agents to run")
+    return selected
+
+
+def agent_class(config: AgentsConfig, index: int) -> type[MessagePassingAgent]:
+    """Import ``agents[index].class``; it must be a MessagePassingAgent subclass.
+
+    Raises:
+        ConfigError: naming the file, line and field.
+    """
+    place = config.where("agents", index, "class")
+    path = config.agents[index].class_path
+    try:
+        cls = import_object(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{place}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, MessagePassingAgent)):
+        raise ConfigError(f"{place}: {path!r} is not a subclass of MessagePassingAgent")
+    return cls
+
+
+def build_agent(
+    config: AgentsConfig,
+    index: int,
+    agent: AgentConfig,
+    cls: type[MessagePassingAgent],
+    queue: MessageQueue,
+    drain_timeout_s: float,
+) -> MessagePassingAgent:
+    """Instantiate one configured agent on ``queue`` (not started).
+
+    Raises:
+        ConfigError: the configuration asks for what the runner cannot do, or the
+            class's constructor refused the arguments.
+    """
+    if not agent.inbox.dead_letter:
+        raise ConfigError(
+            f"{config.where('agents', index, 'inbox', 'dead_letter')}: false is not supported"
+            " by `run` yet: messages an agent gives up on always go to the dead letters"
+        )
+    retry = RetryPolicy(agent.retry.max_attempts, tuple(agent.retry.delays_s))
+    try:
+        return cls(
+            agent.id,
+            queue,
+            concurrency=agent.concurrency,
+            retry=retry,
+            drain_timeout_s=drain_timeout_s,
+        )
+    except Exception as exc:
+        raise ConfigError(
+            f"{config.where('agents', index, 'class')}: cannot create {agent.class_path}"
+            f" for agent {agent.id!r}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def ssl_context_of(config: AgentsConfig) -> ssl.SSLContext | None:
+    """The TLS context of ``broker.tls`` (None: no section; amqps then uses system CAs).
+
+    Raises:
+        ConfigError: a TLS file that cannot be loaded (naming ``broker.tls``).
+    """
+    tls = config.broker.tls
+    if tls is None:
+        return None
+    try:
+        return tls_context(
+            ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file, verify=tls.verify
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.where('broker', 'tls')}: cannot load: {exc}") from None
+
+
+def queue_from_config(
+    config: AgentsConfig, *, connection_name: str, reply_owner: str | None = None
+) -> MessageQueue:
+    """The (unconnected) queue the broker section describes; with routes, a routing one.
+
+    Every agent's inbox limit comes from the file, whoever declares the inbox: an inbox
+    declared with another limit elsewhere would fail with PRECONDITION_FAILED.
+
+    Raises:
+        ConfigError: as :func:`ssl_context_of` and :func:`~amqp_agents.config.build_router`.
+    """
+    broker = config.broker
+    options: dict[str, Any] = {
+        "namespace": broker.namespace,
+        "publish_timeout_s": broker.publish_timeout_s,
+        "connect_timeout_s": broker.connect_timeout_s,
+        "max_body_bytes": broker.max_body_bytes,
+        "passive": broker.passive,
+        "history_max_age": broker.history_max_age,
+        "history_max_bytes": broker.history_max_bytes,
+        "inbox_max_lengths": {agent.id: agent.inbox.max_length for agent in config.agents},
+        "connection_name": connection_name,
+        "ssl_context": ssl_context_of(config),
+        "reply_owner": reply_owner,
+    }
+    if config.routes:
+        return RoutingMessageQueue(build_router(config), broker.secret_url(), **options)
+    return MessageQueue(broker.secret_url(), **options)
+
+
+async def check_topology(config: AgentsConfig, queue: MessageQueue) -> None:
+    """In passive mode, fail at start, listing everything missing, not at first use.
+
+    Exchanges, inboxes, dead letters, history and retry queues are checked with passive
+    declares (they need no permission); bindings cannot be checked over AMQP.
+
+    Raises:
+        TopologyError: one line naming what is missing and the command that creates it.
+    """
+    layout = layout_of(config).without_record()
+    connection = await connect(
+        resolve_url(config.broker.secret_url()),
+        name=f"{queue.connection_name} (topology check)",
+        timeout_s=config.broker.connect_timeout_s,
+        ssl_context=queue.ssl_context,
+    )
+    try:
+        observed = await inspect_layout(connection, layout, check_arguments=False)
+    finally:
+        await connection.close()
+    missing = [
+        f"{kind} {name!r}"
+        for kind, checks in (("exchange", observed.exchanges), ("queue", observed.queues))
+        for name, check in checks.items()
+        if check.status is Status.MISSING
+    ]
+    if missing:
+        shown = ", ".join(missing[:4]) + (
+            f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        )
+        raise TopologyError(
+            f"passive mode: namespace {layout.namespace!r} is incomplete on the broker"
+            f" (missing {shown}); create it first with `amqp-agents topology apply CONFIG`"
+            " as a user that may configure it"
+        )
