@@ -256,8 +256,9 @@ async def apply_layout(
     """
     if the_plan.conflicts:
         names = ", ".join(f"{s.kind} {s.name!r}" for s in the_plan.conflicts)
+        verb = "exists" if len(the_plan.conflicts) == 1 else "exist"
         raise TopologyError(
-            f"nothing applied: {names} already exist with other arguments than the"
+            f"nothing applied: {names} {verb} with other arguments than the"
             " configuration's (see `amqp-agents topology plan`)"
         )
     layout = the_plan.layout

@@ -1,0 +1,144 @@
+"""`amqp-agents run`: serves tasks, drains on SIGTERM, and fails early and clearly."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from amqp_agents.config import load_config
+
+from .conftest import Run, Spawn
+
+RUNNING = "agent(s) running"
+
+
+async def test_run_serves_a_task_sent_with_send_wait(
+    spawn: Spawn, example_config: Path, namespace: str
+) -> None:
+    run = await spawn("run", str(example_config))
+    await run.expect("agent researcher started")
+    await run.expect("agent writer started")
+    await run.expect(RUNNING)
+
+    send = await spawn(
+        "send", "--namespace", namespace, "--to", "researcher", "message queues", "--wait"
+    )
+    assert await send.finish() == 0, send.output
+    assert send.lines[-1] == '"Research completed on: message queues"'
+    assert 'status: {"step": "searching sources"}' in send.lines
+
+    run.process.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0, run.output
+    assert "all agents stopped" in run.output
+
+
+async def test_sigterm_drains_the_task_in_flight(
+    spawn: Spawn, config_file: Callable[[str], Path], namespace: str
+) -> None:
+    config = config_file(
+        """
+        broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}"}
+        agents:
+          - {id: slow, class: "integration.probe_agents:UntilStopAgent"}
+        """
+    )
+    run = await spawn("run", str(config), "--drain-timeout", "30")
+    await run.expect(RUNNING)
+    send = await spawn("send", "--namespace", namespace, "--to", "slow", "job-1", "--wait")
+    await send.expect("status:")  # the handler is running now
+
+    run.process.send_signal(signal.SIGTERM)
+    await run.expect("SIGTERM received: stopping 1 agent(s)")
+    assert await send.finish() == 0, send.output
+    assert send.lines[-1] == '"finished job-1 after the stop request"'
+    assert await run.finish() == 0, run.output
+    assert run.lines[-1].endswith("all agents stopped")
+
+
+async def test_only_the_selected_agents_run(spawn: Spawn, example_config: Path) -> None:
+    run = await spawn("run", str(example_config), "--agent", "writer")
+    await run.expect("agent writer started")
+    await run.expect(RUNNING)
+    run.process.send_signal(signal.SIGINT)
+    assert await run.finish() == 0
+    assert "1 agent(s) running" in run.output
+    assert "agent researcher started" not in run.output
+
+
+BAD_YAML = """
+agents:
+  - id: researcher
+     class: amqp_agents.demo:ResearchAgent
+"""
+MISSING_VAR = """
+broker:
+  url: ${AMQP_TEST_UNSET_VARIABLE}
+agents:
+  - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+"""
+UNKNOWN_CLASS = """
+agents:
+  - id: researcher
+    class: amqp_agents.demo:NoSuchAgent
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (BAD_YAML, ":3:11: invalid YAML: mapping values are not allowed here"),
+        (
+            MISSING_VAR,
+            ":2: broker.url: environment variable AMQP_TEST_UNSET_VARIABLE is not set"
+            " (write ${AMQP_TEST_UNSET_VARIABLE:-default} for a default)",
+        ),
+        (
+            UNKNOWN_CLASS,
+            ":3: agents[0].class: cannot import 'amqp_agents.demo:NoSuchAgent':"
+            " module 'amqp_agents.demo' has no attribute 'NoSuchAgent'",
+        ),
+    ],
+    ids=["bad-yaml", "missing-env-var", "unknown-class"],
+)
+async def test_a_bad_config_is_one_clear_line_naming_the_place(
+    run_cli: Run, tmp_path: Path, text: str, error: str
+) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(text.lstrip("\n"), encoding="utf-8")
+    status, output = await run_cli("run", str(path))
+    assert status == 1
+    assert output.splitlines() == [f"error: {path}{error}"]
+
+
+async def test_an_unknown_agent_id_is_one_clear_line(run_cli: Run, example_config: Path) -> None:
+    status, output = await run_cli("run", str(example_config), "--agent", "ghost")
+    assert status == 1
+    place = load_config(example_config, env={}).where("agents")  # "<file>:<line>: agents"
+    assert output.splitlines() == [
+        f"error: {place}: no agent 'ghost' in this file (it defines: researcher, writer)"
+    ]
+
+
+async def test_passive_mode_names_what_is_missing(
+    run_cli: Run, config_file: Callable[[str], Path], namespace: str
+) -> None:
+    config = config_file(
+        """
+        broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}", passive: true}
+        agents:
+          - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+        """
+    )
+    status, output = await run_cli("run", str(config))
+    assert status == 1
+    (line,) = output.splitlines()
+    assert line.startswith(
+        f"error: passive mode: namespace '{namespace}' is incomplete on the broker"
+        f" (missing exchange '{namespace}', exchange '{namespace}.dlx'"
+    )
+    assert line.endswith(
+        "; create it first with `amqp-agents topology apply CONFIG` as a user that may configure it"
+    )

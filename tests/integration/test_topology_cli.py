@@ -1,0 +1,146 @@
+"""`amqp-agents topology plan / apply / graph` against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import pytest
+
+from amqp_agents import wire
+from amqp_agents.config import load_config
+from amqp_agents.layout import layout_of
+from amqp_agents.runner import prepare
+
+from .conftest import Run
+
+
+async def broker_state(rabbitmqctl: str, namespace: str) -> dict[str, Any]:
+    """Exchanges, queues (with arguments) and bindings of ``namespace``, as listed by the broker."""
+
+    def listing(what: str, *columns: str) -> list[dict[str, Any]]:
+        done = subprocess.run(
+            [rabbitmqctl, "-q", what, *columns, "--formatter", "json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        return rows
+
+    def mine(name: str) -> bool:
+        return name == namespace or name.startswith(f"{namespace}.")
+
+    exchanges, queues, bindings = await asyncio.gather(
+        asyncio.to_thread(listing, "list_exchanges", "name", "type", "durable"),
+        asyncio.to_thread(listing, "list_queues", "name", "durable", "arguments"),
+        asyncio.to_thread(
+            listing, "list_bindings", "source_name", "destination_name", "routing_key"
+        ),
+    )
+    return {
+        "exchanges": sorted((e["name"], e["type"]) for e in exchanges if mine(e["name"])),
+        "queues": sorted(json.dumps(q, sort_keys=True) for q in queues if mine(q["name"])),
+        "bindings": sorted(
+            (b["source_name"], b["destination_name"], b["routing_key"])
+            for b in bindings
+            if mine(b["destination_name"]) and b["source_name"]  # not the default exchange's
+        ),
+    }
+
+
+async def test_apply_twice_changes_nothing_the_second_time(
+    run_cli: Run, example_config: Path, namespace: str, amqp_url: str, rabbitmqctl: str
+) -> None:
+    config = load_config(example_config, env={"AMQP_URL": amqp_url, "AMQP_NAMESPACE": namespace})
+    layout = layout_of(config)
+    changes = len(layout.exchanges) + len(layout.queues) + len(layout.bindings)
+
+    status, first = await run_cli("topology", "apply", str(example_config))
+    assert status == 0, first
+    lines = first.splitlines()
+    assert lines[1] == f"[1/{changes}] created exchange {namespace}  (topic, agent traffic)"
+    assert lines[-1].startswith(f"applied: {changes} change(s)")
+    state = await broker_state(rabbitmqctl, namespace)
+    # The broker has exactly the layout: the pure layout and the declarations agree.
+    assert state["exchanges"] == sorted((e.name, e.type) for e in layout.exchanges)
+    names = sorted(json.loads(q)["name"] for q in state["queues"])
+    assert names == sorted(q.name for q in layout.queues)
+    assert state["bindings"] == sorted((b.exchange, b.queue, b.key) for b in layout.bindings)
+
+    status, second = await run_cli("topology", "apply", str(example_config))
+    assert status == 0, second
+    assert second.splitlines()[1:] == [
+        "nothing to do: 2 exchanges, 10 queues and 18 bindings exist as configured"
+    ]
+    assert await broker_state(rabbitmqctl, namespace) == state
+
+    status, planned = await run_cli("topology", "plan", str(example_config))
+    assert (status, planned.splitlines()[1:]) == (0, second.splitlines()[1:])
+
+
+async def test_agents_declare_what_apply_declared(
+    run_cli: Run, example_config: Path, namespace: str, amqp_url: str
+) -> None:
+    """Runtime declarations use the same arguments, actively and passively: no conflict."""
+    status, output = await run_cli("topology", "apply", str(example_config))
+    assert status == 0, output
+    env = {"AMQP_URL": amqp_url, "AMQP_NAMESPACE": namespace}
+    for passive in ("false", "true"):
+        config = load_config(example_config, env=env)
+        config = config.model_copy(
+            update={"broker": config.broker.model_copy(update={"passive": passive == "true"})}
+        )
+        runner = prepare(config)
+        await runner.start()
+        topology = await runner.queue.topology()
+        for agent in runner.agents:
+            for delay in agent.retry.delays_s:
+                await topology.declare_retry_queue(agent.id, delay)
+        await runner.stop()
+
+
+async def test_plan_reports_a_conflicting_queue_and_apply_refuses(
+    run_cli: Run,
+    example_config: Path,
+    namespace: str,
+    raw_channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    inbox = wire.inbox_name(namespace, "researcher")
+    # Declared elsewhere with another limit than the file's 10000.
+    await raw_channel.declare_queue(
+        inbox, durable=True, arguments=wire.inbox_arguments(namespace, max_length=5)
+    )
+    status, output = await run_cli("topology", "plan", str(example_config))
+    assert status == 2, output
+    lines = output.splitlines()
+    conflicts = [line for line in lines if line.startswith("CONFLICT")]
+    assert len(conflicts) == 1
+    assert conflicts[0].startswith(
+        f"CONFLICT queue {inbox}: PRECONDITION_FAILED - inequivalent arg 'x-max-length'"
+    )
+    # The rest of the plan is still there.
+    assert f"create   exchange {namespace}  (topic, agent traffic)" in lines
+    assert any(line.startswith(f"create   queue {namespace}.inbox.writer") for line in lines)
+    assert lines[-1] == "plan: 11 to create, 18 to bind, 1 conflict(s)"
+
+    status, output = await run_cli("topology", "apply", str(example_config))
+    assert status == 1
+    assert output.splitlines()[1:] == [
+        f"error: nothing applied: queue '{inbox}' exists with other arguments than"
+        " the configuration's (see `amqp-agents topology plan`)"
+    ]
+    with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):
+        await raw_channel.declare_exchange(namespace, passive=True)
+
+
+async def test_graph_is_mermaid(run_cli: Run, example_config: Path) -> None:
+    status, output = await run_cli("topology", "graph", str(example_config))
+    assert status == 0
+    assert output.startswith("flowchart LR\n")
+    assert "route type:task" in output

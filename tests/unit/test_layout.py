@@ -1,0 +1,184 @@
+"""The pure topology steps: what a configuration needs, and the plan against a broker."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from amqp_agents import wire
+from amqp_agents.config import AgentsConfig, RetryConfig, load_config
+from amqp_agents.diagram import mermaid
+from amqp_agents.layout import (
+    BindingSpec,
+    Check,
+    Layout,
+    Observed,
+    Status,
+    format_arguments,
+    layout_of,
+    plan,
+    retry_delays,
+)
+
+EXAMPLE = Path(__file__).parents[2] / "config" / "agents.example.yaml"
+
+
+@pytest.fixture
+def example() -> AgentsConfig:
+    return load_config(EXAMPLE, env={"AMQP_NAMESPACE": "ns"})
+
+
+@pytest.mark.parametrize(
+    ("max_attempts", "delays_s", "expected"),
+    [
+        (1, (), []),
+        (2, (0.2, 1.0), [0.2]),
+        (3, (0.2, 1.0), [0.2, 1.0]),
+        (5, (1.0, 5.0), [1.0, 5.0]),  # the last delay repeats: one queue
+        (3, (2.0, 2.0), [2.0]),
+    ],
+)
+def test_retry_delays_are_those_the_agent_uses(
+    max_attempts: int, delays_s: tuple[float, ...], expected: list[float]
+) -> None:
+    assert retry_delays(RetryConfig(max_attempts=max_attempts, delays_s=delays_s)) == expected
+
+
+def test_layout_of_the_example(example: AgentsConfig) -> None:
+    layout = layout_of(example)
+    assert [(e.name, e.type) for e in layout.exchanges] == [("ns", "topic"), ("ns.dlx", "fanout")]
+    assert [q.name for q in layout.queues] == [
+        "ns.dead",
+        "ns.history",
+        "ns.inbox.researcher",
+        "ns.inbox.writer",
+        "ns.inbox.coordinator",
+        "ns.inbox.monitor",
+        "ns.retry.researcher.1000ms",
+        "ns.retry.researcher.5000ms",
+        "ns.retry.writer.2000ms",
+        "ns.topology",
+    ]
+    queues = {q.name: q.arguments for q in layout.queues}
+    # The same arguments the agents declare with: a difference would be a conflict.
+    assert queues["ns.inbox.researcher"] == wire.inbox_arguments("ns", max_length=10000)
+    assert queues["ns.inbox.monitor"] == wire.inbox_arguments("ns")
+    assert queues["ns.retry.writer.2000ms"] == wire.retry_queue_arguments("ns", "writer", 2.0)
+    assert queues["ns.history"] == wire.history_arguments(max_age="7D", max_bytes=1_000_000_000)
+    bindings = set(layout.bindings)
+    assert BindingSpec("ns.dlx", "ns.dead", "") in bindings
+    assert BindingSpec("ns", "ns.inbox.writer", "*.*.*.writer") in bindings
+    assert BindingSpec("ns", "ns.inbox.researcher", "task.*.*.-") in bindings
+    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.*.-") in bindings  # sender prefix
+    assert BindingSpec("ns", "ns.history", "*.4.*.-") in bindings
+    assert len(bindings) == len(layout.bindings), "no repeats"
+    assert "ns.topology" not in {q.name for q in layout.without_record().queues}
+
+
+def _observed(layout: Layout, status: Status, **overrides: Check) -> Observed:
+    checks = {name: Check(status) for name in _names(layout)}
+    checks.update({name.replace("__", "."): check for name, check in overrides.items()})
+    return Observed(
+        {e.name: checks[e.name] for e in layout.exchanges},
+        {q.name: checks[q.name] for q in layout.queues},
+        frozenset(layout.bindings) if status is Status.PRESENT else None,
+    )
+
+
+def _names(layout: Layout) -> list[str]:
+    return [e.name for e in layout.exchanges] + [q.name for q in layout.queues]
+
+
+def test_empty_broker_plans_everything(example: AgentsConfig) -> None:
+    layout = layout_of(example)
+    the_plan = plan(layout, _observed(layout, Status.MISSING))
+    created = [s.name for s in the_plan.steps if s.action == "create"]
+    assert created == _names(layout)
+    assert [s.binding for s in the_plan.steps if s.action == "bind"] == list(layout.bindings)
+    assert not the_plan.conflicts and not the_plan.nothing_to_do
+
+
+def test_everything_present_and_recorded_is_nothing_to_do(example: AgentsConfig) -> None:
+    layout = layout_of(example)
+    the_plan = plan(layout, _observed(layout, Status.PRESENT))
+    assert the_plan.steps == () and the_plan.nothing_to_do
+
+
+def test_a_conflict_is_reported_with_the_brokers_words(example: AgentsConfig) -> None:
+    layout = layout_of(example)
+    detail = "PRECONDITION_FAILED - inequivalent arg 'x-max-length'"
+    observed = _observed(
+        layout, Status.PRESENT, ns__inbox__researcher=Check(Status.CONFLICT, detail)
+    )
+    the_plan = plan(layout, observed)
+    assert [(s.kind, s.name, s.detail) for s in the_plan.conflicts] == [
+        ("queue", "ns.inbox.researcher", detail)
+    ]
+    assert not the_plan.nothing_to_do
+    # Bindings of a queue that is not as configured are not trusted from the record.
+    assert {s.binding.queue for s in the_plan.changes if s.binding} == {"ns.inbox.researcher"}
+
+
+def test_bindings_without_a_record_are_to_do(example: AgentsConfig) -> None:
+    """AMQP cannot list bindings: without apply's record, they are not known to exist."""
+    layout = layout_of(example)
+    observed = _observed(layout, Status.PRESENT)
+    no_record = Observed(observed.exchanges, observed.queues, None)
+    assert [s.binding for s in plan(layout, no_record).changes] == list(layout.bindings)
+
+
+def test_recorded_bindings_no_longer_configured_are_stale_not_removed(
+    example: AgentsConfig,
+) -> None:
+    layout = layout_of(example)
+    old = BindingSpec("ns", "ns.inbox.writer", "*.*.editor.-")
+    present = _observed(layout, Status.PRESENT)
+    observed = Observed(present.exchanges, present.queues, frozenset({*layout.bindings, old}))
+    the_plan = plan(layout, observed)
+    assert [(s.action, s.binding) for s in the_plan.steps] == [("stale", old)]
+    assert the_plan.nothing_to_do, "stale bindings are reported, never changed"
+
+
+def test_format_arguments() -> None:
+    arguments = {"x-max-length": 5, "x-queue-type": "stream"}
+    assert format_arguments(arguments) == "stream, x-max-length=5"
+    assert format_arguments({}) == "classic"
+
+
+# -- the Mermaid diagram ----------------------------------------------------------------
+
+
+def test_graph_draws_every_queue_agent_and_route(example: AgentsConfig) -> None:
+    graph = mermaid(example)
+    assert graph.startswith("flowchart LR\n")
+    for queue in layout_of(example).without_record().queues:
+        assert f'"{queue.name}' in graph, queue.name
+    for route in example.routes:
+        assert f"route {route.pattern}" in graph
+    assert "ResearchAgent, concurrency 4" in graph
+    assert '"coordinator<br/>external"' in graph
+    assert "route sender:writer* (filtered)" in graph, "consumer-side match is shown"
+
+
+def test_graph_node_ids_and_labels_are_valid_mermaid(tmp_path: Path) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            broker: {namespace: "odd.name-1"}
+            agents:
+              - {id: a-1, class: "amqp_agents.demo:ResearchAgent"}
+            routes:
+              - {pattern: "sender:a-*", destinations: [a-1]}
+            """
+        )
+    )
+    graph = mermaid(load_config(path, env={}))
+    for line in graph.splitlines()[2:]:
+        # Every statement starts with a plain id; names only ever appear in quotes.
+        assert re.match(r"    n\d+[\[({ -]", line), line
+        assert '"' in line or re.fullmatch(r"    n\d+ --> n\d+", line), line
+    assert "odd.name-1.inbox.a-1" in graph
