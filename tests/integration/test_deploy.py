@@ -1,0 +1,199 @@
+"""docs/deploy.md's permissions, run as written against the real broker.
+
+A vhost and users of the test's own (deleted after): the admin applies the topology,
+then agent users run, serve and send within their permissions, and nothing more.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from amqp_agents import Message, MessageQueue, MessageType, wire
+
+from .conftest import ROOT, Run, Spawn
+
+AGENTS = ("researcher", "writer")
+CONFIG = """
+broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}", passive: true}
+agents:
+  - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+  - {id: writer, class: "amqp_agents.demo:WriterAgent"}
+routes:
+  - {pattern: "type:notification", destinations: [writer]}
+"""
+
+
+def doc_blocks() -> dict[str, str]:
+    """The shell blocks of docs/deploy.md marked ``<!-- deploy-test: NAME -->``."""
+    text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks = dict(re.findall(r"<!-- deploy-test: (\w+) -->\n```bash\n(.*?)```", text, re.S))
+    assert set(blocks) == {"admin", "agent"}
+    return blocks
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A vhost with the doc's admin and one user per agent (the user name differs)."""
+
+    namespace: str
+    urls: dict[str, str]
+    """``"admin"`` and each agent id -> its AMQP URL (vhost in the path)."""
+
+
+@pytest.fixture
+def deployment(rabbitmqctl: str, amqp_url: str, namespace: str) -> Iterator[Deployment]:
+    vhost = namespace  # unique to the test; deleting it deletes all it holds
+    base = urlsplit(amqp_url)
+    users = {role: f"{namespace}-{role}" for role in ("admin", *AGENTS)}
+    passwords = {role: secrets.token_hex(12) for role in users}
+    env = {"PATH": "/usr/sbin:/usr/bin:/bin", "VHOST": vhost, "NS": namespace}
+    env |= {"ADMIN_USER": users["admin"], "ADMIN_PASSWORD": passwords["admin"]}
+    blocks = doc_blocks()
+    script = blocks["admin"] + "".join(
+        f"AGENT={agent} AGENT_USER={users[agent]} AGENT_PASSWORD={passwords[agent]}\n"
+        + blocks["agent"]
+        for agent in AGENTS
+    )
+
+    def ctl(*args: str) -> None:
+        subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
+
+    ctl("add_vhost", vhost)
+    try:
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        urls = {
+            role: f"amqp://{users[role]}:{passwords[role]}@{base.hostname}:{base.port or 5672}"
+            f"/{quote(vhost, safe='')}"
+            for role in users
+        }
+        yield Deployment(namespace, urls)
+    finally:
+        ctl("delete_vhost", vhost)
+        for user in users.values():
+            subprocess.run([rabbitmqctl, "-q", "delete_user", user], capture_output=True)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "agents.yaml"
+    path.write_text(CONFIG, encoding="utf-8")
+    return path
+
+
+async def test_agent_users_run_serve_and_send_in_passive_mode(
+    deployment: Deployment, config: Path, spawn: Spawn, run_cli: Run
+) -> None:
+    ns, urls = deployment.namespace, deployment.urls
+    as_researcher = {"AMQP_URL": urls["researcher"]}
+
+    status, output = await run_cli("run", str(config), "--agent", "researcher", env=as_researcher)
+    assert status == 1
+    assert "passive mode" in output and "`amqp-agents topology apply CONFIG`" in output
+
+    status, output = await run_cli(
+        "topology", "apply", str(config), env={"AMQP_URL": urls["admin"]}
+    )
+    assert status == 0, output
+
+    run = await spawn("run", str(config), "--agent", "researcher", env=as_researcher)
+    await run.expect("1 agent(s) running")
+    send = await spawn(
+        *("send", "--passive", "--namespace", ns, "--from", "writer", "--to", "researcher"),
+        *("deploy notes", "--wait"),
+        env={"AMQP_URL": urls["writer"]},
+    )
+    assert await send.finish() == 0, send.output
+    assert send.lines[-1] == '"Research completed on: deploy notes"'
+    run.process.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0, run.output
+
+    # The researcher sends to the writer: addressed, and along the route.
+    async with MessageQueue(
+        urls["researcher"], namespace=ns, passive=True, reply_owner="researcher"
+    ) as researcher:
+        await researcher.send(Message(sender="researcher", recipient="writer", content=1))
+        await researcher.send(
+            Message(sender="researcher", type=MessageType.NOTIFICATION, content=2)
+        )
+    async with MessageQueue(urls["admin"], namespace=ns, passive=True) as admin:
+        received = await admin.receive_all("writer")
+    assert sorted(m.content for m in received) == [1, 2]
+
+
+@pytest.fixture
+async def researcher_channel(
+    deployment: Deployment, config: Path, run_cli: Run
+) -> AsyncIterator[Callable[[], Awaitable[AbstractChannel]]]:
+    """Channels of a plain AMQP connection as the researcher user, topology applied."""
+    status, output = await run_cli(
+        "topology", "apply", str(config), env={"AMQP_URL": deployment.urls["admin"]}
+    )
+    assert status == 0, output
+    connection = await aio_pika.connect(deployment.urls["researcher"])
+    try:
+        yield lambda: connection.channel(publisher_confirms=True)
+    finally:
+        await connection.close()
+
+
+async def test_agent_user_cannot_step_outside_its_permissions(
+    deployment: Deployment, researcher_channel: Callable[[], Awaitable[AbstractChannel]]
+) -> None:
+    ns = deployment.namespace
+
+    async def publish(routing_key: str) -> None:
+        exchange = await (await researcher_channel()).get_exchange(ns, ensure=False)
+        await exchange.publish(
+            aio_pika.Message(b"{}", content_type="application/json"), routing_key
+        )
+
+    async def get(queue_name: str) -> None:
+        queue = await (await researcher_channel()).get_queue(queue_name, ensure=False)
+        await queue.get(fail=False)
+
+    async def declare(queue_name: str) -> None:
+        await (await researcher_channel()).declare_queue(queue_name, exclusive=True)
+
+    async def bind_own_inbox() -> None:
+        queue = await (await researcher_channel()).get_queue(
+            wire.inbox_name(ns, "researcher"), ensure=False
+        )
+        await queue.bind(ns, routing_key="#")
+
+    await publish("notification.2.researcher.writer")  # its own id: allowed
+    await get(wire.inbox_name(ns, "researcher"))
+    await declare(wire.reply_queue_name(ns, "researcher", secrets.token_hex(16)))
+
+    writers_reply_queue = wire.reply_queue_name(ns, "writer", secrets.token_hex(16))
+    refused: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        ("a forged sender word", lambda: publish("notification.2.writer.researcher")),
+        ("no sender word", lambda: publish("task.2.-.writer")),
+        ("another agent's inbox", lambda: get(wire.inbox_name(ns, "writer"))),
+        ("the history", lambda: get(wire.history_name(ns))),
+        ("a queue of its own", lambda: declare(f"{ns}.spy")),
+        ("another agent's reply queue", lambda: declare(writers_reply_queue)),
+        ("widening what it receives", bind_own_inbox),
+    ]
+    for what, attempt in refused:
+        with pytest.raises(aio_pika.exceptions.ChannelClosed, match="ACCESS_REFUSED"):
+            await attempt()
+            pytest.fail(f"allowed: {what}")
