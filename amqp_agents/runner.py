@@ -171,6 +171,7 @@ async def run(
             stopping.cancel()
             await asyncio.gather(stopping, return_exceptions=True)
             await runner.queue.close()
+            log.warning("stopped without draining: unfinished messages return to their inboxes")
         else:
             stopping.result()
     finally:

@@ -27,3 +27,11 @@ class UntilStopAgent(MessagePassingAgent):
         await self.send_status({"step": "working"})
         await self._stopping.wait()
         return f"finished {task} after the stop request"
+
+
+class StuckAgent(MessagePassingAgent):
+    """Never finishes a task: stopping must give up on it after the drain timeout."""
+
+    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        await self.send_status({"step": "stuck"})
+        await asyncio.Event().wait()

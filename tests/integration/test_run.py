@@ -58,6 +58,40 @@ async def test_sigterm_drains_the_task_in_flight(
     assert run.lines[-1].endswith("all agents stopped")
 
 
+STUCK = """
+broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}"}
+agents:
+  - {id: stuck, class: "integration.probe_agents:StuckAgent"}
+"""
+
+
+async def test_drain_is_bounded_by_the_drain_timeout(
+    spawn: Spawn, config_file: Callable[[str], Path], namespace: str
+) -> None:
+    run = await spawn("run", str(config_file(STUCK)), "--drain-timeout", "0.5")
+    await run.expect(RUNNING)
+    send = await spawn("send", "--namespace", namespace, "--to", "stuck", "forever", "--wait")
+    await send.expect("status:")
+    run.process.send_signal(signal.SIGTERM)
+    await run.expect("stuck: 1 handlers cancelled at stop; their messages return to the inbox")
+    assert await run.finish() == 0, run.output
+
+
+async def test_a_second_signal_cancels_the_drain(
+    spawn: Spawn, config_file: Callable[[str], Path], namespace: str
+) -> None:
+    run = await spawn("run", str(config_file(STUCK)), "--drain-timeout", "600")
+    await run.expect(RUNNING)
+    send = await spawn("send", "--namespace", namespace, "--to", "stuck", "forever", "--wait")
+    await send.expect("status:")
+    run.process.send_signal(signal.SIGTERM)
+    await run.expect("SIGTERM received")
+    run.process.send_signal(signal.SIGINT)
+    await run.expect("SIGINT again: cancelling the handlers still running")
+    await run.expect("stopped without draining")
+    assert await run.finish(timeout_s=30) == 0, run.output
+
+
 async def test_only_the_selected_agents_run(spawn: Spawn, example_config: Path) -> None:
     run = await spawn("run", str(example_config), "--agent", "writer")
     await run.expect("agent writer started")
