@@ -34,7 +34,7 @@ from .config import AgentsConfig, RetryConfig
 from .routing import compile_rule
 
 ExchangeType = Literal["topic", "fanout"]
-Action = Literal["create", "bind", "conflict", "stale"]
+Action = Literal["create", "bind", "conflict", "stale", "unchecked"]
 Kind = Literal["exchange", "queue", "binding"]
 
 RECORD_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic", "x-max-length": 1}
@@ -205,7 +205,8 @@ class Step:
     Attributes:
         action: ``create`` / ``bind`` (what apply would do), ``conflict`` (exists with
             other arguments; apply refuses), ``stale`` (recorded, no longer configured;
-            apply leaves it).
+            apply leaves it), ``unchecked`` (exists; this user may not compare its
+            arguments).
         kind: exchange, queue or binding.
         name: the object's name (a binding: ``exchange -> queue``).
         detail: type, role and arguments; for a conflict the broker's message.
@@ -275,6 +276,8 @@ def _object_step(kind: Kind, name: str, detail: str, checks: Mapping[str, Check]
         return [Step("create", kind, name, detail)]
     if check.status is Status.CONFLICT:
         return [Step("conflict", kind, name, check.detail)]
+    if check.detail:
+        return [Step("unchecked", kind, name, check.detail)]
     return []
 
 

@@ -142,6 +142,17 @@ def test_recorded_bindings_no_longer_configured_are_stale_not_removed(
     assert the_plan.nothing_to_do, "stale bindings are reported, never changed"
 
 
+def test_arguments_a_user_may_not_check_are_reported(example: AgentsConfig) -> None:
+    layout = layout_of(example)
+    detail = "arguments not checked: ACCESS_REFUSED"
+    observed = _observed(layout, Status.PRESENT, ns__dead=Check(Status.PRESENT, detail))
+    the_plan = plan(layout, observed)
+    assert [(s.action, s.name, s.detail) for s in the_plan.steps] == [
+        ("unchecked", "ns.dead", detail)
+    ]
+    assert the_plan.nothing_to_do
+
+
 def test_format_arguments() -> None:
     arguments = {"x-max-length": 5, "x-queue-type": "stream"}
     assert format_arguments(arguments) == "stream, x-max-length=5"
