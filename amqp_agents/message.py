@@ -6,10 +6,11 @@ Pure data: nothing here knows about AMQP. :mod:`amqp_agents.wire` maps a
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
+from random import Random
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,6 +21,7 @@ AGENT_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 """Agent ids become part of queue names and routing-key words: no dots, no wildcards."""
 
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
+_AGENT_ID_OR_EMPTY = r"^(?:[A-Za-z][A-Za-z0-9_-]{0,63})?$"
 
 
 class MessageType(StrEnum):
@@ -61,8 +63,20 @@ def validate_agent_id(agent_id: str) -> str:
     return agent_id
 
 
+_ids = Random()  # seeded from the OS; private, so nobody's random.seed() repeats our ids
+os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat the parent's
+_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
+_VERSION_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+
+
 def _new_id() -> str:
-    return str(uuid.uuid4())
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but a few times faster.
+
+    Its 122 random bits come from a Mersenne Twister seeded from the OS rather than
+    from the OS itself (one system call per id): ids must be unique, not secret.
+    """
+    h = f"{(_ids.getrandbits(128) & _VERSION_MASK) | _VERSION_4:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _utc_now() -> datetime:
@@ -80,8 +94,10 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", use_enum_values=False)
 
     id: str = Field(default_factory=_new_id, min_length=1, max_length=255)
-    sender: str = ""
-    recipient: str = ""
+    # Checked by pydantic-core's regex (no Python call per field); same ids as
+    # validate_agent_id accepts, or empty.
+    sender: str = Field(default="", pattern=_AGENT_ID_OR_EMPTY)
+    recipient: str = Field(default="", pattern=_AGENT_ID_OR_EMPTY)
     type: MessageType = MessageType.NOTIFICATION
     priority: MessagePriority = MessagePriority.NORMAL
     content: Any = None
@@ -89,13 +105,6 @@ class Message(BaseModel):
     timestamp: datetime = Field(default_factory=_utc_now)
     reply_to: str | None = None
     conversation_id: str | None = None
-
-    @field_validator("sender", "recipient")
-    @classmethod
-    def _agent_id_or_empty(cls, value: str) -> str:
-        if value and not _AGENT_ID.fullmatch(value):
-            raise ValueError(f"invalid agent id {value!r}: must match {AGENT_ID_PATTERN}")
-        return value
 
     @field_validator("timestamp")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
 
 import pytest
@@ -81,3 +82,19 @@ def test_valid_agent_ids(good: str) -> None:
 def test_invalid_agent_ids(bad: str) -> None:
     with pytest.raises(InvalidMessageError):
         validate_agent_id(bad)
+
+
+def test_ids_are_distinct_version_4_uuids() -> None:
+    ids = {Message().id for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for text in list(ids)[:100]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)
+
+
+@pytest.mark.parametrize("bad", ["a.b", "a*", "#", "9lives", "x" * 65, "bob\n", "a b"])
+@pytest.mark.parametrize("field", ["sender", "recipient"])
+def test_envelope_agent_ids_are_checked_like_validate_agent_id(field: str, bad: str) -> None:
+    with pytest.raises(ValueError):
+        Message(**{field: bad})
+    assert getattr(Message(**{field: "x" * 64}), field) == "x" * 64
