@@ -21,7 +21,7 @@ AGENT_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 """Agent ids become part of queue names and routing-key words: no dots, no wildcards."""
 
 _AGENT_ID = re.compile(AGENT_ID_PATTERN)
-_AGENT_ID_OR_EMPTY = r"^(?:[A-Za-z][A-Za-z0-9_-]{0,63})?$"
+_AGENT_ID_OR_EMPTY = f"^(?:{AGENT_ID_PATTERN[1:-1]})?$"
 
 
 class MessageType(StrEnum):
