@@ -409,7 +409,7 @@ class MessagePassingAgent:
             _current.reset(token)
         await self._reply(message, result, reply_address)
         self._remember(message.id)
-        await incoming.ack()
+        await _ack(incoming)
 
     async def _handler_failed(
         self, incoming: AbstractIncomingMessage, message: Message, error: Exception
@@ -497,6 +497,21 @@ class MessagePassingAgent:
         self._seen[message_id] = None
         while len(self._seen) > self.dedup_window:
             self._seen.popitem(last=False)
+
+
+async def _ack(incoming: AbstractIncomingMessage) -> None:
+    """Acknowledge a handled delivery: queue the ack frame, without waiting for the socket.
+
+    aio-pika's ``ack()`` also waits until the writer has put the frame on the socket,
+    which costs every delivery a future and a trip through the event loop; the broker
+    learns of the ack no sooner for it. The connection's bounded write queue still
+    holds us back when the socket is slow, and an ack lost with the link means a
+    redelivery, as with any ack in flight (at least once).
+    """
+    if incoming.delivery_tag is None:  # pragma: no cover - consumed deliveries have one
+        await incoming.ack()
+        return
+    await incoming.channel.basic_ack(incoming.delivery_tag, wait=False)
 
 
 def _content_or_raise(reply: Message) -> Any:
