@@ -328,7 +328,9 @@ class MessageRouter:
         routed message; an inbox keeps old bindings), so this decides for real: None
         unless a route listing ``destination`` matches and its filter keeps the message.
         Otherwise a copy with ``recipient=destination``, passed through the transforms
-        of those routes in route order. ``message`` itself is never changed.
+        of those routes in route order. ``message`` itself is never changed: a transform
+        gets a deep copy to change; without one, the copy shares content and metadata
+        (a deep copy of every routed delivery would cost more than decoding it).
         """
         routes = [
             route
@@ -337,7 +339,8 @@ class MessageRouter:
         ]
         if not routes:
             return None
-        accepted = message.model_copy(update={"recipient": destination}, deep=True)
+        private = any(route.transform is not None for route in routes)
+        accepted = message.model_copy(update={"recipient": destination}, deep=private)
         for route in routes:
             accepted = route.apply(accepted)
         return accepted
