@@ -17,11 +17,19 @@ A delivery is acknowledged only after all of this finished, so a crash at any po
 means redelivery (at-least-once). The consumer's prefetch equals ``concurrency``: at
 most that many handlers run at once, and the rest wait in the broker, where priority
 still orders them.
+
+The consumer outlives faults (``_on_channel_reopened``, ``_on_consumer_cancelled ->
+_resume_consuming``): aio-pika reopens the channel after a reconnect or after the
+broker closed it (a consumer timeout), and the agent then consumes again; when the
+broker cancels the consumer because the inbox was deleted, the agent declares the
+inbox again first. If that is impossible (passive mode, a conflicting queue) the agent
+stops and :meth:`MessagePassingAgent.start` raises: never a silent zero-consumer state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 from collections import OrderedDict
@@ -30,7 +38,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustChannel,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from . import wire
 from .errors import (
@@ -38,6 +52,7 @@ from .errors import (
     HandlerError,
     RemoteError,
     RequestTimeoutError,
+    TopologyError,
     UnknownRecipientError,
 )
 from .message import (
@@ -169,6 +184,11 @@ class MessagePassingAgent:
         self._inbox: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._stopped = asyncio.Event()
+        self._resume_lock = asyncio.Lock()
+        self._resuming: set[asyncio.Task[None]] = set()
+        self._inbox_lost = False
+        self.error: BaseException | None = None
+        """Why the agent stopped on its own (its inbox could not be consumed), if it did."""
         self._setup_handlers()
 
     def __repr__(self) -> str:
@@ -310,9 +330,16 @@ class MessagePassingAgent:
     # -- consuming --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Consume the inbox until :meth:`stop` is called."""
+        """Consume the inbox until :meth:`stop` is called.
+
+        Raises:
+            TopologyError: the inbox was deleted and could not be declared again (see
+                :attr:`error`); the agent has stopped.
+        """
         await self.start_consuming()
         await self._stopped.wait()
+        if self.error is not None:
+            raise self.error
 
     async def start_consuming(self) -> None:
         """Declare the inbox if needed and start consuming it; returns at once."""
@@ -320,15 +347,107 @@ class MessagePassingAgent:
             return
         await self.queue.ensure_inbox(self.id)
         self._stopped.clear()
+        self.error = None
         self._channel = await self.queue.channel(prefetch=self.concurrency)
         self._inbox = await self._channel.get_queue(
             wire.inbox_name(self.queue.namespace, self.id), ensure=False
         )
-        self._consumer_tag = await self._inbox.consume(self._on_delivery)
+        await self._consume()
         self.running = True
+        self._channel.close_callbacks.add(self._on_channel_closed)
+        if isinstance(self._channel, AbstractRobustChannel):
+            self._channel.reopen_callbacks.add(self._on_channel_reopened)
         log.info(
             "agent %s consuming %s (concurrency %d)", self.id, self._inbox.name, self.concurrency
         )
+
+    async def _consume(self) -> None:
+        """Start the inbox's consumer on the channel's current link, unless it runs there."""
+        assert self._channel is not None and self._inbox is not None
+        underlay = await self._channel.get_underlay_channel()
+        if self._consumer_tag in getattr(underlay, "consumers", {}):  # aiormq.Channel's
+            return
+        # aio-pika replays only consumers of queues it declared on this channel itself;
+        # the inbox belongs to the topology channel, so the agent watches its consumer.
+        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
+        self._consumer_tag = await self._inbox.consume(self._on_delivery)
+
+    def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
+        if not self.running:
+            return
+        # A closed channel cancels the handlers running on it; their deliveries were
+        # not acknowledged, so the broker redelivers them (e.g. a consumer timeout:
+        # 406 PRECONDITION_FAILED "delivery acknowledgement timed out").
+        log.warning(
+            "%s: consumer channel closed (%s); %d running handlers cancelled, their "
+            "messages will be redelivered; consuming again once the channel is back",
+            self.id,
+            exc,
+            len(self._in_flight),
+        )
+
+    def _on_channel_reopened(self, _sender: object) -> None:
+        if self.running:
+            self._resume_consuming()
+
+    def _on_consumer_cancelled(self, frame: Any) -> None:
+        if not self.running or getattr(frame, "consumer_tag", None) != self._consumer_tag:
+            return
+        log.warning(
+            "%s: the broker cancelled the consumer of its inbox (deleted?); declaring it again",
+            self.id,
+        )
+        self._inbox_lost = True
+        self._resume_consuming()
+
+    def _resume_consuming(self) -> None:
+        # Called from aio-pika's callbacks, which must not block: resume in a task.
+        task = asyncio.create_task(self._resume())
+        self._resuming.add(task)
+        task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self) -> None:
+        """Consume again after a fault; retry while the channel stays open, fail loudly
+        if the inbox cannot be declared again."""
+        backoff_s = 0.1
+        async with self._resume_lock:
+            while self.running:
+                assert self._channel is not None
+                try:
+                    if self._inbox_lost:
+                        await self.queue.restore_inbox(self.id)
+                        self._inbox_lost = False
+                    await self._consume()
+                    log.info("%s: consuming its inbox again", self.id)
+                    return
+                except TopologyError as exc:
+                    await self._fail(exc)
+                    return
+                except ChannelNotFoundEntity as exc:
+                    # basic.consume on an inbox that is gone (it closed the channel).
+                    if self.queue.passive:
+                        await self._fail(TopologyError(f"inbox of {self.id!r} is gone: {exc}"))
+                        return
+                    self._inbox_lost = True
+                    if self._channel.is_closed:
+                        return  # reopening the channel calls _resume again
+                except Exception as exc:
+                    if self._channel.is_closed:
+                        return  # reopening the channel calls _resume again
+                    log.warning(
+                        "%s: cannot consume its inbox yet (%s: %s); retrying in %.1fs",
+                        self.id,
+                        type(exc).__name__,
+                        exc,
+                        backoff_s,
+                    )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+
+    async def _fail(self, error: BaseException) -> None:
+        log.error("%s: stopping, its inbox cannot be consumed: %s", self.id, error)
+        self.error = error
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop gracefully: take no new deliveries, let running handlers finish.
@@ -341,8 +460,13 @@ class MessagePassingAgent:
             return
         self.running = False
         assert self._inbox is not None and self._channel is not None
+        for task in self._resuming - {asyncio.current_task()}:
+            task.cancel()
         if self._consumer_tag is not None and not self._channel.is_closed:
-            await self._inbox.cancel(self._consumer_tag)
+            try:
+                await self._inbox.cancel(self._consumer_tag)
+            except CONNECTION_EXCEPTIONS as exc:
+                log.warning("%s: could not cancel its consumer: %r", self.id, exc)
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=self.drain_timeout_s)
             for task in pending:
@@ -354,7 +478,9 @@ class MessagePassingAgent:
                     len(pending),
                 )
                 await asyncio.wait(pending)
-        if not self._channel.is_closed:
+        # Close even a channel that is down: a robust channel left open-ended would be
+        # reopened (consumer-less) by the next reconnect.
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self._channel.close()
         self._stopped.set()
         log.info("agent %s stopped", self.id)
@@ -370,6 +496,20 @@ class MessagePassingAgent:
         self._in_flight.add(task)
         try:
             await self._handle_delivery(incoming)
+        except (AgentsError, *CONNECTION_EXCEPTIONS) as exc:
+            # Acknowledging it, or moving it to a retry queue or the dead letters, failed
+            # (connection lost, broker blocked). Give it back; on a channel that is gone
+            # the broker does that by itself. Either way it is redelivered (and skipped
+            # by the dedup window, if on, when its handler had finished).
+            log.warning(
+                "%s: message %s not acknowledged (%s: %s); it will be redelivered",
+                self.id,
+                incoming.message_id,
+                type(exc).__name__,
+                exc,
+            )
+            with contextlib.suppress(Exception):
+                await incoming.nack(requeue=True)
         finally:
             self._in_flight.discard(task)
 

@@ -68,6 +68,7 @@ async def connect(
     name: str,
     timeout_s: float = 10.0,
     ssl_context: ssl.SSLContext | None = None,
+    reconnect_interval_s: float = 1.0,
 ) -> AbstractRobustConnection:
     """Open a robust connection (it reconnects and replays declarations by itself).
 
@@ -76,6 +77,9 @@ async def connect(
         name: the connection name the broker shows.
         timeout_s: how long connecting may take.
         ssl_context: TLS settings (see :func:`tls_context`); ignored for ``amqp://``.
+        reconnect_interval_s: pause between reconnection attempts after the link is
+            lost (aio-pika's default, 5 s, would keep agents deaf for up to 5 s after
+            the broker is back).
 
     Raises:
         BrokerConnectionError: unreachable broker, refused credentials or vhost, timeout.
@@ -86,6 +90,7 @@ async def connect(
             timeout=timeout_s,
             client_properties={"connection_name": name},
             ssl_context=ssl_context,
+            reconnect_interval=reconnect_interval_s,
         )
     except (TimeoutError, AMQPConnectionError, OSError) as exc:
         detail = str(exc).replace(url, redact_url(url)) or type(exc).__name__

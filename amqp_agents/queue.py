@@ -13,6 +13,7 @@ frames, confirms and returns as ``Exchange.publish``, without an intermediate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -33,6 +34,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
     ChannelInvalidStateError,
+    ChannelNotFoundEntity,
     DeliveryError,
     PublishError,
 )
@@ -47,6 +49,7 @@ from .errors import (
     InvalidMessageError,
     NoRouteError,
     PublishTimeoutError,
+    TopologyError,
     UnknownRecipientError,
 )
 from .errors import DeliveryError as AgentsDeliveryError
@@ -84,6 +87,8 @@ class MessageQueue:
         namespace: prefix of every exchange and queue name (see docs/wire-format.md).
         publish_timeout_s: how long :meth:`send` waits for the broker's confirm.
         connect_timeout_s: how long connecting may take.
+        reconnect_interval_s: pause between reconnection attempts after the link to
+            the broker is lost.
         max_body_bytes: larger messages are refused before publishing.
         passive: only check that the topology exists; never create it.
         inbox_max_length: length limit of inboxes this queue declares; a full inbox
@@ -107,6 +112,7 @@ class MessageQueue:
         namespace: str = "agents",
         publish_timeout_s: float = 10.0,
         connect_timeout_s: float = 10.0,
+        reconnect_interval_s: float = 1.0,
         max_body_bytes: int = wire.DEFAULT_MAX_BODY_BYTES,
         passive: bool = False,
         inbox_max_length: int | None = None,
@@ -121,6 +127,7 @@ class MessageQueue:
         self.namespace = wire.validate_namespace(namespace)
         self.publish_timeout_s = publish_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.reconnect_interval_s = reconnect_interval_s
         self.max_body_bytes = max_body_bytes
         self.passive = passive
         self.connection_name = connection_name or f"amqp-agents pid={os.getpid()}"
@@ -162,6 +169,7 @@ class MessageQueue:
             name=self.connection_name,
             timeout_s=self.connect_timeout_s,
             ssl_context=self.ssl_context,
+            reconnect_interval_s=self.reconnect_interval_s,
         )
         try:
             self._publish_channel = await self._connection.channel(
@@ -200,17 +208,36 @@ class MessageQueue:
         return self._connection
 
     async def channel(self, *, prefetch: int | None = None) -> AbstractChannel:
-        """A new channel on this connection (callers close it)."""
-        channel = await self.connection.channel()
+        """A new channel on this connection (callers close it).
+
+        While the connection is being re-established this waits for it, up to
+        ``connect_timeout_s``.
+
+        Raises:
+            BrokerConnectionError: the connection is down (and stayed down).
+        """
+        channel = await self._open_channel()
         if prefetch is not None:
             await channel.set_qos(prefetch_count=prefetch)
         return channel
+
+    async def _open_channel(self) -> AbstractChannel:
+        connection = self.connection
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                await connection.ready()
+                return await connection.channel()
+        except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
+            # (These include the bare RuntimeError aio-pika raises for a closed connection.)
+            raise BrokerConnectionError(
+                f"{self!r}: cannot open a channel, the connection is down: {exc!r}"
+            ) from None
 
     async def topology(self) -> Topology:
         """The namespace's declarations, made on a channel of their own."""
         async with self._topology_lock:
             if self._topology is None or self._topology.channel.is_closed:
-                channel = await self.connection.channel()
+                channel = await self._open_channel()
                 topology = Topology(
                     channel,
                     self.namespace,
@@ -227,6 +254,37 @@ class MessageQueue:
         topology = await self.topology()
         async with self._topology_lock:
             return await topology.declare_inbox(agent_id)
+
+    async def restore_inbox(self, agent_id: str) -> None:
+        """Declare the agent's inbox and its bindings again, e.g. after it was deleted.
+
+        In passive mode, only check that it exists again.
+
+        Raises:
+            TopologyError: passive mode and the inbox is gone, or it was re-created
+                elsewhere with other arguments.
+        """
+        validate_agent_id(agent_id)
+        if self.passive:
+            # A robust channel answers a passive declare of a queue it has seen from
+            # memory; only a fresh channel really asks the broker.
+            name = wire.inbox_name(self.namespace, agent_id)
+            channel = await self._open_channel()
+            try:
+                await channel.declare_queue(name, passive=True)
+            except ChannelNotFoundEntity as exc:
+                raise TopologyError(
+                    f"inbox {name!r} does not exist and this passive connection may not "
+                    f"create it (run `amqp-agents topology apply`): {exc}"
+                ) from None
+            finally:
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await channel.close()
+            return
+        topology = await self.topology()
+        async with self._topology_lock:
+            topology.forget_inbox(agent_id)
+            await topology.declare_inbox(agent_id)
 
     # -- sending ----------------------------------------------------------------------
 
@@ -361,7 +419,7 @@ class MessageQueue:
         async with self._replies_lock:
             if self._replies is None:
                 listener = ReplyListener(
-                    await self.connection.channel(), self.namespace, self.reply_owner
+                    await self._open_channel(), self.namespace, self.reply_owner
                 )
                 await listener.start()
                 self._replies = listener
@@ -427,6 +485,15 @@ class MessageQueue:
         except (ChannelInvalidStateError, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerConnectionError(
                 f"connection lost while sending message {message_id}: {exc!r}"
+            ) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled
+            # aiormq fails pending confirms with a bare CancelledError when it drops a
+            # link it found dead (missed heartbeats): the link is lost, not our caller.
+            raise BrokerConnectionError(
+                f"connection lost while sending message {message_id} (no heartbeat)"
             ) from None
 
     # -- receiving --------------------------------------------------------------------

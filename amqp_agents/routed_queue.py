@@ -87,6 +87,11 @@ class RoutingMessageQueue(MessageQueue):
                 await topology.bind_history(key)
         log.debug("%r: bound %d route bindings", self, len(bindings))
 
+    async def restore_inbox(self, agent_id: str) -> None:
+        """Declare the agent's inbox again, with its own and every route's bindings."""
+        await super().restore_inbox(agent_id)
+        await self.bind_routes()
+
     async def send(
         self,
         message: Message,

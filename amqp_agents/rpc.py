@@ -105,4 +105,7 @@ class ReplyListener:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(error)
+                # A TaskHandle nobody awaits any more must not log "exception never
+                # retrieved"; a waiter still gets the error.
+                pending.future.exception()
         self._pending.clear()

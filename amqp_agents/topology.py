@@ -118,6 +118,10 @@ class Topology:
         self._inboxes[agent_id] = queue
         return queue
 
+    def forget_inbox(self, agent_id: str) -> None:
+        """Drop the cached declaration, so the next :meth:`declare_inbox` goes to the broker."""
+        self._inboxes.pop(agent_id, None)
+
     async def declare_retry_queue(self, agent_id: str, delay_s: float) -> str:
         """Declare the queue that holds ``agent_id``'s failed messages for ``delay_s``.
 
