@@ -11,7 +11,10 @@ import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPConnectionError
 
+from . import _frame_guard
 from .errors import BrokerConnectionError
+
+_frame_guard.install()  # before any connection: a hostile frame must not drop one
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
