@@ -61,6 +61,11 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 """Headers travel in one AMQP frame (frame_max defaults to 128 KiB); the broker closes
 the connection on a larger one, so we refuse it first."""
+MAX_ID_BYTES = 255
+"""Message ids, ``reply_to`` and conversation ids: an AMQP short string's limit (the
+conversation id is a header, held to the same limit so no id can swell the frame)."""
+_SHORT_CHARS = MAX_ID_BYTES // 4
+"""Up to this many characters a string is within MAX_ID_BYTES whatever they are."""
 
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
@@ -241,8 +246,14 @@ def encode(
 
     Raises:
         InvalidMessageError: content or metadata is not JSON-serialisable.
-        MessageTooLargeError: body or headers exceed their limit.
+        MessageTooLargeError: body, metadata or an id exceed their limit.
     """
+    if (
+        len(message.id) > _SHORT_CHARS
+        or (message.reply_to is not None and len(message.reply_to) > _SHORT_CHARS)
+        or (message.conversation_id is not None and len(message.conversation_id) > _SHORT_CHARS)
+    ):
+        _check_id_lengths(message)
     try:
         body = _dumps(message.content)
     except (TypeError, ValueError) as exc:
@@ -290,6 +301,19 @@ def encode(
     )
 
 
+def _check_id_lengths(message: Message) -> None:
+    for name, text in (
+        ("id", message.id),
+        ("reply_to", message.reply_to),
+        ("conversation_id", message.conversation_id),
+    ):
+        if text is not None and len(text.encode()) > MAX_ID_BYTES:
+            raise MessageTooLargeError(
+                f"message {message.id[:40]}...: {name} is {len(text.encode())} bytes,"
+                f" limit {MAX_ID_BYTES}"
+            )
+
+
 class IncomingLike(Protocol):
     """The AMQP properties :func:`decode` reads (aio-pika's IncomingMessage has them)."""
 
@@ -313,7 +337,9 @@ class IncomingLike(Protocol):
     def routing_key(self) -> str | None: ...
 
 
-def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
+def decode(
+    incoming: IncomingLike, *, inbox_owner: str = "", max_body_bytes: int | None = None
+) -> Message:
     """Read a Message from an AMQP delivery, ours or a foreign client's.
 
     Missing pieces get defaults: no ``message_id`` -> a new uuid; no ``x-sender`` ->
@@ -321,9 +347,23 @@ def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
     word, ``""`` for a routed message (word ``-``), else ``inbox_owner``; no
     timestamp -> now; no priority -> NORMAL (RabbitMQ itself ranks it below LOW).
 
+    Whatever a foreign client sends, this raises InvalidMessageError or returns: a
+    header we read that is not text (a table, an array, a number, bytes that are not
+    UTF-8) is refused, not converted.
+
+    Args:
+        incoming: the delivery.
+        inbox_owner: the agent whose inbox it came from.
+        max_body_bytes: refuse a larger body before parsing it (None: no limit).
+
     Raises:
-        InvalidMessageError: wrong content type, body not UTF-8 JSON, bad type/metadata.
+        InvalidMessageError: wrong content type, body too large or not UTF-8 JSON, bad
+            type, a header of the wrong type, metadata that is not a JSON object.
     """
+    if max_body_bytes is not None and len(incoming.body) > max_body_bytes:
+        raise MessageTooLargeError(
+            f"body is {len(incoming.body)} bytes, limit {max_body_bytes}: not parsed"
+        )
     content_type = (incoming.content_type or CONTENT_TYPE).split(";")[0].strip().lower()
     if content_type != CONTENT_TYPE:
         raise InvalidMessageError(f"content type {incoming.content_type!r} is not {CONTENT_TYPE}")
@@ -348,11 +388,11 @@ def decode(incoming: IncomingLike, *, inbox_owner: str = "") -> Message:
     recipient = _recipient(_header_str(headers, H_RECIPIENT), key_words[3], inbox_owner)
 
     metadata: dict[str, Any] = {}
-    raw_meta = headers.get(H_METADATA)
+    raw_meta = _header_str(headers, H_METADATA)
     if raw_meta is not None:
         try:
-            metadata = json.loads(header_text(raw_meta))
-        except (ValueError, UnicodeDecodeError) as exc:
+            metadata = json.loads(raw_meta)
+        except (ValueError, RecursionError) as exc:
             raise InvalidMessageError(f"{H_METADATA} is not JSON: {exc}") from exc
         if not isinstance(metadata, dict):
             raise InvalidMessageError(f"{H_METADATA} must be a JSON object")
@@ -406,6 +446,49 @@ def _recipient(header: str | None, word: str | None, inbox_owner: str) -> str:
     return "" if word == NO_AGENT else word
 
 
+def addressed_to(routing_key: str | None, recipient: str, ns: str, agent_id: str) -> bool:
+    """Whether a delivery found in ``agent_id``'s inbox was sent to it.
+
+    The routing key is what the broker routed on and held against the publisher's
+    topic permission. CC and BCC headers (which RabbitMQ before 4.0.x does not check)
+    put a copy into more inboxes under the original key, so the key must name the
+    agent (or ``-``: a routed message), or be the inbox's own name (the default
+    exchange: retries, foreign clients); the recipient header must agree.
+
+    >>> addressed_to("task.2.bob.writer", "writer", "agents", "writer")
+    True
+    >>> addressed_to("task.2.bob.-", "", "agents", "writer")  # routed to it
+    True
+    >>> addressed_to("agents.inbox.writer", "writer", "agents", "writer")  # a retry
+    True
+    >>> addressed_to("task.2.bob.reader", "reader", "agents", "writer")  # a CC copy
+    False
+    """
+    if recipient and recipient != agent_id:
+        return False
+    if routing_key == inbox_name(ns, agent_id):
+        return True
+    words = (routing_key or "").split(".")
+    return len(words) == 4 and words[3] in (agent_id, NO_AGENT)
+
+
+def may_reply_to(ns: str, queue: str) -> bool:
+    """Whether an agent may publish an answer into ``queue`` (a request's ``reply_to``).
+
+    Answers go through the default exchange, which reaches any queue: a request naming
+    someone's inbox would have the agent write into it on the requester's behalf. So
+    only reply queues qualify: the namespace's, server-named ones, direct reply-to.
+
+    >>> may_reply_to("agents", "agents.reply.bob.0f3a")
+    True
+    >>> may_reply_to("agents", "amq.gen-JzTY20BRgKO")
+    True
+    >>> may_reply_to("agents", "agents.inbox.writer")
+    False
+    """
+    return queue.startswith((f"{ns}.reply.", "amq.gen-", "amq.rabbitmq.reply-to"))
+
+
 def deadline_of(headers: Any) -> datetime | None:
     """The requester's deadline carried by a delivery, if any."""
     value = (headers or {}).get(H_DEADLINE_US)
@@ -415,22 +498,34 @@ def deadline_of(headers: Any) -> datetime | None:
 
 
 def attempt_of(headers: Any) -> int:
-    """How many times handling this delivery has failed before."""
+    """How many times handling this delivery has failed before (never below 0)."""
     value = (headers or {}).get(H_ATTEMPT, 0)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    # A negative count from a foreign client would buy a failing message extra retries.
+    return max(value, 0) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _header_str(headers: Any, name: str) -> str | None:
+    """A text header, or None when absent.
+
+    Raises:
+        InvalidMessageError: the value is not text (AMQP long strings may arrive as
+            bytes: those must be UTF-8).
+    """
     value = headers.get(name)
-    if value is None:
-        return None
-    return header_text(value)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidMessageError(f"header {name} is not UTF-8") from None
+    raise InvalidMessageError(f"header {name} must be a string, not {type(value).__name__}")
 
 
 def header_text(value: Any) -> str:
-    """A header value as text (AMQP long strings may arrive as bytes)."""
+    """A header value as text, whatever it is (bytes that are not UTF-8 get U+FFFD)."""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8")
+        return bytes(value).decode("utf-8", "replace")
     return str(value)
 
 
@@ -443,4 +538,12 @@ def _to_us(ts: datetime) -> int:
 
 
 def _from_us(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
+    # Clamped: a foreign value past what datetime holds means "never" or "long ago".
+    try:
+        return _EPOCH + timedelta(microseconds=us)
+    except OverflowError:
+        return _LATEST if us > 0 else _EARLIEST
+
+
+_LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
