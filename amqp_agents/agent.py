@@ -521,6 +521,11 @@ class MessagePassingAgent:
         if deadline is not None and deadline <= datetime.now(UTC):
             await self.queue.dead_letter(incoming, reason="expired", agent_id=self.id)
             return
+        if incoming.reply_to and not wire.may_reply_to(self.queue.namespace, incoming.reply_to):
+            # Answering would write into that queue with our permissions, for the sender.
+            reason = f"reply_to {incoming.reply_to!r} is not a reply queue"
+            await self.queue.dead_letter(incoming, reason=reason, agent_id=self.id)
+            return
         if self.dedup_window and message.id in self._seen:
             log.info("%s: duplicate of %s skipped", self.id, message.id)
             await incoming.ack()

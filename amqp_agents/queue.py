@@ -18,10 +18,12 @@ import inspect
 import logging
 import os
 import ssl
+import struct
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 import aiormq
 from aio_pika import DeliveryMode
@@ -35,9 +37,11 @@ from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
     DeliveryError,
     PublishError,
 )
+from pamqp import encode
 from pamqp.commands import Basic
 
 from . import wire
@@ -45,8 +49,10 @@ from ._properties import FastProperties
 from .connection import connect, redact_url, resolve_url
 from .errors import (
     BrokerConnectionError,
+    ConfigError,
     InboxFullError,
     InvalidMessageError,
+    MessageTooLargeError,
     NoRouteError,
     PublishTimeoutError,
     TopologyError,
@@ -101,6 +107,12 @@ class MessageQueue:
         ssl_context: TLS settings for an ``amqps://`` URL (see ``connection.tls_context``).
         reply_owner: the agent id in this connection's reply queue name
             (``{ns}.reply.{owner}.{hex}``), so a broker permission can grant exactly it.
+        authenticate_senders: the connection's RabbitMQ user is an agent (its user
+            name in the URL is the agent id). Every publish carries the AMQP
+            ``user_id``, which RabbitMQ checks against the connection's user, and only
+            messages sent as that agent may be sent; a delivery whose ``user_id`` is
+            missing or differs from its sender is moved to ``{ns}.dead`` unhandled.
+            Every agent of the namespace should run so (docs/deploy.md).
 
     Use as ``async with MessageQueue(url, namespace="prod") as queue: ...``.
     """
@@ -122,6 +134,7 @@ class MessageQueue:
         inbox_max_lengths: Mapping[str, int | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reply_owner: str | None = None,
+        authenticate_senders: bool = False,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -133,6 +146,8 @@ class MessageQueue:
         self.connection_name = connection_name or f"amqp-agents pid={os.getpid()}"
         self.ssl_context = ssl_context
         self.reply_owner = None if reply_owner is None else validate_agent_id(reply_owner)
+        self.user_id = _agent_user(self.url) if authenticate_senders else None
+        """The agent this connection authenticates as (``authenticate_senders``), else None."""
         self._topology_options: dict[str, Any] = {
             "passive": passive,
             "inbox_max_length": inbox_max_length,
@@ -312,6 +327,8 @@ class MessageQueue:
             MessageTooLargeError / InvalidMessageError: refused before publishing.
             BrokerConnectionError: the connection is down.
         """
+        if self.user_id is not None and message.sender != self.user_id:
+            raise InvalidMessageError(_not_our_sender(message, self.user_id))
         out = wire.encode(
             message,
             reply_to=reply_to,
@@ -323,7 +340,7 @@ class MessageQueue:
             self._exchange_name,
             out.routing_key,
             out.body,
-            _properties(out),
+            _properties(out, self.user_id),
             message.id,
             message.recipient,
         )
@@ -334,12 +351,14 @@ class MessageQueue:
         The broker also copies it into the history stream (``BCC``), so conversations
         read back from history include replies.
         """
+        if self.user_id is not None and message.sender != self.user_id:
+            raise InvalidMessageError(_not_our_sender(message, self.user_id))
         out = wire.encode(
             message,
             extra_headers={"BCC": [wire.history_name(self.namespace)]},
             max_body_bytes=self.max_body_bytes,
         )
-        await self._publish("", queue_name, out.body, _properties(out), message.id)
+        await self._publish("", queue_name, out.body, _properties(out, self.user_id), message.id)
 
     async def dead_letter(
         self,
@@ -393,13 +412,15 @@ class MessageQueue:
 
         Used to move a delivery elsewhere (dead letters, retry queues) before acking it,
         so that it is never in no queue at all. The copy carries no AMQP expiration:
-        a deadline travels in its header.
+        a deadline travels in its header. Its ``user_id`` is ours (or none): the broker
+        refuses one that is not this connection's user (see :func:`_copied_headers`
+        for what else is not copied).
 
         Raises:
             DeliveryError and subclasses, as :meth:`send`.
         """
         copy = Basic.Properties(
-            headers={**(incoming.headers or {}), **headers},
+            headers={**_copied_headers(incoming.headers), **headers},
             content_type=incoming.content_type,
             delivery_mode=DeliveryMode.PERSISTENT,
             priority=incoming.priority,
@@ -408,7 +429,7 @@ class MessageQueue:
             message_id=incoming.message_id,
             timestamp=incoming.timestamp,
             message_type=incoming.type,
-            user_id=incoming.user_id,
+            user_id=self.user_id,
         )
         await self._publish(exchange, routing_key, incoming.body, copy, incoming.message_id or "?")
 
@@ -482,6 +503,17 @@ class MessageQueue:
                 f"no confirm for message {message_id} within {self.publish_timeout_s}s "
                 "(is the broker blocked by a memory or disk alarm?)"
             ) from None
+        except ChannelPreconditionFailed as exc:
+            if "message size" not in str(exc):
+                raise BrokerConnectionError(
+                    f"connection lost while sending message {message_id}: {exc!r}"
+                ) from None
+            # The broker's max_message_size is below our max_body_bytes. It closed the
+            # publishing channel; aio-pika reopens it.
+            raise MessageTooLargeError(
+                f"the broker refused message {message_id} as too large (set max_body_bytes"
+                f" below its max_message_size): {exc}"
+            ) from None
         except (ChannelInvalidStateError, *CONNECTION_EXCEPTIONS) as exc:
             raise BrokerConnectionError(
                 f"connection lost while sending message {message_id}: {exc!r}"
@@ -552,11 +584,26 @@ class MessageQueue:
     async def decode_delivery(
         self, incoming: AbstractIncomingMessage, agent_id: str
     ) -> Message | None:
-        """Decode and :meth:`accept` a delivery; None if it was dead-lettered or skipped."""
+        """Decode and :meth:`accept` a delivery; None if it was dead-lettered or skipped.
+
+        Bodies over ``max_body_bytes`` are refused unparsed, as when sending.
+        """
         try:
-            message = wire.decode(incoming, inbox_owner=agent_id)
+            message = wire.decode(
+                incoming, inbox_owner=agent_id, max_body_bytes=self.max_body_bytes
+            )
         except InvalidMessageError as exc:
             await self.dead_letter(incoming, reason=f"undecodable: {exc}", agent_id=agent_id)
+            return None
+        except Exception as exc:
+            # A decoder bug must not leave a foreign message unacknowledged for ever.
+            log.exception("decoding message %s failed unexpectedly", incoming.message_id)
+            await self.dead_letter(
+                incoming, reason=f"undecodable: {type(exc).__name__}", agent_id=agent_id
+            )
+            return None
+        if refused := self._refusal(incoming, message, agent_id):
+            await self.dead_letter(incoming, reason=refused, agent_id=agent_id)
             return None
         try:
             accepted = self.accept(message, agent_id)
@@ -571,6 +618,28 @@ class MessageQueue:
             log.debug("message %s is not for %s; acknowledged unhandled", message.id, agent_id)
             await incoming.ack()
         return accepted
+
+    def _refusal(
+        self, incoming: AbstractIncomingMessage, message: Message, agent_id: str
+    ) -> str | None:
+        """Why ``agent_id`` must not act on a decoded delivery, or None.
+
+        Misaddressed: a copy another publisher's CC/BCC put into this inbox (see
+        :func:`wire.addressed_to`). Unauthenticated (``authenticate_senders``): the
+        ``user_id`` RabbitMQ validated is not the sender's; a copy we published
+        ourselves (a retry) carries our own.
+        """
+        if not wire.addressed_to(incoming.routing_key, message.recipient, self.namespace, agent_id):
+            return (
+                f"misaddressed: routing key {incoming.routing_key!r}, recipient"
+                f" {message.recipient!r}: not for {agent_id!r}"
+            )
+        if self.user_id is not None and incoming.user_id not in (message.sender, self.user_id):
+            return (
+                f"unauthenticated sender: user_id {incoming.user_id!r} is not the sender"
+                f" {message.sender!r}"
+            )
+        return None
 
     async def subscribe(self, agent_id: str, callback: Callback) -> Subscription:
         """Call ``callback`` with a copy of every message addressed to ``agent_id``.
@@ -589,6 +658,9 @@ class MessageQueue:
                     message = wire.decode(incoming, inbox_owner=agent_id)
                 except InvalidMessageError as exc:
                     log.warning("tap on %s: undecodable message skipped: %s", agent_id, exc)
+                    return
+                if refused := self._refusal(incoming, message, agent_id):
+                    log.warning("tap on %s: message skipped: %s", agent_id, refused)
                     return
                 try:
                     result = callback(message)
@@ -622,7 +694,49 @@ PriorityMessageQueue = MessageQueue
 """The tutorial's name: every inbox has native AMQP priority, so one class does both."""
 
 
-def _properties(out: wire.Outgoing) -> Basic.Properties:
+def _copied_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A delivery's headers, fit to be published again by us.
+
+    ``CC`` and ``BCC`` are dropped: kept, they would make the broker copy the message
+    into more queues on our authority (a foreign sender's way around its own
+    permissions). A value pamqp decoded but cannot encode again (bytes that are not
+    UTF-8, a double too large for AMQP's float) is kept as its repr.
+    """
+    copied: dict[str, Any] = {}
+    for key, value in (headers or {}).items():
+        if key in ("CC", "BCC"):
+            continue
+        try:
+            encode.encode_table_value(value)
+        except (TypeError, ValueError, OverflowError, struct.error):
+            value = repr(value)[:1000]
+        copied[key] = value
+    return copied
+
+
+def _agent_user(url: str) -> str:
+    """The user name of ``url``, which must be an agent id (``authenticate_senders``).
+
+    Raises:
+        ConfigError: no user name, or one that is not an agent id.
+    """
+    user = unquote(urlsplit(url).username or "")
+    try:
+        return validate_agent_id(user)
+    except InvalidMessageError:
+        raise ConfigError(
+            f"authenticate_senders: the URL's user name {user!r} must be the agent's id"
+        ) from None
+
+
+def _not_our_sender(message: Message, user_id: str) -> str:
+    return (
+        f"message {message.id}: sender {message.sender!r} is not this connection's agent"
+        f" {user_id!r} (authenticate_senders)"
+    )
+
+
+def _properties(out: wire.Outgoing, user_id: str | None = None) -> Basic.Properties:
     """The AMQP properties of an encoded message (docs/wire-format.md, "Properties")."""
     return FastProperties(
         content_type=wire.CONTENT_TYPE,
@@ -635,6 +749,7 @@ def _properties(out: wire.Outgoing) -> Basic.Properties:
         message_id=out.message_id,
         timestamp=out.timestamp,
         message_type=out.type,
+        user_id=user_id,
     )
 
 
