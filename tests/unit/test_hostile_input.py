@@ -298,7 +298,7 @@ def test_what_the_guard_does_to_what_pamqp_could_not_decode() -> None:
     assert decoded["x-\ufffd"] is None
     assert decoded["when"] == datetime.max.replace(tzinfo=UTC)
     depth, level = 2, decoded["deep"]  # the headers table itself is depth 1
-    while isinstance(level["k"], dict):
+    while isinstance(level, dict) and isinstance(level["k"], dict):
         depth, level = depth + 1, level["k"]
     assert (depth, level) == (MAX_NESTING, {"k": None})
     assert pamqp.decode.by_type(_shortstr(b"id\xff"), "shortstr") == (4, "id\ufffd")

@@ -1,0 +1,913 @@
+"""Hostile input and access: scenarios 13-18 of issue 6, on a private RabbitMQ node.
+
+13. A storm of hostile messages from a foreign client (hypothesis draws them): none
+    reaches a handler, each lands once in ``{ns}.dead`` with a reason, no pickle is
+    ever loaded, the agent's connection never drops and it serves the next message.
+14. An oversized message is refused before publishing; the connection stays usable
+    (and, as a control, the broker itself would have closed the channel).
+15. With ``authenticate_senders``, agent A cannot make B believe a message came from C.
+16. With docs/deploy.md's permissions, agent M cannot reach B's inbox by a forged
+    route, eavesdrop on it or consume it; what RabbitMQ 3.10 lets through (CC/BCC, the
+    default exchange) B refuses to handle.
+17. A deleted user: the library gives up reconnecting after a bounded number of
+    refusals and reports a fatal BrokerConnectionError.
+18. A ``${VAR}`` password appears in no log record, repr or error.
+
+No test sleeps to synchronise: each awaits an event or a future under a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pickle
+import re
+import struct
+import sys
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import pytest
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractRobustChannel,
+)
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from pamqp.commands import Basic
+from private_broker import PrivateBroker
+
+from amqp_agents import (
+    InvalidMessageError,
+    Message,
+    MessageQueue,
+    MessageTooLargeError,
+    MessageType,
+    wire,
+)
+from amqp_agents.agent import MessagePassingAgent, RetryPolicy
+from amqp_agents.message import AGENT_ID_PATTERN
+
+pytestmark = pytest.mark.reliability
+
+WAIT_S = 20.0
+"""Upper bound of every wait for the broker or an agent."""
+
+
+# -- evidence that no pickle is ever loaded ----------------------------------------------
+
+UNPICKLED: list[tuple[Any, ...]] = []
+"""Every global an unpickler looked up in this process (``pickle.find_class`` audit)."""
+PWNED: list[str] = []
+"""Appended to by the payload of the hostile pickles, if one is ever loaded."""
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event == "pickle.find_class":
+        UNPICKLED.append(args)
+
+
+sys.addaudithook(_audit)  # permanent for the process; it only records
+
+
+def pwned(marker: str) -> None:
+    """What a hostile pickle calls when loaded: proof of code execution."""
+    PWNED.append(marker)
+
+
+class Exploit:
+    """Pickles to a call of :func:`pwned`: loading it runs code."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (pwned, ("unpickled",))
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def _hex() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+async def wait_until(condition: Callable[[], bool], changed: asyncio.Event, what: str) -> None:
+    """Wait, at most WAIT_S, until ``condition()``; whoever makes progress sets ``changed``."""
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while not condition():
+                changed.clear()
+                await changed.wait()
+    except TimeoutError:
+        raise AssertionError(f"no {what} within {WAIT_S}s") from None
+
+
+def has_id(message_id: str) -> Callable[[Message], bool]:
+    return lambda message: message.id == message_id
+
+
+class Recorder(MessagePassingAgent):
+    """Records every message any handler sees; never fails."""
+
+    def __init__(self, agent_id: str, queue: MessageQueue, **kwargs: Any) -> None:
+        super().__init__(agent_id, queue, **kwargs)
+        self.handled: list[Message] = []
+        self.changed = asyncio.Event()
+        for msg_type in MessageType:
+            self.on(msg_type)(self._record)
+
+    async def _record(self, message: Message) -> None:
+        self.handled.append(message)
+        self.changed.set()
+
+    async def wait_for(self, predicate: Callable[[Message], bool], what: str) -> Message:
+        await wait_until(lambda: any(map(predicate, self.handled)), self.changed, what)
+        return next(m for m in self.handled if predicate(m))
+
+
+QueueFactory = Callable[..., Awaitable[MessageQueue]]
+
+
+@pytest.fixture
+async def make_queue(
+    private_broker: PrivateBroker, namespace: str, request: pytest.FixtureRequest
+) -> AsyncIterator[QueueFactory]:
+    """Connected MessageQueues on the private node in the test's namespace; closed after."""
+    made: list[MessageQueue] = []
+
+    async def factory(url: str | None = None, **kwargs: Any) -> MessageQueue:
+        kwargs.setdefault("namespace", namespace)
+        kwargs.setdefault("connection_name", f"test {request.node.nodeid}")
+        queue = MessageQueue(url or private_broker.url, **kwargs)
+        await queue.connect()
+        made.append(queue)
+        return queue
+
+    yield factory
+    for queue in made:
+        await queue.close()
+
+
+@pytest.fixture
+async def foreign(private_broker: PrivateBroker) -> AsyncIterator[AbstractChannel]:
+    """A plain aio-pika channel with confirms: a client that is not amqp_agents."""
+    connection = await aio_pika.connect(private_broker.url, timeout=10)
+    try:
+        yield await connection.channel(publisher_confirms=True)
+    finally:
+        await connection.close()
+
+
+async def drain(channel: AbstractChannel, queue_name: str) -> list[AbstractIncomingMessage]:
+    """Take (and ack) every message waiting in ``queue_name``."""
+    queue = await channel.get_queue(queue_name, ensure=False)
+    taken = []
+    while (incoming := await queue.get(no_ack=False, fail=False, timeout=WAIT_S)) is not None:
+        await incoming.ack()
+        taken.append(incoming)
+    return taken
+
+
+async def message_count(channel: AbstractChannel, queue_name: str) -> int:
+    declared = await channel.declare_queue(queue_name, passive=True)
+    count = declared.declaration_result.message_count
+    assert count is not None
+    return count
+
+
+class ConnectionWatch:
+    """Records every close of a connection (for a robust one: each drop, even if it
+    reconnects)."""
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        self.closes: list[BaseException | None] = []
+        self.closed = asyncio.Event()
+        connection.close_callbacks.add(self._on_close)
+
+    def _on_close(self, _sender: object, exc: BaseException | None = None) -> None:
+        self.closes.append(exc)
+        self.closed.set()
+
+    async def wait_closed(self) -> BaseException | None:
+        await asyncio.wait_for(self.closed.wait(), WAIT_S)
+        return self.closes[0]
+
+
+# -- scenario 13: hostile messages from a foreign client ---------------------------------
+
+BODY_LIMIT = 64 * 1024
+"""The agent's max_body_bytes in scenario 13: larger bodies are refused unparsed."""
+
+
+class RawProperties(Basic.Properties):
+    """AMQP properties marshalled from bytes we write ourselves (not UTF-8, say)."""
+
+    def __init__(self, raw: bytes) -> None:
+        super().__init__()
+        self.raw = raw
+
+    def marshal(self) -> bytes:
+        return self.raw
+
+
+class RawStr(str):
+    """A routing key whose encoded form is arbitrary bytes (pamqp calls ``.encode``)."""
+
+    raw: bytes = b""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+def _shortstr(data: bytes) -> bytes:
+    return bytes([len(data)]) + data
+
+
+def _table(entries: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """A field table from (name, type tag + encoded value) pairs, bytes as given."""
+    data = b"".join(_shortstr(name) + value for name, value in entries)
+    return struct.pack(">I", len(data)) + data
+
+
+def _longstr(data: bytes) -> bytes:
+    return b"S" + struct.pack(">I", len(data)) + data
+
+
+def raw_properties(
+    *,
+    content_type: bytes | None = b"application/json",
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    message_id: bytes | None = None,
+    timestamp: int | None = None,
+    msg_type: bytes | None = None,
+) -> RawProperties:
+    """Content-header properties in AMQP 0-9-1's order and flag bits."""
+    flags, parts = 0, []
+    if content_type is not None:
+        flags |= 0x8000
+        parts.append(_shortstr(content_type))
+    flags |= 0x2000
+    parts.append(_table(headers))
+    if message_id is not None:
+        flags |= 0x0080
+        parts.append(_shortstr(message_id))
+    if timestamp is not None:
+        flags |= 0x0040
+        parts.append(struct.pack(">Q", timestamp))
+    if msg_type is not None:
+        flags |= 0x0020
+        parts.append(_shortstr(msg_type))
+    return RawProperties(struct.pack(">H", flags) + b"".join(parts))
+
+
+@dataclass
+class Hostile:
+    """One message a foreign client sends to agent B, and what must become of it."""
+
+    kind: str
+    body: bytes
+    properties: dict[str, Any] = field(default_factory=dict)
+    """Basic.Properties keywords; ``headers`` gains ``x-case``."""
+    raw: Callable[[int], RawProperties] | None = None
+    """Instead of ``properties``: raw properties for case number n."""
+    reason: str | None = "undecodable"
+    """The x-dead-reason it must get (a prefix); None: handled once or dead once."""
+    route: str = "exchange"
+    """``exchange``: the traffic exchange, key ``{type}.2.foreign.{B}``; ``inbox``: the
+    default exchange, straight into the inbox; ``cc``: addressed to someone else, with a
+    CC header naming B; ``rawkey``: this routing key, bytes as given."""
+    key: bytes = b""
+
+
+VALID_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=10,
+).map(lambda v: json.dumps(v).encode())
+
+NEVER_UTF8 = st.sampled_from(
+    [b"\xff", b"\xfe", b"\xc0\x80", b"\xc1\xbf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80"]
+)
+"""Byte sequences that make any byte string around them invalid UTF-8."""
+
+
+def _is_json(data: bytes) -> bool:
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _is_json_content_type(value: str) -> bool:
+    return (value or wire.CONTENT_TYPE).split(";")[0].strip().lower() == wire.CONTENT_TYPE
+
+
+def _deep(depth: int, shape: str) -> bytes:
+    if shape == "array":
+        return b"[" * depth + b"]" * depth
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+def _weird_values() -> st.SearchStrategy[Any]:
+    """Header values that are not text: what a string header must refuse."""
+    return st.one_of(
+        st.integers(-(2**63), 2**63 - 1),
+        st.booleans(),
+        st.floats(width=32, allow_nan=False, allow_infinity=False),
+        st.decimals(min_value=-1000, max_value=1000, places=2, allow_nan=False),
+        st.datetimes(
+            min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+        ),
+        st.dictionaries(st.text(max_size=5), st.integers(0, 9), max_size=3),
+        st.lists(st.integers(0, 9), max_size=3),
+        st.binary(max_size=20).map(lambda b: bytearray(b"\xff" + b)),
+    )
+
+
+def hostile_messages(agent: str, ns: str) -> dict[str, st.SearchStrategy[Hostile]]:
+    """Strategies per kind of hostile message, for agent ``agent`` in namespace ``ns``."""
+    protocols = st.integers(0, pickle.HIGHEST_PROTOCOL)
+    not_an_agent_id = st.text(min_size=1, max_size=20).filter(
+        lambda s: not re.fullmatch(AGENT_ID_PATTERN, s)
+    )
+    other_agent = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True).filter(lambda s: s != agent)
+    not_a_json_object = st.one_of(st.text(max_size=30), VALID_JSON.map(bytes.decode)).filter(
+        lambda s: not (_is_json(s.encode()) and isinstance(json.loads(s), dict))
+    )
+    return {
+        "body not UTF-8": st.builds(
+            lambda pre, bad, post, quoted: Hostile(
+                "body not UTF-8",
+                (b'{"text": "' + pre + bad + post + b'"}') if quoted else pre + bad + post,
+            ),
+            st.binary(max_size=60),
+            NEVER_UTF8,
+            st.binary(max_size=60),
+            st.booleans(),
+        ),
+        "body not JSON": st.one_of(
+            st.text(max_size=80).map(str.encode),
+            VALID_JSON.flatmap(
+                lambda good: st.integers(0, len(good)).map(lambda cut: good[:cut] + b"}\x00")
+            ),
+        )
+        .filter(lambda body: not _is_json(body))
+        .map(lambda body: Hostile("body not JSON", body)),
+        "content type not JSON": st.builds(
+            lambda body, ctype: Hostile("content type not JSON", body, {"content_type": ctype}),
+            VALID_JSON,
+            st.one_of(
+                st.sampled_from(
+                    ["text/plain", "application/x-python-pickle", "application/octet-stream"]
+                ),
+                st.text(min_size=1, max_size=40),
+            ).filter(lambda c: not _is_json_content_type(c)),
+        ),
+        "pickle": st.builds(
+            lambda protocol, ctype: Hostile(
+                "pickle", pickle.dumps(Exploit(), protocol=protocol), {"content_type": ctype}
+            ),
+            protocols,
+            st.sampled_from(
+                [None, "application/json", "application/x-python-pickle", "application/pickle"]
+            ),
+        ),
+        "deeply nested body": st.builds(
+            lambda depth, shape: Hostile("deeply nested body", _deep(depth, shape)),
+            st.integers(1_500, 40_000),
+            st.sampled_from(["array", "object"]),
+        ),
+        "deeply nested metadata": st.builds(
+            lambda depth, shape: Hostile(
+                "deeply nested metadata",
+                b"{}",
+                {"headers": {wire.H_METADATA: _deep(depth, shape).decode()}},
+            ),
+            st.integers(1_500, 20_000),
+            st.sampled_from(["array", "object"]),
+        ),
+        "oversized body": st.integers(BODY_LIMIT, 4 * BODY_LIMIT).map(
+            lambda n: Hostile("oversized body", b'"' + b"x" * n + b'"')
+        ),
+        "header not text": st.builds(
+            # Straight into the inbox: RabbitMQ 3.10 closes the *publisher's* connection
+            # (INTERNAL_ERROR) when a decimal header enters the history stream.
+            lambda name, value: Hostile(
+                "header not text", b"{}", {"headers": {name: value}}, route="inbox"
+            ),
+            st.sampled_from(
+                [wire.H_SENDER, wire.H_RECIPIENT, wire.H_CONVERSATION, wire.H_METADATA]
+            ),
+            _weird_values(),
+        ),
+        "sender not an agent id": not_an_agent_id.map(
+            lambda s: Hostile("sender not an agent id", b"{}", {"headers": {wire.H_SENDER: s}})
+        ),
+        "metadata not a JSON object": not_a_json_object.map(
+            lambda s: Hostile(
+                "metadata not a JSON object", b"{}", {"headers": {wire.H_METADATA: s}}
+            )
+        ),
+        "unknown type": st.text(min_size=1, max_size=20)
+        .filter(lambda t: t not in {m.value for m in MessageType})
+        .map(lambda t: Hostile("unknown type", b"{}", {"message_type": t})),
+        "recipient header for another agent": other_agent.map(
+            lambda other: Hostile(
+                "recipient header for another agent",
+                b"{}",
+                {"headers": {wire.H_RECIPIENT: other}},
+                reason="misaddressed",
+            )
+        ),
+        "CC copy": other_agent.map(
+            lambda other: Hostile(
+                "CC copy",
+                b"{}",
+                {"headers": {"CC": [f"notification.2.foreign.{agent}"]}},
+                reason="misaddressed",
+                route="cc",
+                key=f"notification.2.foreign.{other}".encode(),
+            )
+        ),
+        "reply_to an inbox": other_agent.map(
+            lambda other: Hostile(
+                "reply_to an inbox",
+                b"{}",
+                {"reply_to": wire.inbox_name(ns, other), "message_type": "request"},
+                reason="reply_to",
+            )
+        ),
+        "sender header not UTF-8": st.binary(max_size=10).map(
+            lambda b: Hostile(
+                "sender header not UTF-8",
+                b"{}",
+                raw=lambda n: raw_properties(
+                    headers=[
+                        (b"x-case", b"I" + struct.pack(">i", n)),
+                        (b"x-sender", _longstr(b"\xff" + b)),
+                    ]
+                ),
+            )
+        ),
+        "content type not UTF-8": NEVER_UTF8.map(
+            lambda bad: Hostile(
+                "content type not UTF-8",
+                b"{}",
+                raw=lambda n: raw_properties(
+                    content_type=b"application/" + bad,
+                    headers=[(b"x-case", b"I" + struct.pack(">i", n))],
+                ),
+            )
+        ),
+        "type not UTF-8": NEVER_UTF8.map(
+            lambda bad: Hostile(
+                "type not UTF-8",
+                b"{}",
+                raw=lambda n: raw_properties(
+                    msg_type=b"task" + bad, headers=[(b"x-case", b"I" + struct.pack(">i", n))]
+                ),
+            )
+        ),
+        "routing key not UTF-8": NEVER_UTF8.map(
+            lambda bad: Hostile(
+                "routing key not UTF-8",
+                b"{}",
+                route="rawkey",
+                key=b"notification.2.x" + bad + b"." + agent.encode(),
+            )
+        ),
+    }
+
+
+def tolerated_messages() -> dict[str, st.SearchStrategy[Hostile]]:
+    """Odd but harmless: each must be handled once or dead-lettered once, never stuck.
+
+    Most of these used to kill the consumer's connection inside pamqp (see
+    amqp_agents/_frame_guard.py) or raise OverflowError in the agent.
+    """
+
+    def raw(**kwargs: Any) -> Callable[[int], RawProperties]:
+        extra = kwargs.pop("headers", [])
+        return lambda n: raw_properties(
+            headers=[(b"x-case", b"I" + struct.pack(">i", n)), *extra], **kwargs
+        )
+
+    def nested(depth: int) -> bytes:
+        value = b"V"
+        for _ in range(depth):
+            value = b"F" + _table([(b"k", value)])
+        return value
+
+    huge = st.integers(2**62, 2**64 - 1)
+    strategies: dict[str, st.SearchStrategy[Hostile]] = {
+        "message id not UTF-8": NEVER_UTF8.map(
+            lambda bad: Hostile("message id not UTF-8", b"{}", raw=raw(message_id=b"id" + bad))
+        ),
+        "header name not UTF-8": NEVER_UTF8.map(
+            lambda bad: Hostile(
+                "header name not UTF-8", b"{}", raw=raw(headers=[(b"x-" + bad, b"V")])
+            )
+        ),
+        "timestamp past 9999": huge.map(
+            lambda ts: Hostile("timestamp past 9999", b"{}", raw=raw(timestamp=ts))
+        ),
+        "timestamp header past 9999": huge.map(
+            lambda ts: Hostile(
+                "timestamp header past 9999",
+                b"{}",
+                raw=raw(headers=[(b"x-when", b"T" + struct.pack(">Q", ts))]),
+            )
+        ),
+        "header nested deeply": st.integers(100, 3_000).map(
+            lambda depth: Hostile(
+                "header nested deeply", b"{}", raw=raw(headers=[(b"x-deep", nested(depth))])
+            )
+        ),
+        "odd optional header": st.builds(
+            lambda name, value: Hostile(
+                "odd optional header", b"{}", {"headers": {name: value}}, reason=None, route="inbox"
+            ),
+            st.sampled_from([wire.H_TIMESTAMP_US, wire.H_DEADLINE_US, wire.H_ATTEMPT]),
+            st.one_of(st.integers(-(2**63), 2**63 - 1), _weird_values()),
+        ),
+    }
+    return {kind: s.map(lambda c: replace(c, reason=None)) for kind, s in strategies.items()}
+
+
+def draw(strategy: st.SearchStrategy[Hostile], examples: int) -> list[Hostile]:
+    """``examples`` values of ``strategy``, drawn by hypothesis (no shrinking: a storm)."""
+    drawn: list[Hostile] = []
+
+    @settings(
+        max_examples=examples,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
+    @given(strategy)
+    def collect(case: Hostile) -> None:
+        drawn.append(case)
+
+    collect()
+    return drawn
+
+
+async def publish_case(
+    channel: AbstractChannel, ns: str, agent: str, n: int, case: Hostile
+) -> None:
+    underlay = await channel.get_underlay_channel()
+    properties: Basic.Properties
+    if case.raw is not None:
+        properties = case.raw(n)
+        body = case.body if case.body != b"{}" else json.dumps({"case": n}).encode()
+    else:
+        kwargs = dict(case.properties)
+        kwargs["headers"] = {**kwargs.get("headers", {}), "x-case": n}
+        kwargs.setdefault("content_type", wire.CONTENT_TYPE)
+        kwargs.setdefault("message_id", f"case-{n}")
+        properties = Basic.Properties(**kwargs)
+        body = case.body if case.body != b"{}" else json.dumps({"case": n}).encode()
+    exchange, key = wire.exchange_name(ns), f"notification.2.foreign.{agent}"
+    if case.route == "inbox":
+        exchange, key = "", wire.inbox_name(ns, agent)
+    elif case.route == "cc":
+        key = case.key.decode()
+    elif case.route == "rawkey":
+        raw_key = RawStr("raw")
+        raw_key.raw = case.key
+        key = raw_key
+        if case.raw is None:
+            properties = raw_properties(headers=[(b"x-case", b"I" + struct.pack(">i", n))])
+    await underlay.basic_publish(body, exchange=exchange, routing_key=key, properties=properties)
+
+
+def case_of_dead(incoming: AbstractIncomingMessage) -> int:
+    case = (incoming.headers or {}).get("x-case")
+    assert isinstance(case, int), incoming.headers
+    return case
+
+
+def case_of_handled(message: Message) -> int | None:
+    if message.id.startswith("case-"):
+        return int(message.id.removeprefix("case-"))
+    if isinstance(message.content, dict) and isinstance(message.content.get("case"), int):
+        return int(message.content["case"])
+    return None
+
+
+async def test_hostile_messages_never_reach_a_handler_and_the_agent_keeps_serving(
+    make_queue: QueueFactory, foreign: AbstractChannel, namespace: str
+) -> None:
+    # Controls: the audit hook sees an unpickling, and the payload runs when loaded.
+    pickle.loads(pickle.dumps(Exploit()))
+    assert PWNED == ["unpickled"] and UNPICKLED, "the pickle evidence does not work"
+    PWNED.clear()
+    UNPICKLED.clear()
+
+    agent_id = f"b-{_hex()}"
+    queue = await make_queue(max_body_bytes=BODY_LIMIT)
+    agent = Recorder(agent_id, queue, concurrency=1)  # one at a time: the last is last
+    await agent.start_consuming()
+    watch = ConnectionWatch(queue.connection)
+
+    cases: list[Hostile] = []
+    for strategy in hostile_messages(agent_id, namespace).values():
+        cases += draw(strategy, 12)
+    for strategy in tolerated_messages().values():
+        cases += draw(strategy, 6)
+    for n, case in enumerate(cases):
+        try:
+            await publish_case(foreign, namespace, agent_id, n, case)
+        except Exception as exc:
+            raise AssertionError(f"the broker refused to take case {n}: {case}") from exc
+    # The sentinel has no priority, so the inbox delivers it after everything above.
+    sentinel = str(uuid.uuid4())
+    await foreign.default_exchange.publish(
+        aio_pika.Message(
+            b'"after the storm"', message_id=sentinel, content_type="application/json"
+        ),
+        routing_key=wire.inbox_name(namespace, agent_id),
+    )
+    await agent.wait_for(lambda m: m.id == sentinel, "the message after the storm")
+
+    dead = await drain(foreign, wire.dead_queue_name(namespace))
+    dead_by_case = Counter(case_of_dead(d) for d in dead)
+    reasons = {case_of_dead(d): (d.headers or {}).get(wire.H_DEAD_REASON) for d in dead}
+    handled = [m for m in agent.handled if m.id != sentinel]
+    handled_by_case = Counter(case_of_handled(m) for m in handled)
+    problems = []
+    for n, case in enumerate(cases):
+        outcome = f"{case.kind} #{n}: handled {handled_by_case[n]}, dead {dead_by_case[n]}"
+        if case.reason is not None:
+            if handled_by_case[n] or dead_by_case[n] != 1:
+                problems.append(outcome)
+            elif not str(reasons[n]).startswith(case.reason):
+                problems.append(f"{outcome}, reason {reasons[n]!r} (expected {case.reason}...)")
+        elif handled_by_case[n] + dead_by_case[n] != 1:
+            problems.append(outcome)
+        elif dead_by_case[n] and not reasons[n]:
+            problems.append(f"{outcome}, without x-dead-reason")
+    assert not problems, "\n".join(problems)
+    assert set(dead_by_case) <= set(range(len(cases))), "dead letters of no case"
+    assert None not in handled_by_case, "a handler saw a message of no case"
+    assert await message_count(foreign, wire.inbox_name(namespace, agent_id)) == 0
+    assert watch.closes == [], "the agent's connection dropped during the storm"
+    assert PWNED == [] and UNPICKLED == [], "a pickle was loaded"
+
+    # And it keeps serving: a message through the library, after the storm.
+    sender = await make_queue()
+    after = Message(sender="foreign", recipient=agent_id, content="still there?")
+    await sender.send(after)
+    await agent.wait_for(lambda m: m.id == after.id, "a message sent through the library")
+    assert Counter(k.kind for k in cases)  # every kind was drawn
+    await agent.stop()
+
+
+# -- scenario 14: size limits ------------------------------------------------------------
+
+BROKER_MAX_MESSAGE_BYTES = 1024 * 1024
+"""The private node's max_message_size during scenario 14 (RabbitMQ's default: 128 MiB)."""
+
+
+@pytest.fixture
+def broker_message_limit(private_broker: PrivateBroker) -> Iterator[int]:
+    """Lower the node's max_message_size (read by channels opened afterwards)."""
+    private_broker.eval(
+        f"application:set_env(rabbit, max_message_size, {BROKER_MAX_MESSAGE_BYTES})."
+    )
+    try:
+        yield BROKER_MAX_MESSAGE_BYTES
+    finally:
+        private_broker.eval("application:set_env(rabbit, max_message_size, 134217728).")
+
+
+async def test_oversized_messages_are_refused_before_publishing_and_the_connection_stays_usable(
+    make_queue: QueueFactory, foreign: AbstractChannel
+) -> None:
+    agent = f"b-{_hex()}"
+    limit = 256 * 1024
+    queue = await make_queue(max_body_bytes=limit)
+    await queue.ensure_inbox(agent)
+    watch = ConnectionWatch(queue.connection)
+
+    def sized(n: int) -> Message:
+        return Message(sender="s", recipient=agent, content="x" * (n - 2))  # JSON quotes
+
+    refused = [
+        sized(limit + 1),  # just over the configurable limit
+        Message(sender="s", recipient=agent, metadata={"m": "x" * wire.MAX_HEADER_BYTES}),
+        Message(sender="s", recipient=agent, conversation_id="c" * 200_000),
+        Message(sender="s", recipient=agent, reply_to="r" * 300),
+        Message(sender="s", recipient=agent, id="é" * 200),  # 400 bytes
+    ]
+    for message in refused:
+        with pytest.raises(MessageTooLargeError):
+            await queue.send(message)
+        # Refused before publishing: the very next send on the same channel works.
+        await queue.send(sized(limit))
+        got = await queue.receive(agent, timeout=WAIT_S)
+        assert got is not None and len(got.content) == limit - 2
+    assert watch.closes == []
+    assert await message_count(foreign, wire.inbox_name(queue.namespace, agent)) == 0
+
+    # The default limit is 4 MiB.
+    default = await make_queue()
+    with pytest.raises(MessageTooLargeError):
+        await default.send(sized(wire.DEFAULT_MAX_BODY_BYTES + 1))
+
+
+async def test_without_the_limit_the_broker_closes_the_channel_or_the_connection(
+    make_queue: QueueFactory, private_broker: PrivateBroker, broker_message_limit: int
+) -> None:
+    # Controls: what the client-side limits spare us. A body over the broker's
+    # max_message_size closes the publishing channel; a header frame over frame_max
+    # closes the whole connection, every consumer on it included.
+    connection = await aio_pika.connect(private_broker.url, timeout=10)
+    dropped = ConnectionWatch(connection)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        queue = await channel.declare_queue(exclusive=True)
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="message size"):
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"x" * (broker_message_limit + 1)), routing_key=queue.name
+            )
+        assert channel.is_closed and not dropped.closes
+        channel = await connection.channel(publisher_confirms=True)
+        with pytest.raises(aio_pika.exceptions.ConnectionClosed, match="frame_too_large"):
+            await channel.default_exchange.publish(
+                aio_pika.Message(b"{}", headers={"x-conversation-id": "c" * 200_000}),
+                routing_key=queue.name,
+            )
+        assert "frame_too_large" in str(await dropped.wait_closed())
+    finally:
+        await connection.close()
+
+    # When our limit is above the broker's, the broker's refusal is typed the same, and
+    # the connection stays up while aio-pika reopens the publishing channel.
+    agent = f"b-{_hex()}"
+    library = await make_queue(max_body_bytes=4 * broker_message_limit)
+    await library.ensure_inbox(agent)
+    watch = ConnectionWatch(library.connection)
+    publishing = library._publish_channel  # to see aio-pika reopen it
+    assert isinstance(publishing, AbstractRobustChannel)
+    reopened = asyncio.Event()
+    publishing.reopen_callbacks.add(lambda *_: reopened.set())
+    with pytest.raises(MessageTooLargeError, match="max_message_size"):
+        await library.send(
+            Message(sender="s", recipient=agent, content="x" * 2 * broker_message_limit)
+        )
+    await asyncio.wait_for(reopened.wait(), WAIT_S)
+    await library.send(Message(sender="s", recipient=agent, content="small again"))
+    assert watch.closes == []
+
+
+# -- scenario 15: sender authenticity ----------------------------------------------------
+
+UserFactory = Callable[[str], Awaitable[str]]
+
+
+@pytest.fixture
+async def make_user(private_broker: PrivateBroker) -> AsyncIterator[UserFactory]:
+    """Factory: a RabbitMQ user named ``name`` with all rights on ``/``; returns its URL.
+
+    Users are node-wide, so names carry a random suffix; all are deleted after the test.
+    """
+    made: list[str] = []
+
+    async def factory(name: str) -> str:
+        password = uuid.uuid4().hex
+        await asyncio.to_thread(private_broker.add_user, name, password)
+        made.append(name)
+        await asyncio.to_thread(private_broker.set_permissions, name)
+        return f"amqp://{name}:{password}@127.0.0.1:{private_broker.amqp_port}/"
+
+    yield factory
+    for name in made:
+        await asyncio.to_thread(private_broker.delete_user, name)
+
+
+class FailingRecorder(Recorder):
+    """A Recorder whose handler raises for some contents: the first time, or every time."""
+
+    def __init__(self, agent_id: str, queue: MessageQueue, **kwargs: Any) -> None:
+        super().__init__(agent_id, queue, **kwargs)
+        self.attempts: Counter[str] = Counter()
+
+    async def _record(self, message: Message) -> None:
+        if message.content in ("fail once", "always fail"):
+            self.attempts[message.id] += 1
+            self.changed.set()
+            if message.content == "always fail" or self.attempts[message.id] == 1:
+                raise RuntimeError(f"{message.content}: attempt {self.attempts[message.id]}")
+        await super()._record(message)
+
+
+async def test_agent_a_cannot_make_b_believe_a_message_came_from_c(
+    make_user: UserFactory, make_queue: QueueFactory, foreign: AbstractChannel, namespace: str
+) -> None:
+    suffix = _hex()
+    a, b, c = f"a-{suffix}", f"b-{suffix}", f"c-{suffix}"
+    urls = {agent: await make_user(agent) for agent in (a, b, c)}
+    queue_b = await make_queue(urls[b], authenticate_senders=True)
+    retry = RetryPolicy(max_attempts=2, delays_s=(0.05,))
+    agent_b = FailingRecorder(b, queue_b, concurrency=1, retry=retry)
+    await agent_b.start_consuming()
+    queue_a = await make_queue(urls[a], authenticate_senders=True)
+    queue_c = await make_queue(urls[c], authenticate_senders=True)
+    dead_queue = wire.dead_queue_name(namespace)
+
+    # Authentic messages get through, sender intact; so do retries of them (the copy
+    # B puts in its retry queue carries B's user_id, not C's, which RabbitMQ would
+    # refuse on B's connection) and dead letters.
+    for sender, queue, content in ((c, queue_c, "hi from c"), (a, queue_a, "hi from a")):
+        sent = Message(sender=sender, recipient=b, content=content)
+        await queue.send(sent)
+        assert (await agent_b.wait_for(has_id(sent.id), content)).sender == sender
+    once = Message(sender=c, recipient=b, content="fail once")
+    await queue_c.send(once)
+    assert (await agent_b.wait_for(lambda m: m.id == once.id, "the retry")).sender == c
+    always = Message(sender=c, recipient=b, content="always fail")
+    await queue_c.send(always)
+    # Its last attempt is B's delivery in hand; with prefetch 1 the inbox's next
+    # delivery waits for its dead-lettering and ack.
+    await wait_until(lambda: agent_b.attempts[always.id] == 2, agent_b.changed, "the last try")
+
+    # The library will not send as someone else.
+    with pytest.raises(InvalidMessageError, match="authenticate_senders"):
+        await queue_a.send(Message(sender=c, recipient=b, content="forged"))
+
+    # A, with its own credentials and a raw client, tries everything else.
+    connection = await aio_pika.connect(urls[a], timeout=10)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(wire.exchange_name(namespace), ensure=False)
+        to_b = f"notification.2.{c}.{b}"
+        forgeries: list[tuple[str, aio_pika.abc.AbstractExchange, str, dict[str, Any]]] = [
+            ("no user_id", exchange, to_b, {"headers": {wire.H_SENDER: c}}),
+            (
+                "A's user_id, C in x-sender",
+                exchange,
+                to_b,
+                {"user_id": a, "headers": {wire.H_SENDER: c}},
+            ),
+            ("A's user_id, C only in the routing key", exchange, to_b, {"user_id": a}),
+            (
+                "straight into the inbox",
+                channel.default_exchange,
+                wire.inbox_name(namespace, b),
+                {"user_id": a, "headers": {wire.H_SENDER: c}},
+            ),
+        ]
+        for what, target, key, properties in forgeries:
+            await target.publish(
+                aio_pika.Message(
+                    json.dumps(what).encode(),
+                    content_type=wire.CONTENT_TYPE,
+                    priority=2,  # as the sentinel's: the inbox keeps them in order
+                    message_id=f"forged: {what}",
+                    **properties,
+                ),
+                routing_key=key,
+            )
+        # C's user_id on A's connection: RabbitMQ refuses it and closes the channel.
+        with pytest.raises(aio_pika.exceptions.ChannelPreconditionFailed, match="user_id"):
+            await exchange.publish(
+                aio_pika.Message(b'"forged"', user_id=c, headers={wire.H_SENDER: c}),
+                routing_key=to_b,
+            )
+    finally:
+        await connection.close()
+    sentinel = Message(sender=c, recipient=b, content="after the forgeries")
+    await queue_c.send(sentinel)
+    await agent_b.wait_for(lambda m: m.id == sentinel.id, "the message after the forgeries")
+
+    assert all(not m.id.startswith("forged") for m in agent_b.handled)
+    assert {m.sender for m in agent_b.handled} == {a, c}
+    dead = {d.message_id: d.headers or {} for d in await drain(foreign, dead_queue)}
+    for what, *_ in forgeries:
+        reason = dead.pop(f"forged: {what}")[wire.H_DEAD_REASON]
+        assert str(reason).startswith("unauthenticated sender"), (what, reason)
+    [(_, failed)] = dead.items()
+    assert failed[wire.H_DEAD_REASON] == "handler failed"  # "always fail", by B
+    assert failed[wire.H_SENDER] == c
+    assert agent_b.attempts[once.id] == 2 and [m.id for m in agent_b.handled].count(once.id) == 1
+
+    # The control: an agent that does not authenticate believes the forgery.
+    gullible = f"g-{suffix}"
+    queue_g = await make_queue()
+    agent_g = Recorder(gullible, queue_g)
+    await agent_g.start_consuming()
+    await foreign.default_exchange.publish(
+        aio_pika.Message(b'"forged"', content_type=wire.CONTENT_TYPE, headers={wire.H_SENDER: c}),
+        routing_key=wire.inbox_name(namespace, gullible),
+    )
+    assert (await agent_g.wait_for(lambda m: m.content == "forged", "the forgery")).sender == c
+    await agent_g.stop()
+    await agent_b.stop()
