@@ -40,42 +40,59 @@ def _shortstr(value: Any) -> bytes:
     return _U8(len(data)) + data
 
 
-def _table_value(value: Any) -> bytes:
-    # Mirrors pamqp.encode.encode_table_value / table_integer for str and int.
-    if isinstance(value, str):
-        data = value.encode("utf-8")
-        return b"S" + _U32(len(data)) + data
-    if isinstance(value, int) and not isinstance(value, bool):
-        if -128 <= value <= 127:
-            return b"b" + _I8(value)
-        if -32768 <= value <= 32767:
-            return b"s" + _I16(value)
-        if 0 <= value <= 65535:
-            return b"u" + _U16(value)
-        if -2147483648 <= value <= 2147483647:
-            return b"I" + _I32(value)
-        if 0 <= value <= 4294967295:
-            return b"i" + _U32(value)
-        if -9223372036854775808 <= value <= 9223372036854775807:
-            return b"l" + _I64(value)
+def _octet(value: Any) -> bytes:
+    if not isinstance(value, int) or not 0 <= value <= 255:
+        raise _Unusual
+    return _U8(value)
+
+
+def _integer(value: int) -> bytes:
+    # pamqp.encode.table_integer: the smallest type that holds the value.
+    if -128 <= value <= 127:
+        return b"b" + _I8(value)
+    if -32768 <= value <= 32767:
+        return b"s" + _I16(value)
+    if 0 <= value <= 65535:
+        return b"u" + _U16(value)
+    if -2147483648 <= value <= 2147483647:
+        return b"I" + _I32(value)
+    if 0 <= value <= 4294967295:
+        return b"i" + _U32(value)
+    if -9223372036854775808 <= value <= 9223372036854775807:
+        return b"l" + _I64(value)
     raise _Unusual
 
 
+_names: dict[str, bytes] = {}
+"""Header names as encoded short strings; ours are few, so the cache stays small."""
+
+
+def _name(key: Any) -> bytes:
+    name = _names.get(key)
+    if name is None:
+        if type(key) is not str or len(key.encode("utf-8")) > 128:  # pamqp truncates
+            raise _Unusual
+        name = _shortstr(key)
+        if len(_names) < 1024:
+            _names[key] = name
+    return name
+
+
 def _table(headers: Any) -> bytes:
-    if not isinstance(headers, dict):
+    # pamqp.encode.field_table: items sorted by name; values by encode_table_value.
+    if type(headers) is not dict:
         raise _Unusual
     parts = []
-    for key, value in sorted(headers.items()):
-        if not isinstance(key, str):
-            raise _Unusual
-        name = key.encode("utf-8")
-        if len(name) > 128:  # pamqp truncates (and warns)
-            raise _Unusual
-        parts.append(_U8(len(name)) + name)
-        try:
-            parts.append(_table_value(value))
-        except _Unusual:
-            parts.append(encode.encode_table_value(value))
+    for key in sorted(headers):
+        value = headers[key]
+        kind = type(value)
+        if kind is str:
+            data = value.encode("utf-8")
+            parts.append(_name(key) + b"S" + _U32(len(data)) + data)
+        elif kind is int:
+            parts.append(_name(key) + _integer(value))
+        else:
+            parts.append(_name(key) + encode.encode_table_value(value))
     data = b"".join(parts)
     return _U32(len(data)) + data
 
@@ -94,46 +111,65 @@ class FastProperties(Basic.Properties):
         # Property order and flag bits of AMQP 0-9-1's basic class (pamqp's __slots__).
         # pamqp leaves out None and "" values; so does this.
         flags = 0
-        parts = []
-        if self.content_type is not None and self.content_type != "":
-            flags |= 0x8000
-            parts.append(_shortstr(self.content_type))
-        if self.content_encoding is not None and self.content_encoding != "":
+        out = b""
+        value: Any = self.content_type
+        if value is not None and value != "":
+            flags = 0x8000
+            out = _shortstr(value)
+        value = self.content_encoding
+        if value is not None and value != "":
             flags |= 0x4000
-            parts.append(_shortstr(self.content_encoding))
-        if self.headers is not None:
+            out += _shortstr(value)
+        value = self.headers
+        if value is not None:
             flags |= 0x2000
-            parts.append(_table(self.headers) if self.headers else b"\x00\x00\x00\x00")
-        for flag, octet in ((0x1000, self.delivery_mode), (0x0800, self.priority)):
-            if octet is not None:
-                if not isinstance(octet, int) or not 0 <= octet <= 255:
-                    raise _Unusual
-                flags |= flag
-                parts.append(_U8(octet))
-        for flag, text in (
-            (0x0400, self.correlation_id),
-            (0x0200, self.reply_to),
-            (0x0100, self.expiration),
-            (0x0080, self.message_id),
-        ):
-            if text is not None and text != "":
-                flags |= flag
-                parts.append(_shortstr(text))
-        if self.timestamp is not None:
-            ts = self.timestamp
-            if not isinstance(ts, datetime):
+            out += _table(value) if value else b"\x00\x00\x00\x00"
+        value = self.delivery_mode
+        if value is not None:
+            flags |= 0x1000
+            out += _octet(value)
+        value = self.priority
+        if value is not None:
+            flags |= 0x0800
+            out += _octet(value)
+        value = self.correlation_id
+        if value is not None and value != "":
+            flags |= 0x0400
+            out += _shortstr(value)
+        value = self.reply_to
+        if value is not None and value != "":
+            flags |= 0x0200
+            out += _shortstr(value)
+        value = self.expiration
+        if value is not None and value != "":
+            flags |= 0x0100
+            out += _shortstr(value)
+        value = self.message_id
+        if value is not None and value != "":
+            flags |= 0x0080
+            out += _shortstr(value)
+        value = self.timestamp
+        if value is not None:
+            if type(value) is not datetime:
                 raise _Unusual
-            if ts.tzinfo is None or ts.tzinfo.utcoffset(ts) is None:
-                ts = ts.replace(tzinfo=UTC)
+            if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+                value = value.replace(tzinfo=UTC)
             flags |= 0x0040
-            parts.append(_U64(int(ts.timestamp())))
-        for flag, text in (
-            (0x0020, self.message_type),
-            (0x0010, self.user_id),
-            (0x0008, self.app_id),
-            (0x0004, self.cluster_id),
-        ):
-            if text is not None and text != "":
-                flags |= flag
-                parts.append(_shortstr(text))
-        return _U16(flags) + b"".join(parts)
+            out += _U64(int(value.timestamp()))
+        value = self.message_type
+        if value is not None and value != "":
+            flags |= 0x0020
+            out += _shortstr(value)
+        value = self.user_id
+        if value is not None and value != "":
+            flags |= 0x0010
+            out += _shortstr(value)
+        value = self.app_id
+        if value is not None and value != "":
+            flags |= 0x0008
+            out += _shortstr(value)
+        value = self.cluster_id
+        if value is not None and value != "":
+            flags |= 0x0004
+            out += _shortstr(value)
+        return _U16(flags) + out

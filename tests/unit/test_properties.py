@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from aio_pika import DeliveryMode
 from hypothesis import given
 from hypothesis import strategies as st
 from pamqp.commands import Basic
@@ -82,7 +83,7 @@ def test_our_message_properties() -> None:
             "x-attempt": 2,
             "BCC": ["agents.history"],
         },
-        "delivery_mode": 2,
+        "delivery_mode": DeliveryMode.PERSISTENT,
         "priority": 4,
         "correlation_id": "c1",
         "reply_to": "agents.reply.x",
@@ -93,6 +94,8 @@ def test_our_message_properties() -> None:
     }
     fast, reference = both(kwargs)
     assert fast == reference
+    # ... and without falling back to pamqp (that would be correct, only slow).
+    assert FastProperties(**kwargs)._marshal_fast() == reference
 
 
 @pytest.mark.parametrize(
