@@ -19,19 +19,24 @@ No test sleeps to synchronise: each awaits an event or a future under a deadline
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import pickle
 import re
+import shlex
 import struct
+import subprocess
 import sys
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 import pytest
 from aio_pika.abc import (
     AbstractChannel,
@@ -42,7 +47,7 @@ from aio_pika.abc import (
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pamqp.commands import Basic
-from private_broker import PrivateBroker
+from private_broker import BrokerError, PrivateBroker
 
 from amqp_agents import (
     InvalidMessageError,
@@ -796,15 +801,23 @@ async def make_user(private_broker: PrivateBroker) -> AsyncIterator[UserFactory]
 class FailingRecorder(Recorder):
     """A Recorder whose handler raises for some contents: the first time, or every time."""
 
-    def __init__(self, agent_id: str, queue: MessageQueue, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        queue: MessageQueue,
+        *,
+        always_fail: Sequence[str] = ("always fail",),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(agent_id, queue, **kwargs)
+        self.always_fail = always_fail
         self.attempts: Counter[str] = Counter()
 
     async def _record(self, message: Message) -> None:
-        if message.content in ("fail once", "always fail"):
+        if message.content == "fail once" or message.content in self.always_fail:
             self.attempts[message.id] += 1
             self.changed.set()
-            if message.content == "always fail" or self.attempts[message.id] == 1:
+            if message.content in self.always_fail or self.attempts[message.id] == 1:
                 raise RuntimeError(f"{message.content}: attempt {self.attempts[message.id]}")
         await super()._record(message)
 
@@ -911,3 +924,276 @@ async def test_agent_a_cannot_make_b_believe_a_message_came_from_c(
     assert (await agent_g.wait_for(lambda m: m.content == "forged", "the forgery")).sender == c
     await agent_g.stop()
     await agent_b.stop()
+
+
+# -- scenario 16: least privilege (docs/deploy.md's permissions) -------------------------
+
+
+def deploy_blocks() -> dict[str, str]:
+    """The shell blocks of docs/deploy.md marked ``<!-- deploy-test: NAME -->``."""
+    text = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
+    blocks = dict(re.findall(r"<!-- deploy-test: (\w+) -->\n```bash\n(.*?)```", text, re.S))
+    assert set(blocks) == {"admin", "agent"}, "docs/deploy.md's tested blocks moved"
+    return blocks
+
+
+@dataclass
+class Deployment:
+    """Users made by docs/deploy.md's own commands, on the private node."""
+
+    namespace: str
+    urls: dict[str, str] = field(default_factory=dict)
+    """Agent id (each agent's user has its id as name) -> its AMQP URL."""
+
+
+@pytest.fixture
+async def deployment(
+    private_broker: PrivateBroker, namespace: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Deployment]]]:
+    """Factory: run the doc's admin block, then its agent block for each agent id."""
+    made: list[str] = []
+
+    async def deploy(*agents: str) -> Deployment:
+        # The doc's commands call `rabbitmqctl`: on PATH, ours talks to the private
+        # node only (its name, its cookie), never to the shared broker.
+        shim = tmp_path / "bin" / "rabbitmqctl"
+        shim.parent.mkdir(exist_ok=True)
+        argv = private_broker._ctl_argv()  # [rabbitmqctl, -n, NODE, -q]
+        shim.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n')
+        shim.chmod(0o755)
+        passwords = {agent: uuid.uuid4().hex for agent in agents}
+        admin = f"adm-{_hex()}"
+        made.extend([admin, *agents])
+        env = private_broker._env() | {
+            "PATH": f"{shim.parent}:/usr/bin:/bin",
+            "VHOST": "/",
+            "NS": namespace,
+            "ADMIN_USER": admin,
+            "ADMIN_PASSWORD": uuid.uuid4().hex,
+        }
+        blocks = deploy_blocks()
+        script = blocks["admin"] + "".join(
+            f"AGENT={agent} AGENT_USER={agent} AGENT_PASSWORD={passwords[agent]}\n"
+            + blocks["agent"]
+            for agent in agents
+        )
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["bash", "-euo", "pipefail", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        port = private_broker.amqp_port
+        return Deployment(
+            namespace,
+            {a: f"amqp://{a}:{passwords[a]}@127.0.0.1:{port}/" for a in agents},
+        )
+
+    yield deploy
+    for user in made:
+        with contextlib.suppress(BrokerError):
+            await asyncio.to_thread(private_broker.delete_user, user)
+
+
+async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
+    deployment: Callable[..., Awaitable[Deployment]],
+    make_queue: QueueFactory,
+    foreign: AbstractChannel,
+    namespace: str,
+) -> None:
+    """M, with docs/deploy.md's agent permissions, against B (and A as a deputy).
+
+    RabbitMQ refuses: another sender's routing key, binding anything (eavesdropping),
+    server-named queues, consuming, getting, purging or deleting B's inbox, reading
+    history. A refuses to be M's deputy: a reply_to naming B's inbox, a CC header it
+    would otherwise copy into its retry. What RabbitMQ 3.10 lets into B's inbox (CC and
+    BCC copies, whose topic permissions it does not check; the default exchange, which
+    deploy.md grants for answers and retries) B dead-letters unless M wrote as itself.
+    """
+    suffix = _hex()
+    a, b, m = f"a-{suffix}", f"b-{suffix}", f"m-{suffix}"
+    retry = RetryPolicy(max_attempts=2, delays_s=(0.05,))
+    # The admin's part (topology apply), done here by guest: exchanges, inboxes, the
+    # retry queue A needs; the agents then run passive, as docs/deploy.md says.
+    admin = await make_queue()
+    for agent in (a, b, m):
+        await admin.ensure_inbox(agent)
+    await (await admin.topology()).declare_retry_queue(a, retry.delays_s[0])
+    deployed = await deployment(a, b, m)
+
+    def agent_queue(agent: str) -> Awaitable[MessageQueue]:
+        return make_queue(
+            deployed.urls[agent], passive=True, reply_owner=agent, authenticate_senders=True
+        )
+
+    failing = "CC on a failing message to A"
+    agent_a = FailingRecorder(
+        a, await agent_queue(a), always_fail=[failing], concurrency=1, retry=retry
+    )
+    agent_b = Recorder(b, await agent_queue(b), concurrency=1)
+    for running in (agent_a, agent_b):
+        await running.start_consuming()
+
+    ns_exchange = wire.exchange_name(namespace)
+    inbox_b = wire.inbox_name(namespace, b)
+    connection = await aio_pika.connect(deployed.urls[m], timeout=10)
+    refused: dict[str, str] = {}
+    accepted: list[str] = []
+
+    async def attempt(what: str, action: Callable[[AbstractChannel], Awaitable[object]]) -> None:
+        """Run ``action`` as M on a fresh channel; record whether RabbitMQ refused it."""
+        channel = await connection.channel(publisher_confirms=True)
+        try:
+            await action(channel)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            refused[what] = str(exc)
+        else:
+            accepted.append(what)
+        finally:
+            with contextlib.suppress(*aio_pika.exceptions.CONNECTION_EXCEPTIONS):
+                await channel.close()
+
+    def publish(
+        exchange: str, key: str, what: str, **properties: Any
+    ) -> Callable[[AbstractChannel], Awaitable[object]]:
+        async def action(channel: AbstractChannel) -> object:
+            target = (
+                channel.default_exchange
+                if exchange == ""
+                else await channel.get_exchange(exchange, ensure=False)
+            )
+            properties.setdefault("headers", {})
+            properties["headers"].setdefault(wire.H_SENDER, m)
+            properties.setdefault("user_id", m)  # M is authentic, as itself
+            message = aio_pika.Message(
+                json.dumps(what).encode(),
+                content_type=wire.CONTENT_TYPE,
+                priority=2,  # as the sentinels': the inboxes keep them in order
+                message_id=what,
+                **properties,
+            )
+            return await target.publish(message, routing_key=key)
+
+        return action
+
+    async def bind(channel: AbstractChannel, exchange: str, key: str) -> None:
+        mine = await channel.declare_queue(
+            wire.reply_queue_name(namespace, m, uuid.uuid4().hex), exclusive=True
+        )
+        await mine.bind(exchange, routing_key=key)
+
+    async def ack(incoming: AbstractIncomingMessage) -> None:
+        await incoming.ack()
+
+    async def consume(channel: AbstractChannel, name: str) -> None:
+        queue = await channel.get_queue(name, ensure=False)
+        await queue.consume(ack)
+
+    async def get(channel: AbstractChannel, name: str) -> None:
+        queue = await channel.get_queue(name, ensure=False)
+        await queue.get(no_ack=False, fail=False)
+
+    async def purge(channel: AbstractChannel, name: str) -> None:
+        queue = await channel.get_queue(name, ensure=False)
+        await queue.purge()
+
+    try:
+        # Into B's inbox with another sender's key: RabbitMQ refuses.
+        await attempt("key as A", publish(ns_exchange, f"notification.2.{a}.{b}", "key as A"))
+        await attempt("routed as A", publish(ns_exchange, f"notification.2.{a}.-", "routed as A"))
+        # Eavesdropping and consuming: RabbitMQ refuses.
+        await attempt("bind to B's key", lambda ch: bind(ch, ns_exchange, f"*.*.*.{b}"))
+        await attempt("bind to all", lambda ch: bind(ch, ns_exchange, "#"))
+        await attempt("bind to dead letters", lambda ch: bind(ch, f"{namespace}.dlx", ""))
+        await attempt("server-named queue", lambda ch: ch.declare_queue(exclusive=True))
+        await attempt("consume B's inbox", lambda ch: consume(ch, inbox_b))
+        await attempt("get from B's inbox", lambda ch: get(ch, inbox_b))
+        await attempt("purge B's inbox", lambda ch: purge(ch, inbox_b))
+        await attempt("delete B's inbox", lambda ch: ch.queue_delete(inbox_b))
+        await attempt("read history", lambda ch: consume(ch, wire.history_name(namespace)))
+        # Through A, which may write where M may not: A refuses to be the deputy.
+        await attempt(
+            "reply_to B's inbox",
+            publish(ns_exchange, f"request.2.{m}.{a}", "reply_to B's inbox", reply_to=inbox_b),
+        )
+        await attempt(
+            "CC on a failing message to A",
+            publish(
+                ns_exchange,
+                f"notification.2.{m}.{a}",
+                failing,
+                headers={"CC": [inbox_b]},
+            ),
+        )
+        # What RabbitMQ 3.10 lets through: CC/BCC (topic permissions unchecked before
+        # 4.0.x) and the default exchange (docs/deploy.md grants amq.default).
+        for header in ("CC", "BCC"):
+            what = f"{header} as A"
+            await attempt(
+                what,
+                publish(
+                    ns_exchange,
+                    f"notification.2.{m}.{m}",
+                    what,
+                    headers={header: [f"notification.2.{a}.{b}"], wire.H_SENDER: a},
+                ),
+            )
+        await attempt(
+            "default exchange as A",
+            publish("", inbox_b, "default exchange as A", headers={wire.H_SENDER: a}),
+        )
+        await attempt("default exchange as M", publish("", inbox_b, "default exchange as M"))
+    finally:
+        await connection.close()
+
+    assert refused.keys() == {
+        "key as A",
+        "routed as A",
+        "bind to B's key",
+        "bind to all",
+        "bind to dead letters",
+        "server-named queue",
+        "consume B's inbox",
+        "get from B's inbox",
+        "purge B's inbox",
+        "delete B's inbox",
+        "read history",
+    }, accepted
+    assert all("ACCESS_REFUSED" in reason for reason in refused.values())
+
+    # A: the failing message tried twice then dead; the rest of its inbox after it.
+    await wait_until(lambda: agent_a.attempts[failing] == 2, agent_a.changed, "A's last try")
+    to_a = Message(sender=b, recipient=a, content="after M, for A")
+    await agent_b.queue.send(to_a)
+    await agent_a.wait_for(has_id(to_a.id), "A's sentinel")
+    to_b = Message(sender=a, recipient=b, content="after M, for B")
+    await agent_a.queue.send(to_b)
+    await agent_b.wait_for(has_id(to_b.id), "B's sentinel")
+
+    # B handled only what M sent as itself (any agent may write to any other).
+    assert [(msg.id, msg.sender) for msg in agent_b.handled] == [
+        ("default exchange as M", m),
+        (to_b.id, a),
+    ]
+    assert await message_count(foreign, inbox_b) == 0
+    drained = await drain(foreign, f"{namespace}.dead")
+    assert Counter(d.message_id for d in drained).most_common(1)[0][1] == 1, "a copy too many"
+    dead = {d.message_id: d.headers or {} for d in drained}
+    expected = {
+        "reply_to B's inbox": (a, "reply_to"),
+        failing: (a, "handler failed"),
+        "CC as A": (b, "misaddressed"),
+        "BCC as A": (b, "misaddressed"),
+        "default exchange as A": (b, "unauthenticated sender"),
+    }
+    assert dead.keys() == expected.keys()
+    for what, (by, reason) in expected.items():
+        assert dead[what][wire.H_DEAD_AGENT] == by, what
+        assert str(dead[what][wire.H_DEAD_REASON]).startswith(reason), dead[what]
+    assert "CC" not in dead[failing], "A's copies must not carry M's CC"
+    for running in (agent_a, agent_b):
+        await running.stop()
