@@ -34,15 +34,17 @@ PUBLISH_WINDOW: Final = 100
 PREFETCH: Final = 100
 """basic.qos prefetch_count for every consumer."""
 
-MAX_PRIORITY: Final = 10
-"""``x-max-priority`` of inbox queues (native RabbitMQ priority)."""
+MAX_PRIORITY: Final = 4
+"""``x-max-priority`` of inbox queues (native RabbitMQ priority): 4, as amqp_agents'
+inboxes (``wire.INBOX_MAX_PRIORITY``), so both sides' queues do the same work."""
 
 PIPE_PRIORITY: Final = 2
 PIPE_ROUTING_KEY: Final = "task.2.producer.consumer"
 """Routing key layout: ``<kind>.<priority>.<sender>.<recipient>``."""
 
-RPC_REQUEST_PRIORITY: Final = 5
-RPC_REQUEST_ROUTING_KEY: Final = "request.5.client.server"
+RPC_REQUEST_PRIORITY: Final = 2
+"""NORMAL, what ``send_task`` uses by default."""
+RPC_REQUEST_ROUTING_KEY: Final = "request.2.client.server"
 
 FANOUT_BINDINGS: Final[tuple[str, ...]] = ("task.*.*.-", "result.*.*.-", "*.4.*.-", "*.2.*.-")
 """One queue per binding key."""
