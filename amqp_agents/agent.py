@@ -335,9 +335,20 @@ class MessagePassingAgent:
         Raises:
             TopologyError: the inbox was deleted and could not be declared again (see
                 :attr:`error`); the agent has stopped.
+            BrokerConnectionError: the broker kept refusing the connection's
+                credentials (a deleted user, a revoked vhost) and it stopped
+                reconnecting (``MessageQueue.wait_failed``); the agent has stopped.
         """
         await self.start_consuming()
-        await self._stopped.wait()
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        failed = asyncio.ensure_future(self.queue.wait_failed())
+        try:
+            done, _ = await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            failed.cancel()
+        if failed in done and stopped not in done:
+            await self._fail(failed.result())
         if self.error is not None:
             raise self.error
 

@@ -46,7 +46,7 @@ from pamqp.commands import Basic
 
 from . import wire
 from ._properties import FastProperties
-from .connection import connect, redact_url, resolve_url
+from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .errors import (
     BrokerConnectionError,
     ConfigError,
@@ -113,6 +113,9 @@ class MessageQueue:
             messages sent as that agent may be sent; a delivery whose ``user_id`` is
             missing or differs from its sender is moved to ``{ns}.dead`` unhandled.
             Every agent of the namespace should run so (docs/deploy.md).
+        max_refused_reconnects: reconnection attempts the broker may refuse in a row
+            (deleted user, changed password, revoked vhost) before this queue gives up
+            for good: see :meth:`wait_failed`.
 
     Use as ``async with MessageQueue(url, namespace="prod") as queue: ...``.
     """
@@ -135,6 +138,7 @@ class MessageQueue:
         ssl_context: ssl.SSLContext | None = None,
         reply_owner: str | None = None,
         authenticate_senders: bool = False,
+        max_refused_reconnects: int = MAX_REFUSED_RECONNECTS,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -148,6 +152,8 @@ class MessageQueue:
         self.reply_owner = None if reply_owner is None else validate_agent_id(reply_owner)
         self.user_id = _agent_user(self.url) if authenticate_senders else None
         """The agent this connection authenticates as (``authenticate_senders``), else None."""
+        self.max_refused_reconnects = max_refused_reconnects
+        self._given_up: asyncio.Future[BrokerConnectionError] | None = None
         self._topology_options: dict[str, Any] = {
             "passive": passive,
             "inbox_max_length": inbox_max_length,
@@ -179,13 +185,16 @@ class MessageQueue:
         """
         if self._connection is not None:
             return self
-        self._connection = await connect(
+        connection = await connect(
             self.url,
             name=self.connection_name,
             timeout_s=self.connect_timeout_s,
             ssl_context=self.ssl_context,
             reconnect_interval_s=self.reconnect_interval_s,
+            max_refused_reconnects=self.max_refused_reconnects,
         )
+        self._connection, self._given_up = connection, connection.given_up
+        connection.given_up.add_done_callback(self._on_given_up)
         try:
             self._publish_channel = await self._connection.channel(
                 publisher_confirms=True, on_return_raises=True
@@ -203,6 +212,30 @@ class MessageQueue:
         self._replies = None
         if connection is not None and not connection.is_closed:
             await connection.close()
+
+    @property
+    def failure(self) -> BrokerConnectionError | None:
+        """Why the connection stopped reconnecting for good, if it did (else None)."""
+        given_up = self._given_up
+        return given_up.result() if given_up is not None and given_up.done() else None
+
+    async def wait_failed(self) -> BrokerConnectionError:
+        """Return, with the error, once the broker kept refusing us and the connection
+        stopped reconnecting (``max_refused_reconnects``); every send then fails.
+
+        It never returns while the connection is fine or reconnecting for another
+        reason: wait for it alongside something else (see ``MessagePassingAgent.start``).
+
+        Raises:
+            BrokerConnectionError: not connected.
+        """
+        if self._given_up is None:
+            raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
+        return await asyncio.shield(self._given_up)
+
+    def _on_given_up(self, given_up: asyncio.Future[BrokerConnectionError]) -> None:
+        if not given_up.cancelled():
+            log.error("%r: %s", self, given_up.result())
 
     async def __aenter__(self) -> MessageQueue:
         return await self.connect()
@@ -515,6 +548,8 @@ class MessageQueue:
                 f" below its max_message_size): {exc}"
             ) from None
         except (ChannelInvalidStateError, *CONNECTION_EXCEPTIONS) as exc:
+            if (failure := self.failure) is not None:
+                raise BrokerConnectionError(f"message {message_id} not sent: {failure}") from None
             raise BrokerConnectionError(
                 f"connection lost while sending message {message_id}: {exc!r}"
             ) from None

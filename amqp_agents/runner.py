@@ -29,7 +29,7 @@ from typing import Any
 from .agent import MessagePassingAgent, RetryPolicy
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import connect, redact_url, resolve_url, tls_context
-from .errors import ConfigError, TopologyError
+from .errors import BrokerConnectionError, ConfigError, TopologyError
 from .layout import Status, layout_of
 from .queue import MessageQueue
 from .routed_queue import RoutingMessageQueue
@@ -137,7 +137,9 @@ async def run(
 
     Raises:
         ConfigError, TopologyError, BrokerConnectionError: as :func:`prepare` and
-            :meth:`AgentRunner.start`.
+            :meth:`AgentRunner.start`; BrokerConnectionError also when, running, the
+            broker kept refusing our credentials (a deleted user): the agents are
+            stopped and drained first.
     """
     runner = prepare(config, agent_ids, drain_timeout_s=drain_timeout_s)
     stop = stop or asyncio.Event()
@@ -162,7 +164,7 @@ async def run(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await runner.start()
-        await stop.wait()
+        failure = await _stopped_or_failed(stop, runner.queue)
         stopping = asyncio.create_task(runner.stop())
         forced = asyncio.create_task(force.wait())
         await asyncio.wait({stopping, forced}, return_when=asyncio.FIRST_COMPLETED)
@@ -174,9 +176,28 @@ async def run(
             log.warning("stopped without draining: unfinished messages return to their inboxes")
         else:
             stopping.result()
+        if failure is not None:
+            raise failure
     finally:
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+async def _stopped_or_failed(
+    stop: asyncio.Event, queue: MessageQueue
+) -> BrokerConnectionError | None:
+    """Wait for ``stop``, or until the queue stops reconnecting for good (returned)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    failed = asyncio.ensure_future(queue.wait_failed())
+    try:
+        done, _ = await asyncio.wait({stopping, failed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        failed.cancel()
+    if failed in done and stopping not in done:
+        log.error("stopping every agent: %s", failed.result())
+        return failed.result()
+    return None
 
 
 def select_agents(config: AgentsConfig, agent_ids: Iterable[str]) -> list[tuple[int, AgentConfig]]:

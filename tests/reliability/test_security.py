@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import pickle
 import re
 import shlex
@@ -50,6 +51,7 @@ from pamqp.commands import Basic
 from private_broker import BrokerError, PrivateBroker
 
 from amqp_agents import (
+    BrokerConnectionError,
     InvalidMessageError,
     Message,
     MessageQueue,
@@ -58,6 +60,7 @@ from amqp_agents import (
     wire,
 )
 from amqp_agents.agent import MessagePassingAgent, RetryPolicy
+from amqp_agents.connection import AgentConnection
 from amqp_agents.message import AGENT_ID_PATTERN
 
 pytestmark = pytest.mark.reliability
@@ -795,7 +798,8 @@ async def make_user(private_broker: PrivateBroker) -> AsyncIterator[UserFactory]
 
     yield factory
     for name in made:
-        await asyncio.to_thread(private_broker.delete_user, name)
+        with contextlib.suppress(BrokerError):  # a test may have deleted it
+            await asyncio.to_thread(private_broker.delete_user, name)
 
 
 class FailingRecorder(Recorder):
@@ -1197,3 +1201,67 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
     assert "CC" not in dead[failing], "A's copies must not carry M's CC"
     for running in (agent_a, agent_b):
         await running.stop()
+
+
+# -- scenario 17: revoked credentials ----------------------------------------------------
+
+
+class RefusalCount(logging.Handler):
+    """Counts aio-pika's "connection attempt failed: ACCESS_REFUSED" lines for one user."""
+
+    def __init__(self, user: str, enough: int) -> None:
+        super().__init__()
+        self.user, self.enough = user, enough
+        self.count = 0
+        self.reached = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if f"//{self.user}:" in text and "ACCESS_REFUSED" in text:
+            self.count += 1
+            if self.count >= self.enough:
+                self.reached.set()
+
+
+async def test_revoked_credentials_end_in_a_fatal_error_after_bounded_attempts(
+    make_user: UserFactory, make_queue: QueueFactory, private_broker: PrivateBroker
+) -> None:
+    suffix = _hex()
+    agent_id, other = f"r-{suffix}", f"p-{suffix}"
+    urls = {user: await make_user(user) for user in (agent_id, other)}
+    queue = await make_queue(urls[agent_id], max_refused_reconnects=3)
+    connection = queue.connection
+    assert isinstance(connection, AgentConnection)
+    agent = Recorder(agent_id, queue)
+    await agent.start_consuming()
+    running = asyncio.create_task(agent.start())  # returns or raises when the agent ends
+    hello = Message(sender=agent_id, recipient=agent_id, content="hello")
+    await queue.send(hello)
+    await agent.wait_for(has_id(hello.id), "the agent's first message")
+    # The control: aio-pika's own robust connection, as another user deleted too.
+    plain = await aio_pika.connect_robust(urls[other], reconnect_interval=0.1)
+    plain_refusals = RefusalCount(other, enough=10)
+    aio_pika_log = logging.getLogger("aio_pika.robust_connection")
+    aio_pika_log.addHandler(plain_refusals)
+    try:
+        loop = asyncio.get_running_loop()
+        revoked_at = loop.time()
+        for user in (agent_id, other):
+            await asyncio.to_thread(private_broker.delete_user, user)  # closes its links
+
+        with pytest.raises(BrokerConnectionError, match="refused our credentials"):
+            await asyncio.wait_for(running, WAIT_S)
+        gave_up_after = loop.time() - revoked_at
+        assert connection.refusals == 3
+        assert isinstance(queue.failure, BrokerConnectionError)
+        assert not agent.running
+        await asyncio.wait_for(connection.closed(), WAIT_S)  # so no attempt follows
+        assert gave_up_after < 3 * (queue.reconnect_interval_s + 1.0), gave_up_after
+        with pytest.raises(BrokerConnectionError, match="refused our credentials"):
+            await asyncio.wait_for(queue.send(hello), WAIT_S)
+
+        await asyncio.wait_for(plain_refusals.reached.wait(), WAIT_S)
+        assert not plain.is_closed, "aio-pika alone would give up too?"
+    finally:
+        aio_pika_log.removeHandler(plain_refusals)
+        await plain.close()
