@@ -25,9 +25,11 @@ import logging
 import pickle
 import re
 import shlex
+import socket
 import struct
 import subprocess
 import sys
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aio_pika
 import aiormq.exceptions
@@ -52,6 +55,7 @@ from private_broker import BrokerError, PrivateBroker
 
 from amqp_agents import (
     BrokerConnectionError,
+    ConfigError,
     InvalidMessageError,
     Message,
     MessageQueue,
@@ -60,8 +64,10 @@ from amqp_agents import (
     wire,
 )
 from amqp_agents.agent import MessagePassingAgent, RetryPolicy
+from amqp_agents.config import AgentsConfig, load_config
 from amqp_agents.connection import AgentConnection
 from amqp_agents.message import AGENT_ID_PATTERN
+from amqp_agents.runner import prepare
 
 pytestmark = pytest.mark.reliability
 
@@ -1265,3 +1271,147 @@ async def test_revoked_credentials_end_in_a_fatal_error_after_bounded_attempts(
     finally:
         aio_pika_log.removeHandler(plain_refusals)
         await plain.close()
+
+
+# -- scenario 18: secrets ----------------------------------------------------------------
+
+
+class EveryRecord(logging.Handler):
+    """Every log record of every logger, formatted with its traceback if any."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def every_record() -> Iterator[EveryRecord]:
+    """Capture all records (DEBUG included: aiormq, aio-pika, amqp_agents, asyncio)."""
+    handler = EveryRecord()
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def error_text(exc: BaseException) -> str:
+    """An error as anyone could see it: message, repr, args, traceback, and every
+    exception it chains to, suppressed context included."""
+    parts, seen = [], set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        parts += [str(current), repr(current), repr(current.args)]
+        parts += traceback.format_exception(current)
+        todo += [current.__cause__, current.__context__]
+    return "\n".join(parts)
+
+
+CONFIG_YAML = """
+broker:
+  url: {scheme}://{user}:${{AMQP_PASSWORD}}@127.0.0.1:{port}/
+  namespace: {namespace}
+{{extra}}
+agents:
+  - id: {agent}
+    class: amqp_agents.agent:MessagePassingAgent
+"""
+
+
+async def test_a_password_from_the_environment_appears_in_no_log_repr_or_error(
+    make_user: UserFactory,
+    private_broker: PrivateBroker,
+    namespace: str,
+    tmp_path: Path,
+    every_record: EveryRecord,
+) -> None:
+    agent_id = f"s-{_hex()}"
+    token = uuid.uuid4().hex
+    password = f"pw/{token}+!"  # percent-encoded in the URL: both forms must stay hidden
+    env_value = quote(password, safe="")
+    await make_user(agent_id)
+    await asyncio.to_thread(private_broker.ctl, "change_password", agent_id, password)
+    closed_port = _free_port()
+    seen: list[str] = []
+
+    def config_file(
+        name: str, *, port: int = private_broker.amqp_port, extra: str = "", scheme: str = "amqp"
+    ) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        text = CONFIG_YAML.format(
+            scheme=scheme, user=agent_id, port=port, namespace=namespace, agent=agent_id
+        )
+        path.write_text(text.replace("{extra}", extra), encoding="utf-8")
+        return path
+
+    def load(path: Path, secret: str = env_value) -> AgentsConfig:
+        return load_config(path, env={"AMQP_PASSWORD": secret})
+
+    # Validation errors, the URL loaded but another field wrong.
+    for name, extra in (
+        ("bad-field", "  prefetch: -1"),
+        ("unknown-field", "  passwd: x"),
+        ("tls-needs-amqps", "  tls: {verify: false}"),
+    ):
+        with pytest.raises(ConfigError) as refused:
+            load(config_file(name, extra=extra))
+        seen.append(error_text(refused.value))
+    with pytest.raises(ConfigError) as refused:
+        load(config_file("bad-scheme", scheme="http"))
+    seen.append(error_text(refused.value))
+
+    # Start and stop, with every repr on the way.
+    config = load(config_file("good"))
+    assert quote(password, safe="") in (config.broker.secret_url() or "")
+    runner = prepare(config)
+    await runner.start()
+    seen += [repr(config), str(config), repr(config.broker), config.broker.model_dump_json()]
+    seen += [repr(runner), repr(runner.queue), repr(runner.queue.connection)]
+    seen += [repr(agent) for agent in runner.agents]
+    hello = Message(sender="s", recipient=agent_id, content="hello")
+    await runner.queue.send(hello)
+    await runner.stop()
+
+    # Failures: a wrong password, an unreachable broker, credentials revoked mid-run.
+    for failing in (
+        prepare(load(config_file("wrong"), secret=env_value + "x")),
+        prepare(load(config_file("unreachable", port=closed_port))),
+    ):
+        with pytest.raises(BrokerConnectionError) as failed:
+            await failing.start()
+        seen.append(error_text(failed.value))
+    revoked = prepare(load(config_file("revoked")))
+    revoked.queue.max_refused_reconnects = 2
+    await revoked.start()
+    await asyncio.to_thread(private_broker.delete_user, agent_id)
+    failure = await asyncio.wait_for(revoked.queue.wait_failed(), WAIT_S)
+    seen.append(error_text(failure))
+    with pytest.raises(BrokerConnectionError) as failed:
+        await revoked.queue.send(hello)
+    seen.append(error_text(failed.value))
+    await revoked.stop()
+
+    assert any("ACCESS_REFUSED" in line for line in every_record.lines), "logs were captured"
+    everything = "\n".join(seen + every_record.lines)
+    assert agent_id in everything  # the user name is no secret, and shows
+    for form in (token, password, env_value):
+        assert form not in everything, f"the password leaked ({form!r})"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
