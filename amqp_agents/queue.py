@@ -68,6 +68,9 @@ log = logging.getLogger(__name__)
 
 Callback = Callable[[Message], Awaitable[None] | None]
 
+SPARE_DECLARERS = 7
+"""Extra channels declaring inboxes while the topology channel is busy (see ensure_inbox)."""
+
 
 class Subscription:
     """A tap on an agent's traffic; :meth:`cancel` removes it."""
@@ -166,6 +169,9 @@ class MessageQueue:
         self._exchange_name = wire.exchange_name(self.namespace)
         self._topology: Topology | None = None
         self._topology_lock = asyncio.Lock()
+        self._idle_declarers: asyncio.Queue[Topology] = asyncio.Queue()
+        self._spare_declarers_made = 0
+        self._declaring = False
         self.declared_queues: set[str] = set()
         """Names of every queue this MessageQueue declared (kept across reconnects)."""
         self._replies: ReplyListener | None = None
@@ -300,8 +306,41 @@ class MessageQueue:
         """Declare the agent's inbox if it does not exist yet (idempotent)."""
         validate_agent_id(agent_id)
         topology = await self.topology()
-        async with self._topology_lock:
-            return await topology.declare_inbox(agent_id)
+        if not self._declaring:
+            self._declaring = True
+            try:
+                async with self._topology_lock:
+                    return await topology.declare_inbox(agent_id)
+            finally:
+                self._declaring = False
+        # Another declaration holds the topology channel (agents starting together): a
+        # broker takes milliseconds per inbox (a durable priority queue and two
+        # bindings), one at a time per channel, so spread them over spare channels.
+        spare = await self._take_spare_declarer()
+        try:
+            return await spare.declare_inbox(agent_id)
+        finally:
+            self._idle_declarers.put_nowait(spare)  # closed ones are dropped when taken
+
+    async def _take_spare_declarer(self) -> Topology:
+        """An idle spare declaration channel, a new one, or the next one given back."""
+        while True:
+            if self._idle_declarers.empty() and self._spare_declarers_made < SPARE_DECLARERS:
+                self._spare_declarers_made += 1
+                try:
+                    return Topology(
+                        await self.connection.channel(),
+                        self.namespace,
+                        declared=self.declared_queues,
+                        **self._topology_options,
+                    )
+                except BaseException:
+                    self._spare_declarers_made -= 1
+                    raise
+            spare = await self._idle_declarers.get()
+            if not spare.channel.is_closed:  # a failed declaration closes its channel
+                return spare
+            self._spare_declarers_made -= 1
 
     async def restore_inbox(self, agent_id: str) -> None:
         """Declare the agent's inbox and its bindings again, e.g. after it was deleted.

@@ -213,3 +213,14 @@ async def test_inbox_declaration_is_idempotent_across_clients(make_queue: MakeQu
     await a.send(Message(sender="x", recipient="same", content=1))
     got = await b.receive("same", timeout=5)
     assert got is not None and got.content == 1
+
+
+async def test_inboxes_declared_together_are_all_declared_and_bound(queue: MessageQueue) -> None:
+    # Agents starting together spread their declarations over several channels.
+    ids = [f"crowd{k}" for k in range(40)]
+    await asyncio.gather(*(queue.ensure_inbox(agent_id) for agent_id in ids))
+    for agent_id in ids:
+        await queue.send(Message(sender="crowd-sender", recipient=agent_id, content=agent_id))
+    for agent_id in ids:
+        got = await queue.receive(agent_id, timeout=5)
+        assert got is not None and got.content == agent_id
