@@ -304,7 +304,7 @@ class MessagePassingAgent:
         elif (current := _current.get(None)) is not None:
             message.conversation_id = current.message.conversation_id or message.conversation_id
         replies = await self.queue.replies()
-        future = replies.expect(message.id, on_status)
+        future = replies.expect(message.id, on_status, responder=recipient)
         deadline = datetime.now(UTC) + timedelta(seconds=timeout)
         try:
             await self.queue.send(message, reply_to=replies.queue_name, deadline=deadline)

@@ -512,7 +512,10 @@ class MessageQueue:
         async with self._replies_lock:
             if self._replies is None:
                 listener = ReplyListener(
-                    await self._open_channel(), self.namespace, self.reply_owner
+                    await self._open_channel(),
+                    self.namespace,
+                    self.reply_owner,
+                    authenticate=self.user_id is not None,
                 )
                 await listener.start()
                 self._replies = listener

@@ -31,13 +31,31 @@ StatusCallback = Callable[[Message], Awaitable[None] | None]
 class _Pending:
     future: asyncio.Future[Message]
     on_status: StatusCallback | None
+    responder: str | None = None
 
 
 class ReplyListener:
-    """Consumes a private, exclusive reply queue and resolves waiting requests."""
+    """Consumes a private, exclusive reply queue and resolves waiting requests.
 
-    def __init__(self, channel: AbstractChannel, namespace: str, owner: str | None = None) -> None:
+    Args:
+        channel: a channel of its own.
+        namespace: the namespace (the queue's name prefix).
+        owner: the agent id in the queue's name, if any.
+        authenticate: take only replies whose RabbitMQ-validated ``user_id`` is their
+            sender (``MessageQueue(authenticate_senders=True)``): anyone who may write
+            to the default exchange can put a message into this queue.
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        namespace: str,
+        owner: str | None = None,
+        *,
+        authenticate: bool = False,
+    ) -> None:
         self._channel = channel
+        self.authenticate = authenticate
         # A client-chosen name (not server-named) so that a reconnecting robust channel
         # redeclares the very queue that in-flight requests named as their reply_to.
         # The owner's id in it lets a broker permission grant exactly its reply queues.
@@ -56,11 +74,18 @@ class ReplyListener:
         self._channel.close_callbacks.add(self._on_channel_close)
 
     def expect(
-        self, request_id: str, on_status: StatusCallback | None = None
+        self,
+        request_id: str,
+        on_status: StatusCallback | None = None,
+        responder: str | None = None,
     ) -> asyncio.Future[Message]:
-        """Register interest in the reply to ``request_id`` (call before publishing)."""
+        """Register interest in the reply to ``request_id`` (call before publishing).
+
+        With ``authenticate`` on, only a reply whose validated ``user_id`` is its
+        sender, and that sender ``responder`` (the agent asked), is taken.
+        """
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, on_status)
+        self._pending[request_id] = _Pending(future, on_status, responder)
         return future
 
     def forget(self, request_id: str) -> None:
@@ -84,6 +109,18 @@ class ReplyListener:
                 "reply %s to %s arrived after its requester stopped waiting",
                 reply.id,
                 reply.reply_to,
+            )
+            return
+        if self.authenticate and not (
+            incoming.user_id == reply.sender and pending.responder in (None, reply.sender)
+        ):
+            log.warning(
+                "reply %s to %s ignored: user_id %r, sender %r, asked %r",
+                reply.id,
+                reply.reply_to,
+                incoming.user_id,
+                reply.sender,
+                pending.responder,
             )
             return
         if reply.type is MessageType.STATUS:

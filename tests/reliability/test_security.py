@@ -862,6 +862,37 @@ async def test_agent_a_cannot_make_b_believe_a_message_came_from_c(
     # delivery waits for its dead-lettering and ack.
     await wait_until(lambda: agent_b.attempts[always.id] == 2, agent_b.changed, "the last try")
 
+    # Answers too: C cannot make A believe B answered its task.
+    release = asyncio.Event()
+
+    async def answer(message: Message) -> str:
+        await release.wait()  # so the forged answers reach A first
+        return "B's answer"
+
+    agent_b.on(MessageType.TASK)(answer)
+    agent_a = MessagePassingAgent(a, queue_a)
+    handle = await agent_a.send_task(b, "a question", wait_for_result=False, timeout=WAIT_S)
+    reply_queue = (await queue_a.replies()).queue_name
+    as_c = await aio_pika.connect(urls[c], timeout=10)
+    try:
+        channel = await as_c.channel(publisher_confirms=True)
+        for sender, user_id in ((b, None), (b, c), (c, c)):  # forged; forged; not asked
+            await channel.default_exchange.publish(
+                aio_pika.Message(
+                    json.dumps(f"{sender}'s answer, says {c}").encode(),
+                    content_type=wire.CONTENT_TYPE,
+                    type="result",
+                    correlation_id=handle.message_id,
+                    user_id=user_id,
+                    headers={wire.H_SENDER: sender},
+                ),
+                routing_key=reply_queue,
+            )
+    finally:
+        await as_c.close()
+    release.set()
+    assert await handle.result() == "B's answer"
+
     # The library will not send as someone else.
     with pytest.raises(InvalidMessageError, match="authenticate_senders"):
         await queue_a.send(Message(sender=c, recipient=b, content="forged"))
