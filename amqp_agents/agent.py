@@ -11,6 +11,7 @@ The life of one delivery (``_on_delivery -> _handle_delivery``)::
     handler(message) ── returns ──> reply (if any) ─────> ack
       │
       raises ── attempts left ──> {ns}.retry.<agent>.<delay> ──(TTL)──> inbox, ack
+             │                    (via the agent's own exchange {ns}.retry.<agent>)
              └─ last attempt ───> ERROR reply + {ns}.dead with error headers, ack
 
 A delivery is acknowledged only after all of this finished, so a crash at any point
@@ -587,7 +588,10 @@ class MessagePassingAgent:
             topology = await self.queue.topology()
             retry_queue = await topology.declare_retry_queue(self.id, delay)
             await self.queue.republish(
-                incoming, exchange="", routing_key=retry_queue, headers={wire.H_ATTEMPT: attempt}
+                incoming,
+                exchange=wire.retry_exchange_name(self.queue.namespace, self.id),
+                routing_key=retry_queue,
+                headers={wire.H_ATTEMPT: attempt},
             )
             await incoming.ack()
             return

@@ -6,7 +6,9 @@ its namespace needs (the names and arguments of docs/wire-format.md, from
 found (:func:`amqp_agents.topology.inspect_layout`) and says what ``topology apply``
 would do::
 
-    layout_of(config)          -> Layout(exchanges=[agents (topic), agents.dlx (fanout)],
+    layout_of(config)          -> Layout(exchanges=[agents (topic), agents.dlx (fanout),
+                                                    agents.replies (topic),
+                                                    agents.retry.researcher (direct), ...],
                                          queues=[agents.dead, agents.history,
                                                  agents.inbox.researcher, ...],
                                          bindings=[agents -> agents.inbox.researcher
@@ -33,7 +35,7 @@ from . import wire
 from .config import AgentsConfig, RetryConfig
 from .routing import compile_rule
 
-ExchangeType = Literal["topic", "fanout"]
+ExchangeType = Literal["topic", "fanout", "direct"]
 Action = Literal["create", "bind", "conflict", "stale", "unchecked"]
 Kind = Literal["exchange", "queue", "binding"]
 
@@ -102,19 +104,22 @@ def layout_of(config: AgentsConfig) -> Layout:
     """The exchanges, queues and bindings ``config``'s namespace needs.
 
     Inboxes for every configured and external agent (a route destination must keep
-    its messages before its agent starts), a retry queue per delay an agent uses, the
-    dead letters, the history stream, and each route's bindings on inboxes and
-    history. Route patterns compile without importing filters or transforms.
+    its messages before its agent starts), a retry queue per delay an agent uses (on
+    the agent's own retry exchange), the dead letters, the history stream (also bound
+    to the replies exchange), and each route's bindings on inboxes and history. Route
+    patterns compile without importing filters or transforms.
     """
     broker = config.broker
     ns = broker.namespace
     traffic = wire.exchange_name(ns)
     dlx = wire.dead_letter_exchange_name(ns)
+    replies = wire.reply_exchange_name(ns)
     history = wire.history_name(ns)
-    exchanges = (
+    exchanges = [
         ExchangeSpec(traffic, "topic", "agent traffic"),
         ExchangeSpec(dlx, "fanout", "dead letters"),
-    )
+        ExchangeSpec(replies, "topic", "replies"),
+    ]
     queues = [
         QueueSpec(wire.dead_queue_name(ns), DEAD_QUEUE_ARGUMENTS, "dead letters"),
         QueueSpec(
@@ -125,7 +130,10 @@ def layout_of(config: AgentsConfig) -> Layout:
             "history",
         ),
     ]
-    bindings = [BindingSpec(dlx, wire.dead_queue_name(ns), "")]
+    bindings = [
+        BindingSpec(dlx, wire.dead_queue_name(ns), ""),
+        BindingSpec(replies, history, wire.history_reply_binding_key(ns)),
+    ]
     inboxes = {agent.id: agent.inbox.max_length for agent in config.agents}
     inboxes.update({agent_id: None for agent_id in config.external_agents})
     for agent_id, max_length in inboxes.items():
@@ -141,21 +149,27 @@ def layout_of(config: AgentsConfig) -> Layout:
         key = wire.inbox_binding_key(agent_id)
         bindings += [BindingSpec(traffic, inbox, key), BindingSpec(traffic, history, key)]
     for agent in config.agents:
-        for delay in retry_delays(agent.retry):
+        delays = retry_delays(agent.retry)
+        if delays:
+            retry = wire.retry_exchange_name(ns, agent.id)
+            exchanges.append(ExchangeSpec(retry, "direct", f"retries of {agent.id}"))
+        for delay in delays:
+            name = wire.retry_queue_name(ns, agent.id, delay)
             queues.append(
                 QueueSpec(
-                    wire.retry_queue_name(ns, agent.id, delay),
+                    name,
                     wire.retry_queue_arguments(ns, agent.id, delay),
                     f"retries of {agent.id} after {delay:g}s",
                 )
             )
+            bindings.append(BindingSpec(retry, name, name))
     for route in config.routes:
         key = compile_rule(route.pattern).binding_key
         for dest in route.destinations:
             bindings.append(BindingSpec(traffic, wire.inbox_name(ns, dest), key))
         bindings.append(BindingSpec(traffic, history, key))
     queues.append(QueueSpec(wire.topology_record_name(ns), RECORD_ARGUMENTS, "apply record"))
-    return Layout(ns, exchanges, tuple(queues), tuple(dict.fromkeys(bindings)))
+    return Layout(ns, tuple(exchanges), tuple(queues), tuple(dict.fromkeys(bindings)))
 
 
 # -- comparing with the broker ----------------------------------------------------------

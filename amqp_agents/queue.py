@@ -31,6 +31,7 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
     AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import (
@@ -41,6 +42,7 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
+from aiormq.exceptions import ChannelAccessRefused
 from pamqp import encode
 from pamqp.commands import Basic
 
@@ -176,6 +178,8 @@ class MessageQueue:
         """Names of every queue this MessageQueue declared (kept across reconnects)."""
         self._replies: ReplyListener | None = None
         self._replies_lock = asyncio.Lock()
+        self._default_exchange_channel: AbstractChannel | None = None
+        self._default_exchange_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"MessageQueue({redact_url(self.url)!r}, namespace={self.namespace!r})"
@@ -216,6 +220,7 @@ class MessageQueue:
         connection, self._connection = self._connection, None
         self._topology = None
         self._replies = None
+        self._default_exchange_channel = None
         if connection is not None and not connection.is_closed:
             await connection.close()
 
@@ -418,19 +423,58 @@ class MessageQueue:
         )
 
     async def send_to_queue(self, message: Message, queue_name: str) -> None:
-        """Publish ``message`` straight into ``queue_name`` (an RPC reply queue).
+        """Publish ``message`` into the reply queue ``queue_name`` (a request's ``reply_to``).
 
-        The broker also copies it into the history stream (``BCC``), so conversations
-        read back from history include replies.
+        A reply queue of the namespace (``{ns}.reply.*``) is reached through the
+        ``{ns}.replies`` exchange, where it is bound with its own name; the history
+        stream is bound there too and keeps a copy, so conversations read back from
+        history include replies. Any other name (a foreign client's server-named queue,
+        direct reply-to) goes through the default exchange, the AMQP RPC convention,
+        with a ``BCC`` of the history stream, on a channel of its own: a user that may
+        not write to ``amq.default`` (docs/deploy.md) is refused there without the
+        publishing channel, and the sends in flight on it, going down with it.
+
+        Raises:
+            DeliveryError: the broker refused it (``ACCESS_REFUSED``: no permission to
+                write to the default exchange), or as :meth:`send`.
         """
         if self.user_id is not None and message.sender != self.user_id:
             raise InvalidMessageError(_not_our_sender(message, self.user_id))
+        if wire.is_reply_queue(self.namespace, queue_name):
+            out = wire.encode(message, max_body_bytes=self.max_body_bytes)
+            await self._publish(
+                wire.reply_exchange_name(self.namespace),
+                queue_name,
+                out.body,
+                _properties(out, self.user_id),
+                message.id,
+            )
+            return
         out = wire.encode(
             message,
             extra_headers={"BCC": [wire.history_name(self.namespace)]},
             max_body_bytes=self.max_body_bytes,
         )
-        await self._publish("", queue_name, out.body, _properties(out, self.user_id), message.id)
+        channel = await self._default_exchange_publisher()
+        await self._publish(
+            "", queue_name, out.body, _properties(out, self.user_id), message.id, via=channel
+        )
+
+    async def _default_exchange_publisher(self) -> AbstractChannel:
+        """The channel (confirms on) for answers through the default exchange."""
+        async with self._default_exchange_lock:
+            channel = self._default_exchange_channel
+            if channel is None:
+                channel = await self.connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                self._default_exchange_channel = channel
+            elif channel.is_closed and isinstance(channel, AbstractRobustChannel):
+                # The broker closed it (ACCESS_REFUSED); aio-pika is reopening it.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.connect_timeout_s):
+                        await channel.ready()
+            return channel
 
     async def dead_letter(
         self,
@@ -529,14 +573,16 @@ class MessageQueue:
         properties: Basic.Properties,
         message_id: str,
         recipient: str | None = None,
+        via: AbstractChannel | None = None,
     ) -> None:
         """Publish with ``mandatory`` and wait for the broker's confirm; map failures.
 
         What ``aio_pika.Exchange.publish`` does, on the aiormq channel under the
-        publishing channel (a robust channel swaps it after a reconnect, so it is looked
-        up per publish): a returned message raises PublishError, a nack DeliveryError.
+        publishing channel (or ``via``; a robust channel swaps it after a reconnect, so
+        it is looked up per publish): a returned message raises PublishError, a nack
+        DeliveryError.
         """
-        channel = self._publish_channel
+        channel = via or self._publish_channel
         if channel is None:
             raise BrokerConnectionError(f"{self!r} is not connected; call connect() first")
         try:
@@ -588,6 +634,13 @@ class MessageQueue:
             raise MessageTooLargeError(
                 f"the broker refused message {message_id} as too large (set max_body_bytes"
                 f" below its max_message_size): {exc}"
+            ) from None
+        except ChannelAccessRefused as exc:
+            # No write permission on the exchange (or topic key); the broker closed the
+            # channel, which aio-pika reopens.
+            raise AgentsDeliveryError(
+                f"the broker refused message {message_id} on exchange"
+                f" {exchange or 'amq.default'!r}: {exc}"
             ) from None
         except (ChannelInvalidStateError, *CONNECTION_EXCEPTIONS) as exc:
             if (failure := self.failure) is not None:

@@ -1,7 +1,8 @@
 """The reply path of requests: one private reply queue per MessageQueue.
 
-Requests carry ``reply_to`` = this queue's name; replies (and STATUS progress reports)
-come back with ``correlation_id`` = the request's id and resolve a future kept here,
+Requests carry ``reply_to`` = this queue's name, which is bound to ``{ns}.replies`` with
+that name as key; replies (and STATUS progress reports) come back through that exchange
+with ``correlation_id`` = the request's id and resolve a future kept here,
 as in aio-pika's RPC pattern. Replies never pass through an agent's inbox, so waiting
 for one never takes, delays or drops any other message addressed to the agent, and a
 handler that waits for a sub-task cannot deadlock the inbox's prefetch window.
@@ -17,9 +18,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import ChannelAccessRefused
 
 from . import wire
-from .errors import BrokerConnectionError, InvalidMessageError
+from .errors import BrokerConnectionError, InvalidMessageError, TopologyError
 from .message import Message, MessageType
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class ReplyListener:
         owner: the agent id in the queue's name, if any.
         authenticate: take only replies whose RabbitMQ-validated ``user_id`` is their
             sender (``MessageQueue(authenticate_senders=True)``): anyone who may write
-            to the default exchange can put a message into this queue.
+            to the replies exchange (every agent) or the default exchange can put a
+            message into this queue.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class ReplyListener:
         authenticate: bool = False,
     ) -> None:
         self._channel = channel
+        self._namespace = namespace
         self.authenticate = authenticate
         # A client-chosen name (not server-named) so that a reconnecting robust channel
         # redeclares the very queue that in-flight requests named as their reply_to.
@@ -64,10 +68,20 @@ class ReplyListener:
         self._pending: dict[str, _Pending] = {}
 
     async def start(self) -> None:
-        """Declare the reply queue and start consuming it."""
+        """Declare the reply queue, bind it to the replies exchange, start consuming it."""
         self._queue = await self._channel.declare_queue(
             self.queue_name, exclusive=True, auto_delete=True
         )
+        # Answers come through {ns}.replies with our name as routing key (a robust
+        # channel binds again after a reconnect).
+        exchange = wire.reply_exchange_name(self._namespace)
+        try:
+            await self._queue.bind(exchange, self.queue_name)
+        except ChannelAccessRefused as exc:
+            raise TopologyError(
+                f"not allowed to bind the reply queue {self.queue_name!r} to {exchange!r}:"
+                f" give the user the agent permissions of docs/deploy.md: {exc}"
+            ) from None
         # No acks: a reply is only worth anything to this connection's waiters, and an
         # exclusive queue dies with the connection, so there is nothing to redeliver to.
         await self._queue.consume(self._on_reply, no_ack=True)

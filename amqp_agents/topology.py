@@ -1,4 +1,5 @@
-"""Declaring what a namespace needs on the broker: exchanges, inboxes, dead letters, history.
+"""Declaring what a namespace needs on the broker: exchanges, inboxes, dead letters, history,
+the replies exchange and the agents' retry queues.
 
 Every declaration goes through here so that every process declares the same names
 with the same arguments (a mismatch fails with PRECONDITION_FAILED). In passive mode
@@ -84,14 +85,17 @@ class Topology:
         self._retry_queues: set[str] = set()
 
     async def declare_base(self) -> AbstractExchange:
-        """Declare the topic exchange, the dead-letter path and the history stream."""
+        """Declare the topic exchange, the dead-letter path, the history stream and the
+        replies exchange (history keeps every reply through it)."""
         ns = self.ns
         self.exchange = await self._exchange(wire.exchange_name(ns), ExchangeType.TOPIC)
         dlx = await self._exchange(wire.dead_letter_exchange_name(ns), ExchangeType.FANOUT)
+        replies = await self._exchange(wire.reply_exchange_name(ns), ExchangeType.TOPIC)
         dead = await self._queue(wire.dead_queue_name(ns), {"x-queue-type": "classic"})
         self.history = await self._queue(wire.history_name(ns), self.history_args)
         if not self.passive:
             await dead.bind(dlx, routing_key="")
+            await self.history.bind(replies, routing_key=wire.history_reply_binding_key(ns))
         return self.exchange
 
     async def declare_inbox(self, agent_id: str) -> AbstractQueue:
@@ -125,15 +129,25 @@ class Topology:
     async def declare_retry_queue(self, agent_id: str, delay_s: float) -> str:
         """Declare the queue that holds ``agent_id``'s failed messages for ``delay_s``.
 
-        Its messages expire after the delay and are dead-lettered straight back into the
-        agent's inbox (through the default exchange, so history does not record the
-        retry twice). One queue per delay keeps expiry in order: per-message TTLs in one
-        queue would expire only at its head.
+        The agent publishes them to its own retry exchange (``{ns}.retry.{agent_id}``)
+        with the queue's name as routing key. They expire after the delay and are
+        dead-lettered straight back into the agent's inbox (by the broker, through the
+        default exchange, so history does not record the retry twice). One queue per
+        delay keeps expiry in order: per-message TTLs in one queue would expire only at
+        its head.
+
+        Returns:
+            the queue's name, which is also its binding key.
         """
         name = wire.retry_queue_name(self.ns, agent_id, delay_s)
         if name in self._retry_queues:
             return name
-        await self._queue(name, wire.retry_queue_arguments(self.ns, agent_id, delay_s))
+        exchange = await self._exchange(
+            wire.retry_exchange_name(self.ns, agent_id), ExchangeType.DIRECT
+        )
+        queue = await self._queue(name, wire.retry_queue_arguments(self.ns, agent_id, delay_s))
+        if not self.passive:
+            await queue.bind(exchange, routing_key=name)
         self._retry_queues.add(name)
         return name
 
@@ -191,15 +205,27 @@ class Topology:
 async def delete_namespace(
     channel: AbstractChannel, namespace: str, queues: Sequence[str] = ()
 ) -> None:
-    """Delete a namespace's exchanges, its fixed queues and ``queues``; for teardown."""
+    """Delete a namespace's exchanges, its fixed queues and ``queues``; for teardown.
+
+    The retry exchange of every agent with a retry queue among ``queues`` goes too.
+    """
     fixed = [
         wire.dead_queue_name(namespace),
         wire.history_name(namespace),
         wire.topology_record_name(namespace),
     ]
+    exchanges = {
+        wire.exchange_name(namespace),
+        wire.dead_letter_exchange_name(namespace),
+        wire.reply_exchange_name(namespace),
+    }
+    retry_prefix = f"{namespace}.retry."
     for name in sorted(set(queues) | set(fixed)):
         await channel.queue_delete(name)
-    for name in (wire.exchange_name(namespace), wire.dead_letter_exchange_name(namespace)):
+        if name.startswith(retry_prefix) and name.count(".") == retry_prefix.count(".") + 1:
+            # {ns}.retry.{agent}.{delay}ms -> {ns}.retry.{agent}
+            exchanges.add(name.rsplit(".", 1)[0])
+    for name in sorted(exchanges):
         await channel.exchange_delete(name)
 
 

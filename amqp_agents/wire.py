@@ -16,6 +16,9 @@ Names for namespace ``ns``::
     dead_queue_name("agents")          -> "agents.dead"
     history_name("agents")             -> "agents.history"    (stream)
     reply_queue_name("agents", "w", t) -> "agents.reply.w.{t}" (exclusive, per connection)
+    reply_exchange_name("agents")      -> "agents.replies"    (topic; reply queues bound by name)
+    retry_exchange_name("agents", "w") -> "agents.retry.w"    (direct; one per agent)
+    retry_queue_name("agents", "w", 0.2) -> "agents.retry.w.200ms"
     topology_record_name("agents")     -> "agents.topology"   (what `topology apply` bound)
 """
 
@@ -120,6 +123,34 @@ def reply_queue_name(ns: str, owner: str | None, token: str) -> str:
     return f"{ns}.reply.{owner}.{token}" if owner else f"{ns}.reply.{token}"
 
 
+def is_reply_queue(ns: str, queue: str) -> bool:
+    """Whether ``queue`` is named as a reply queue of ``ns`` (``{ns}.reply.*``).
+
+    Answers to such a queue go through :func:`reply_exchange_name`, where the queue is
+    bound with its own name; any other ``reply_to`` needs the default exchange.
+
+    >>> is_reply_queue("agents", "agents.reply.bob.0f3a"), is_reply_queue("agents", "amq.gen-x")
+    (True, False)
+    """
+    return queue.startswith(f"{ns}.reply.")
+
+
+def reply_exchange_name(ns: str) -> str:
+    """The topic exchange answers go through: ``"agents" -> "agents.replies"``.
+
+    Each reply queue is bound to it with its own name as binding key, and the history
+    stream with :func:`history_reply_binding_key`, so every answer is kept there too.
+    Unlike the default exchange it reaches no inbox, and a broker topic permission can
+    say which keys a user may bind (docs/deploy.md).
+    """
+    return f"{ns}.replies"
+
+
+def history_reply_binding_key(ns: str) -> str:
+    """The history stream's binding on :func:`reply_exchange_name`: every reply queue name."""
+    return f"{ns}.reply.#"
+
+
 def topology_record_name(ns: str) -> str:
     """Holds one message: the bindings the last ``amqp-agents topology apply`` made.
 
@@ -129,8 +160,21 @@ def topology_record_name(ns: str) -> str:
 
 
 def retry_queue_name(ns: str, agent_id: str, delay_s: float) -> str:
-    """``retry_queue_name("agents", "writer", 0.2) -> "agents.retry.writer.200ms"``."""
+    """``retry_queue_name("agents", "writer", 0.2) -> "agents.retry.writer.200ms"``.
+
+    Bound to :func:`retry_exchange_name` with its own name as binding key.
+    """
     return f"{ns}.retry.{agent_id}.{round(delay_s * 1000)}ms"
+
+
+def retry_exchange_name(ns: str, agent_id: str) -> str:
+    """The agent's own direct exchange into its retry queues: ``"agents.retry.writer"``.
+
+    One per agent, so that a broker permission on the exchange (not a topic permission,
+    which RabbitMQ before 4.0 does not check for ``CC``/``BCC`` keys) keeps every other
+    user out of the agent's retry queues, which lead into its inbox.
+    """
+    return f"{ns}.retry.{agent_id}"
 
 
 def retry_queue_arguments(ns: str, agent_id: str, delay_s: float) -> dict[str, Any]:
@@ -452,8 +496,9 @@ def addressed_to(routing_key: str | None, recipient: str, ns: str, agent_id: str
     The routing key is what the broker routed on and held against the publisher's
     topic permission. CC and BCC headers (which RabbitMQ before 4.0.x does not check)
     put a copy into more inboxes under the original key, so the key must name the
-    agent (or ``-``: a routed message), or be the inbox's own name (the default
-    exchange: retries, foreign clients); the recipient header must agree.
+    agent (or ``-``: a routed message), or be the inbox's own name (a retry back from
+    the agent's retry queue, or a foreign client on the default exchange); the
+    recipient header must agree.
 
     >>> addressed_to("task.2.bob.writer", "writer", "agents", "writer")
     True
@@ -475,9 +520,10 @@ def addressed_to(routing_key: str | None, recipient: str, ns: str, agent_id: str
 def may_reply_to(ns: str, queue: str) -> bool:
     """Whether an agent may publish an answer into ``queue`` (a request's ``reply_to``).
 
-    Answers go through the default exchange, which reaches any queue: a request naming
-    someone's inbox would have the agent write into it on the requester's behalf. So
-    only reply queues qualify: the namespace's, server-named ones, direct reply-to.
+    The namespace's reply queues are answered through :func:`reply_exchange_name`;
+    server-named queues and direct reply-to only through the default exchange, which
+    reaches any queue: a request naming someone's inbox would have the agent write
+    into it on the requester's behalf. So only reply queues qualify.
 
     >>> may_reply_to("agents", "agents.reply.bob.0f3a")
     True

@@ -6,6 +6,8 @@ then agent users run, serve and send within their permissions, and nothing more.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import secrets
 import signal
@@ -13,13 +15,15 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from amqp_agents import Message, MessageQueue, MessageType, wire
+from amqp_agents.agent import MessagePassingAgent, RetryPolicy
 
 from .conftest import ROOT, Run, Spawn
 
@@ -38,7 +42,7 @@ def doc_blocks() -> dict[str, str]:
     """The shell blocks of docs/deploy.md marked ``<!-- deploy-test: NAME -->``."""
     text = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     blocks = dict(re.findall(r"<!-- deploy-test: (\w+) -->\n```bash\n(.*?)```", text, re.S))
-    assert set(blocks) == {"admin", "agent"}
+    assert set(blocks) == {"admin", "agent", "foreign_replies"}
     return blocks
 
 
@@ -179,11 +183,40 @@ async def test_agent_user_cannot_step_outside_its_permissions(
         )
         await queue.bind(ns, routing_key="#")
 
-    await publish("notification.2.researcher.writer")  # its own id: allowed
-    await get(wire.inbox_name(ns, "researcher"))
-    await declare(wire.reply_queue_name(ns, "researcher", secrets.token_hex(16)))
+    async def publish_to(exchange_name: str, routing_key: str) -> None:
+        channel = await researcher_channel()
+        exchange = (
+            channel.default_exchange
+            if exchange_name == ""
+            else await channel.get_exchange(exchange_name, ensure=False)
+        )
+        await exchange.publish(
+            aio_pika.Message(b"{}", content_type="application/json"), routing_key
+        )
+
+    async def bind_reply_queue(key: str | None = None) -> None:
+        """Declare a reply queue of its own and bind it to the replies exchange under
+        ``key`` (default: its own name, as the library does)."""
+        channel = await researcher_channel()
+        queue = await channel.declare_queue(
+            wire.reply_queue_name(ns, "researcher", secrets.token_hex(16)), exclusive=True
+        )
+        await queue.bind(wire.reply_exchange_name(ns), routing_key=key or queue.name)
+
+    async def bind_replies_into_traffic() -> None:
+        traffic = await (await researcher_channel()).get_exchange(ns, ensure=False)
+        await traffic.bind(wire.reply_exchange_name(ns), routing_key="*.*.*.writer")
 
     writers_reply_queue = wire.reply_queue_name(ns, "writer", secrets.token_hex(16))
+    own_retry_queue = wire.retry_queue_name(ns, "researcher", 0.2)
+    writers_retry_queue = wire.retry_queue_name(ns, "writer", 0.2)
+
+    await publish("notification.2.researcher.writer")  # its own id: allowed
+    await get(wire.inbox_name(ns, "researcher"))
+    await bind_reply_queue()
+    await publish_to(wire.reply_exchange_name(ns), writers_reply_queue)  # an answer
+    await publish_to(wire.retry_exchange_name(ns, "researcher"), own_retry_queue)
+
     refused: list[tuple[str, Callable[[], Awaitable[None]]]] = [
         ("a forged sender word", lambda: publish("notification.2.writer.researcher")),
         ("no sender word", lambda: publish("task.2.-.writer")),
@@ -192,8 +225,98 @@ async def test_agent_user_cannot_step_outside_its_permissions(
         ("a queue of its own", lambda: declare(f"{ns}.spy")),
         ("another agent's reply queue", lambda: declare(writers_reply_queue)),
         ("widening what it receives", bind_own_inbox),
+        # The default exchange reaches any queue by name: not granted.
+        (
+            "the default exchange into another agent's inbox",
+            lambda: publish_to("", wire.inbox_name(ns, "writer")),
+        ),
+        (
+            "the default exchange into another agent's retry queue",
+            lambda: publish_to("", writers_retry_queue),
+        ),
+        (
+            "another agent's retry exchange",
+            lambda: publish_to(wire.retry_exchange_name(ns, "writer"), writers_retry_queue),
+        ),
+        (
+            "the replies exchange with another key than a reply queue's",
+            lambda: publish_to(wire.reply_exchange_name(ns), wire.history_name(ns)),
+        ),
+        # Eavesdropping on answers: its reply queue bound under another name.
+        ("another agent's answers", lambda: bind_reply_queue(writers_reply_queue)),
+        ("every answer", lambda: bind_reply_queue("#")),
+        ("answers routed into the traffic exchange", bind_replies_into_traffic),
     ]
     for what, attempt in refused:
         with pytest.raises(aio_pika.exceptions.ChannelClosed, match="ACCESS_REFUSED"):
             await attempt()
             pytest.fail(f"allowed: {what}")
+
+
+async def test_agent_user_retries_and_answers_without_the_default_exchange(
+    deployment: Deployment, config: Path, run_cli: Run
+) -> None:
+    """Retries through the agent's own retry exchange, answers through {ns}.replies:
+    to another agent user and to a foreign client's reply queue bound there."""
+    ns, urls = deployment.namespace, deployment.urls
+    status, output = await run_cli(
+        "topology", "apply", str(config), env={"AMQP_URL": urls["admin"]}
+    )
+    assert status == 0, output
+    researcher_queue = MessageQueue(
+        urls["researcher"], namespace=ns, passive=True, reply_owner="researcher"
+    )
+    writer_queue = MessageQueue(urls["writer"], namespace=ns, passive=True, reply_owner="writer")
+    failed: set[str] = set()
+
+    async def fail_once(message: Message) -> list[Any]:
+        if message.id not in failed:
+            failed.add(message.id)
+            raise RuntimeError("first try fails")
+        return ["done", message.content]
+
+    async with researcher_queue, writer_queue:
+        researcher = MessagePassingAgent(
+            "researcher", researcher_queue, retry=RetryPolicy(max_attempts=2, delays_s=(0.2,))
+        )
+        researcher.on(MessageType.TASK)(fail_once)
+        await researcher.start_consuming()
+        try:
+            writer = MessagePassingAgent("writer", writer_queue)
+            result = await writer.send_task("researcher", "x", timeout=20)
+            assert result == ["done", {"description": "x", "context": {}}]
+            assert len(failed) == 1, "answered after one retry"
+
+            # A foreign client (here the admin user) with its own reply queue, bound to
+            # {ns}.replies under its name as docs/deploy.md describes.
+            connection = await aio_pika.connect(urls["admin"])
+            try:
+                channel = await connection.channel(publisher_confirms=True)
+                reply_queue = await channel.declare_queue(
+                    f"{ns}.reply.legacy.{secrets.token_hex(4)}", exclusive=True
+                )
+                await reply_queue.bind(wire.reply_exchange_name(ns), reply_queue.name)
+                answered: asyncio.Future[AbstractIncomingMessage] = (
+                    asyncio.get_running_loop().create_future()
+                )
+                await reply_queue.consume(answered.set_result, no_ack=True)
+                traffic = await channel.get_exchange(ns, ensure=False)
+                await traffic.publish(
+                    aio_pika.Message(
+                        b'"from legacy"',
+                        content_type=wire.CONTENT_TYPE,
+                        type="task",
+                        message_id="legacy-1",
+                        reply_to=reply_queue.name,
+                    ),
+                    "task.2.-.researcher",
+                )
+                answer = await asyncio.wait_for(answered, 20)
+                assert answer.correlation_id == "legacy-1"
+                assert answer.type == "result"
+                assert json.loads(answer.body) == ["done", "from legacy"]
+                assert len(failed) == 2, "the foreign task was retried too"
+            finally:
+                await connection.close()
+        finally:
+            await researcher.stop()

@@ -175,6 +175,34 @@ def test_may_reply_to(queue: str, allowed: bool) -> None:
 
 
 @pytest.mark.parametrize(
+    ("queue", "ours"),
+    [
+        ("ns.reply.bob.0123abcd", True),
+        ("ns.reply.0123abcd", True),
+        ("ns.replies", False),  # the exchange's name is no reply queue
+        ("amq.gen-JzTY20BRgKO", False),
+        ("amq.rabbitmq.reply-to.g1h2AA", False),
+        ("other.reply.bob.0123abcd", False),
+    ],
+)
+def test_only_our_reply_queues_are_answered_through_the_replies_exchange(
+    queue: str, ours: bool
+) -> None:
+    assert wire.is_reply_queue("ns", queue) is ours
+    # The history binding on ns.replies covers every name answered there.
+    pattern = wire.history_reply_binding_key("ns").removesuffix("#")
+    assert queue.startswith(pattern) is ours
+    assert wire.reply_exchange_name("ns") == "ns.replies"
+
+
+def test_each_agent_has_its_own_retry_exchange() -> None:
+    # An exchange per agent: a permission on it is checked for every key, CC and BCC
+    # included (RabbitMQ 3.x checks topic permissions only on the routing key).
+    assert wire.retry_exchange_name("ns", "carol") == "ns.retry.carol"
+    assert wire.retry_queue_name("ns", "carol", 0.2) == "ns.retry.carol.200ms"
+
+
+@pytest.mark.parametrize(
     "message",
     [
         Message(id="é" * 200),

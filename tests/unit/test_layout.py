@@ -49,7 +49,13 @@ def test_retry_delays_are_those_the_agent_uses(
 
 def test_layout_of_the_example(example: AgentsConfig) -> None:
     layout = layout_of(example)
-    assert [(e.name, e.type) for e in layout.exchanges] == [("ns", "topic"), ("ns.dlx", "fanout")]
+    assert [(e.name, e.type) for e in layout.exchanges] == [
+        ("ns", "topic"),
+        ("ns.dlx", "fanout"),
+        ("ns.replies", "topic"),
+        ("ns.retry.researcher", "direct"),  # one per agent that retries
+        ("ns.retry.writer", "direct"),
+    ]
     assert [q.name for q in layout.queues] == [
         "ns.dead",
         "ns.history",
@@ -74,6 +80,17 @@ def test_layout_of_the_example(example: AgentsConfig) -> None:
     assert BindingSpec("ns", "ns.inbox.researcher", "task.*.*.-") in bindings
     assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.*.-") in bindings  # sender prefix
     assert BindingSpec("ns", "ns.history", "*.4.*.-") in bindings
+    # Every reply (through ns.replies) is kept in history; retries reach their queue
+    # through the agent's own exchange, under the queue's name.
+    assert BindingSpec("ns.replies", "ns.history", "ns.reply.#") in bindings
+    assert {b for b in bindings if b.exchange.startswith("ns.retry.")} == {
+        BindingSpec(f"ns.retry.{agent}", queue, queue)
+        for agent, queue in [
+            ("researcher", "ns.retry.researcher.1000ms"),
+            ("researcher", "ns.retry.researcher.5000ms"),
+            ("writer", "ns.retry.writer.2000ms"),
+        ]
+    }
     assert len(bindings) == len(layout.bindings), "no repeats"
     assert "ns.topology" not in {q.name for q in layout.without_record().queues}
 
