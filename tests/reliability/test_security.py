@@ -7,8 +7,10 @@
     (and, as a control, the broker itself would have closed the channel).
 15. With ``authenticate_senders``, agent A cannot make B believe a message came from C.
 16. With docs/deploy.md's permissions, agent M cannot reach B's inbox by a forged
-    route, eavesdrop on it or consume it; what RabbitMQ 3.10 lets through (CC/BCC, the
-    default exchange) B refuses to handle.
+    route or the default exchange, reach B's retry queue, eavesdrop on B's inbox or
+    answers, or consume B's inbox; what RabbitMQ 3.10 lets through (CC/BCC copies on
+    the traffic exchange) B refuses to handle. Foreign clients' server-named reply
+    queues are answered only with the doc's opt-in.
 17. A deleted user: the library gives up reconnecting after a bounded number of
     refusals and reports a fatal BrokerConnectionError.
 18. A ``${VAR}`` password appears in no log record, repr or error.
@@ -975,8 +977,27 @@ def deploy_blocks() -> dict[str, str]:
     """The shell blocks of docs/deploy.md marked ``<!-- deploy-test: NAME -->``."""
     text = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text(encoding="utf-8")
     blocks = dict(re.findall(r"<!-- deploy-test: (\w+) -->\n```bash\n(.*?)```", text, re.S))
-    assert set(blocks) == {"admin", "agent"}, "docs/deploy.md's tested blocks moved"
+    assert set(blocks) == {"admin", "agent", "foreign_replies"}, "docs/deploy.md's blocks moved"
     return blocks
+
+
+def _doc_line(block: str, prefix: str) -> str:
+    """The line of a doc block that starts with ``prefix`` (a variable it defines)."""
+    [line] = [line for line in block.splitlines() if line.startswith(prefix)]
+    return line + "\n"
+
+
+async def run_doc_script(script: str, env: dict[str, str]) -> None:
+    done = await asyncio.to_thread(
+        subprocess.run,
+        ["bash", "-euo", "pipefail", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @dataclass
@@ -986,6 +1007,18 @@ class Deployment:
     namespace: str
     urls: dict[str, str] = field(default_factory=dict)
     """Agent id (each agent's user has its id as name) -> its AMQP URL."""
+    env: dict[str, str] = field(default_factory=dict)
+    """The environment the doc's commands ran in."""
+
+    async def opt_in_foreign_replies(self, agent: str) -> None:
+        """Run the doc's opt-in block for ``agent``: write on the default exchange."""
+        blocks = deploy_blocks()
+        script = (
+            _doc_line(blocks["admin"], "NS_RE=")
+            + _doc_line(blocks["agent"], "REPLY_RE=")
+            + blocks["foreign_replies"]
+        )
+        await run_doc_script(script, self.env | {"AGENT": agent, "AGENT_USER": agent})
 
 
 @pytest.fixture
@@ -1019,20 +1052,12 @@ async def deployment(
             + blocks["agent"]
             for agent in agents
         )
-        done = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", "-euo", "pipefail", "-c", script],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
+        await run_doc_script(script, env)
         port = private_broker.amqp_port
         return Deployment(
             namespace,
             {a: f"amqp://{a}:{passwords[a]}@127.0.0.1:{port}/" for a in agents},
+            env,
         )
 
     yield deploy
@@ -1046,25 +1071,34 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
     make_queue: QueueFactory,
     foreign: AbstractChannel,
     namespace: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """M, with docs/deploy.md's agent permissions, against B (and A as a deputy).
 
-    RabbitMQ refuses: another sender's routing key, binding anything (eavesdropping),
-    server-named queues, consuming, getting, purging or deleting B's inbox, reading
-    history. A refuses to be M's deputy: a reply_to naming B's inbox, a CC header it
-    would otherwise copy into its retry. What RabbitMQ 3.10 lets into B's inbox (CC and
-    BCC copies, whose topic permissions it does not check; the default exchange, which
-    deploy.md grants for answers and retries) B dead-letters unless M wrote as itself.
+    RabbitMQ refuses: another sender's routing key, the default exchange (into B's
+    inbox or B's retry queue), B's retry exchange, a key on the replies exchange that
+    names no reply queue, binding anything to the traffic exchange, binding a reply
+    queue to the replies exchange under another name (B's answers, every answer),
+    routing the replies exchange into the traffic exchange, server-named queues,
+    consuming, getting, purging or deleting B's inbox, reading history. A refuses to be
+    M's deputy: a reply_to naming B's inbox, a CC header it would otherwise copy into
+    its retry. A CC on M's own retry exchange reaches no queue of B's. What RabbitMQ
+    3.10 still lets into B's inbox (CC and BCC copies on the traffic exchange, whose
+    topic permissions it checks only from 4.0) B dead-letters as misaddressed.
+
+    A foreign client's server-named reply queue is answered through the default
+    exchange: RabbitMQ refuses A that until the doc's opt-in, and A goes on serving.
     """
     suffix = _hex()
     a, b, m = f"a-{suffix}", f"b-{suffix}", f"m-{suffix}"
     retry = RetryPolicy(max_attempts=2, delays_s=(0.05,))
-    # The admin's part (topology apply), done here by guest: exchanges, inboxes, the
-    # retry queue A needs; the agents then run passive, as docs/deploy.md says.
+    # The admin's part (topology apply), done here by guest: exchanges, inboxes, retry
+    # queues; the agents then run passive, as docs/deploy.md says.
     admin = await make_queue()
+    topology = await admin.topology()
     for agent in (a, b, m):
         await admin.ensure_inbox(agent)
-    await (await admin.topology()).declare_retry_queue(a, retry.delays_s[0])
+        await topology.declare_retry_queue(agent, retry.delays_s[0])
     deployed = await deployment(a, b, m)
 
     def agent_queue(agent: str) -> Awaitable[MessageQueue]:
@@ -1081,7 +1115,13 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
         await running.start_consuming()
 
     ns_exchange = wire.exchange_name(namespace)
+    replies = wire.reply_exchange_name(namespace)
     inbox_b = wire.inbox_name(namespace, b)
+    retry_b = wire.retry_queue_name(namespace, b, retry.delays_s[0])
+    retry_m = wire.retry_queue_name(namespace, m, retry.delays_s[0])
+    # B's reply queue, bound to the replies exchange with B's permissions. M may know
+    # its name: it is the reply_to of every request B sends.
+    reply_b = (await agent_b.queue.replies()).queue_name
     connection = await aio_pika.connect(deployed.urls[m], timeout=10)
     refused: dict[str, str] = {}
     accepted: list[str] = []
@@ -1128,6 +1168,12 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
         )
         await mine.bind(exchange, routing_key=key)
 
+    async def bind_exchange(
+        channel: AbstractChannel, destination: str, source: str, key: str
+    ) -> None:
+        target = await channel.get_exchange(destination, ensure=False)
+        await target.bind(source, routing_key=key)
+
     async def ack(incoming: AbstractIncomingMessage) -> None:
         await incoming.ack()
 
@@ -1147,10 +1193,48 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
         # Into B's inbox with another sender's key: RabbitMQ refuses.
         await attempt("key as A", publish(ns_exchange, f"notification.2.{a}.{b}", "key as A"))
         await attempt("routed as A", publish(ns_exchange, f"notification.2.{a}.-", "routed as A"))
+        # The default exchange reaches any queue by name: not granted (answers and
+        # retries have exchanges of their own).
+        await attempt(
+            "default exchange as A",
+            publish("", inbox_b, "default exchange as A", headers={wire.H_SENDER: a}),
+        )
+        await attempt("default exchange as M", publish("", inbox_b, "default exchange as M"))
+        await attempt(
+            "default exchange into B's retry queue",
+            publish("", retry_b, "default exchange into B's retry queue"),
+        )
+        # B's retry queue leads into B's inbox: only B writes to B's retry exchange, and
+        # a CC routes only within the exchange M published to.
+        await attempt(
+            "B's retry exchange",
+            publish(wire.retry_exchange_name(namespace, b), retry_b, "B's retry exchange"),
+        )
+        await attempt(
+            "CC into B's retry queue",
+            publish(
+                wire.retry_exchange_name(namespace, m),
+                retry_m,
+                "CC into B's retry queue",
+                headers={"CC": [retry_b], "BCC": [retry_b]},
+            ),
+        )
+        assert await message_count(foreign, retry_b) == 0
+        # The replies exchange takes only reply queue names as keys.
+        await attempt(
+            "replies exchange with B's key",
+            publish(replies, f"notification.2.{m}.{b}", "replies exchange with B's key"),
+        )
         # Eavesdropping and consuming: RabbitMQ refuses.
         await attempt("bind to B's key", lambda ch: bind(ch, ns_exchange, f"*.*.*.{b}"))
         await attempt("bind to all", lambda ch: bind(ch, ns_exchange, "#"))
         await attempt("bind to dead letters", lambda ch: bind(ch, f"{namespace}.dlx", ""))
+        await attempt("bind to B's answers", lambda ch: bind(ch, replies, reply_b))
+        await attempt("bind to all answers", lambda ch: bind(ch, replies, "#"))
+        await attempt(
+            "answers into the traffic exchange",
+            lambda ch: bind_exchange(ch, ns_exchange, replies, f"*.*.*.{b}"),
+        )
         await attempt("server-named queue", lambda ch: ch.declare_queue(exclusive=True))
         await attempt("consume B's inbox", lambda ch: consume(ch, inbox_b))
         await attempt("get from B's inbox", lambda ch: get(ch, inbox_b))
@@ -1171,8 +1255,8 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
                 headers={"CC": [inbox_b]},
             ),
         )
-        # What RabbitMQ 3.10 lets through: CC/BCC (topic permissions unchecked before
-        # 4.0.x) and the default exchange (docs/deploy.md grants amq.default).
+        # What RabbitMQ 3.10 lets through: CC/BCC on the traffic exchange (topic
+        # permissions unchecked for them before 4.0).
         for header in ("CC", "BCC"):
             what = f"{header} as A"
             await attempt(
@@ -1184,20 +1268,23 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
                     headers={header: [f"notification.2.{a}.{b}"], wire.H_SENDER: a},
                 ),
             )
-        await attempt(
-            "default exchange as A",
-            publish("", inbox_b, "default exchange as A", headers={wire.H_SENDER: a}),
-        )
-        await attempt("default exchange as M", publish("", inbox_b, "default exchange as M"))
     finally:
         await connection.close()
 
     assert refused.keys() == {
         "key as A",
         "routed as A",
+        "default exchange as A",
+        "default exchange as M",
+        "default exchange into B's retry queue",
+        "B's retry exchange",
+        "replies exchange with B's key",
         "bind to B's key",
         "bind to all",
         "bind to dead letters",
+        "bind to B's answers",
+        "bind to all answers",
+        "answers into the traffic exchange",
         "server-named queue",
         "consume B's inbox",
         "get from B's inbox",
@@ -1206,6 +1293,13 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
         "read history",
     }, accepted
     assert all("ACCESS_REFUSED" in reason for reason in refused.values())
+    assert accepted == [
+        "CC into B's retry queue",  # into M's own retry queue only
+        "reply_to B's inbox",
+        failing,
+        "CC as A",
+        "BCC as A",
+    ]
 
     # A: the failing message tried twice then dead; the rest of its inbox after it.
     await wait_until(lambda: agent_a.attempts[failing] == 2, agent_a.changed, "A's last try")
@@ -1216,12 +1310,10 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
     await agent_a.queue.send(to_b)
     await agent_b.wait_for(has_id(to_b.id), "B's sentinel")
 
-    # B handled only what M sent as itself (any agent may write to any other).
-    assert [(msg.id, msg.sender) for msg in agent_b.handled] == [
-        ("default exchange as M", m),
-        (to_b.id, a),
-    ]
+    # B handled nothing of M's; nothing of M's waits in its inbox or retry queue.
+    assert [(msg.id, msg.sender) for msg in agent_b.handled] == [(to_b.id, a)]
     assert await message_count(foreign, inbox_b) == 0
+    assert await message_count(foreign, retry_b) == 0
     drained = await drain(foreign, f"{namespace}.dead")
     assert Counter(d.message_id for d in drained).most_common(1)[0][1] == 1, "a copy too many"
     dead = {d.message_id: d.headers or {} for d in drained}
@@ -1230,13 +1322,52 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
         failing: (a, "handler failed"),
         "CC as A": (b, "misaddressed"),
         "BCC as A": (b, "misaddressed"),
-        "default exchange as A": (b, "unauthenticated sender"),
     }
     assert dead.keys() == expected.keys()
     for what, (by, reason) in expected.items():
         assert dead[what][wire.H_DEAD_AGENT] == by, what
         assert str(dead[what][wire.H_DEAD_REASON]).startswith(reason), dead[what]
     assert "CC" not in dead[failing], "A's copies must not carry M's CC"
+
+    # A foreign client (guest) names a server-named queue as reply_to: A answers it
+    # through the default exchange, which RabbitMQ refuses A without the opt-in.
+    gen_queue = await foreign.declare_queue(exclusive=True)
+    assert gen_queue.name.startswith("amq.gen-")
+    answers: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+    await gen_queue.consume(answers.put, no_ack=True)
+    traffic = await foreign.get_exchange(ns_exchange, ensure=False)
+
+    async def ask(what: str) -> None:
+        await traffic.publish(
+            aio_pika.Message(
+                json.dumps(what).encode(),
+                content_type=wire.CONTENT_TYPE,
+                type="request",
+                priority=2,
+                message_id=what,
+                user_id="guest",
+                reply_to=gen_queue.name,
+                headers={wire.H_SENDER: "guest"},
+            ),
+            routing_key=f"request.2.guest.{a}",
+        )
+
+    await ask("foreign, before the opt-in")
+    sentinel = Message(sender=b, recipient=a, content="after the foreign request")
+    await agent_b.queue.send(sentinel)
+    await agent_a.wait_for(has_id(sentinel.id), "A's sentinel after the foreign request")
+    assert any(msg.id == "foreign, before the opt-in" for msg in agent_a.handled)
+    assert answers.empty(), "answered through the default exchange without permission"
+    agent_warnings = [r.getMessage() for r in caplog.records if r.name == "amqp_agents.agent"]
+    assert any(
+        "not delivered" in text and "ACCESS_REFUSED" in text and "amq.default" in text
+        for text in agent_warnings
+    ), agent_warnings
+
+    await deployed.opt_in_foreign_replies(a)
+    await ask("foreign, after the opt-in")
+    answer = await asyncio.wait_for(answers.get(), WAIT_S)
+    assert (answer.correlation_id, answer.user_id) == ("foreign, after the opt-in", a)
     for running in (agent_a, agent_b):
         await running.stop()
 
