@@ -293,19 +293,39 @@ class MessageQueue:
             ) from None
 
     async def topology(self) -> Topology:
-        """The namespace's declarations, made on a channel of their own."""
+        """The namespace's declarations, made on a channel of their own.
+
+        Right after a broker restart its durable queues take a moment to come back
+        (RabbitMQ: "home node ... is down or inaccessible"); meanwhile the base
+        declarations are retried, for up to ``connect_timeout_s``.
+        """
         async with self._topology_lock:
             if self._topology is None or self._topology.channel.is_closed:
-                channel = await self._open_channel()
-                topology = Topology(
-                    channel,
-                    self.namespace,
-                    declared=self.declared_queues,
-                    **self._topology_options,
-                )
-                await topology.declare_base()
-                self._topology = topology
+                self._topology = await self._declare_base()
             return self._topology
+
+    async def _declare_base(self) -> Topology:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.connect_timeout_s
+        while True:
+            channel = await self._open_channel()
+            topology = Topology(
+                channel,
+                self.namespace,
+                declared=self.declared_queues,
+                **self._topology_options,
+            )
+            try:
+                await topology.declare_base()
+                return topology
+            except TopologyError as exc:
+                # The failed declaration closed the channel; a robust one left open-ended
+                # would be reopened, and its declarations replayed, at every reconnect.
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await channel.close()
+                if "down or inaccessible" not in str(exc) or loop.time() > give_up:
+                    raise
+            await asyncio.sleep(0.1)  # polling: nothing says when the queues are back
 
     async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
         """Declare the agent's inbox if it does not exist yet (idempotent)."""
