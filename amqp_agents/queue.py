@@ -677,6 +677,14 @@ class MessageQueue:
             raise BrokerConnectionError(
                 f"connection lost while sending message {message_id} (no heartbeat)"
             ) from None
+        except Exception as exc:
+            # aiormq fails pending confirms with whatever closed the link, at times a bare
+            # Exception (seen on the broker's stop_app): the outcome is unknown, the link
+            # is gone, and the caller needs a typed error to decide whether to resend.
+            raise BrokerConnectionError(
+                f"link failed while sending message {message_id}; it may or may not have"
+                f" been delivered: {exc!r}"
+            ) from None
 
     # -- receiving --------------------------------------------------------------------
 
