@@ -373,7 +373,12 @@ def report(
     for workload, name, cell in failed:
         for line in ([cell.note] if cell.note else []) + cell.errors:
             print(f"  {workload}/{name}: {line}")
+    load_end = os.getloadavg()
     print(f"\nwall time {wall:.1f}s ({'quick' if args.quick else 'full'}, {args.runs} runs)")
+    print(
+        f"load average {args.load_at_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
+        f" ({os.cpu_count()} cores; other processes on the machine skew the figures)"
+    )
 
     document = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -382,6 +387,8 @@ def report(
         "wall_s": wall,
         "machine": {
             "cores": os.cpu_count(),
+            "loadavg_start": args.load_at_start,
+            "loadavg_end": load_end,
             "python": platform.python_version(),
             "platform": platform.platform(),
             "rabbitmq": rabbitmq_version,
@@ -441,6 +448,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    args.load_at_start = os.getloadavg()  # 1, 5, 15 minutes; recorded with the results
     started = time.perf_counter()
     results, rabbitmq_version = asyncio.run(run(args))
     return report(args, results, rabbitmq_version, started)
