@@ -110,11 +110,12 @@ class Rig:
 
 MakeRig = Callable[..., Awaitable[Rig]]
 
-PERSIST_STREAM_COORDINATOR = "[dets:sync(T) || T <- dets:all()]."
-"""RabbitMQ 3.10 saves the stream coordinator's registration (a dets table) lazily: a
-node killed -9 within about a second of its first stream declaration forgets the
-coordinator, and every stream (our history) stays "down" for good. Scenarios that
-kill -9 right after creating their namespace sync it first (docs/reliability.md)."""
+PERSIST_DECLARATIONS = "begin ok = mnesia:sync_log(), [dets:sync(T) || T <- dets:all()] end."
+"""RabbitMQ 3.10 writes declarations to disk lazily: a node killed -9 within about a
+second of a queue's declaration can forget the queue (mnesia's log), and of its first
+stream's the stream coordinator (a dets table), so that every stream (our history)
+stays "down" for good. Scenarios that kill -9 right after creating their namespace
+flush both first (docs/reliability.md)."""
 
 
 @pytest.fixture
@@ -152,7 +153,7 @@ async def make_rig(
         made.append(rig)
         await queues[1].ensure_inbox(SINK)
         if before_kill9:
-            await asyncio.to_thread(private_broker.eval, PERSIST_STREAM_COORDINATOR)
+            await asyncio.to_thread(private_broker.eval, PERSIST_DECLARATIONS)
         if start:
             await agent.start_consuming()
         return rig
