@@ -354,7 +354,7 @@ class MessageQueue:
                 self._spare_declarers_made += 1
                 try:
                     return Topology(
-                        await self.connection.channel(),
+                        await self._open_channel(),
                         self.namespace,
                         declared=self.declared_queues,
                         **self._topology_options,
