@@ -55,6 +55,9 @@ def mermaid(config: AgentsConfig) -> str:
     add(f"{node(history)}[({_label(history, 'stream, ' + config.broker.history_max_age)})]")
     add(f"{node(dlx)} --> {node(dead)}")
     add(f"{node(traffic)} -- {_label('all addressed and routed traffic')} --> {node(history)}")
+    replies = wire.reply_exchange_name(ns)
+    add(f"{node(replies)}{{{{{_label(replies, 'answers to reply queues')}}}}}")
+    add(f"{node(replies)} -- {_label('every answer')} --> {node(history)}")
 
     limits = {agent.id: agent.inbox.max_length for agent in config.agents}
     for agent_id in [*limits, *config.external_agents]:
@@ -71,10 +74,16 @@ def mermaid(config: AgentsConfig) -> str:
         add(f"{agent_node}([{_label(agent.id, f'{cls}, concurrency {agent.concurrency}')}])")
         add(f"{node(inbox)} --> {agent_node}")
         add(f"{agent_node} -. {_label('gives up')} .-> {node(dlx)}")
-        for delay in retry_delays(agent.retry):
+        add(f"{agent_node} -- {_label('answers')} --> {node(replies)}")
+        retry_exchange = wire.retry_exchange_name(ns, agent.id)
+        delays = retry_delays(agent.retry)
+        if delays:
+            add(f"{node(retry_exchange)}{{{{{_label(retry_exchange, 'its retries')}}}}}")
+            add(f"{agent_node} -. {_label('failed')} .-> {node(retry_exchange)}")
+        for delay in delays:
             retry = wire.retry_queue_name(ns, agent.id, delay)
             add(f"{node(retry)}[({_label(retry)})]")
-            add(f"{agent_node} -. {_label(f'retry after {delay:g}s')} .-> {node(retry)}")
+            add(f"{node(retry_exchange)} -. {_label(f'retry after {delay:g}s')} .-> {node(retry)}")
             add(f"{node(retry)} -. {_label('TTL')} .-> {node(inbox)}")
     for agent_id in config.external_agents:
         agent_node = node("agent:" + agent_id)

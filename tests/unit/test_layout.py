@@ -182,8 +182,11 @@ def test_format_arguments() -> None:
 def test_graph_draws_every_queue_agent_and_route(example: AgentsConfig) -> None:
     graph = mermaid(example)
     assert graph.startswith("flowchart LR\n")
-    for queue in layout_of(example).without_record().queues:
+    layout = layout_of(example).without_record()
+    for queue in layout.queues:
         assert f'"{queue.name}' in graph, queue.name
+    for exchange in layout.exchanges:
+        assert f'"{exchange.name}<br/>' in graph, exchange.name
     for route in example.routes:
         assert f"route {route.pattern}" in graph
     assert "ResearchAgent, concurrency 4" in graph
