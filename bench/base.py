@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import asyncio
 import math
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -129,3 +131,43 @@ def latency_figures(latencies_s: Sequence[float], elapsed_s: float) -> Figures:
 def wait_budget(n: int, min_rate: float = 200.0, floor_s: float = 30.0) -> float:
     """Seconds to wait for ``n`` operations before declaring a run broken."""
     return floor_s + n / min_rate
+
+
+class Completion:
+    """Counts handled deliveries; records when the ``target``-th one finished.
+
+    Shared by every implementation, so both sides stop their clocks the same way.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.count = 0
+        self.t_last = 0.0
+        self.error: BaseException | None = None
+        self.done = asyncio.Event()
+
+    def hit(self) -> None:
+        """One more delivery handled."""
+        self.count += 1
+        if self.count == self.target:
+            self.t_last = time.perf_counter()
+            self.done.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """A delivery failed: end the wait with this error."""
+        if self.error is None:
+            self.error = exc
+        self.done.set()
+
+    async def wait(self, timeout: float) -> float:
+        """Wait until every delivery is handled; return the time of the last one."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.done.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"only {self.count}/{self.target} deliveries handled in {timeout:.0f}s"
+            ) from None
+        if self.error is not None:
+            raise RuntimeError("consumer failed") from self.error
+        return self.t_last

@@ -27,7 +27,7 @@ from aio_pika.abc import (
 )
 
 from bench import spec
-from bench.base import Figures, Implementation, latency_figures, wait_budget
+from bench.base import Completion, Figures, Implementation, latency_figures, wait_budget
 
 OP_TIMEOUT = 15.0
 """Seconds for one protocol operation (connect, declare, channel open, close, one RPC)."""
@@ -35,42 +35,7 @@ OP_TIMEOUT = 15.0
 JSON = "application/json"
 
 
-class _Completion:
-    """Counts processed deliveries; records when the ``target``-th one is acked."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.t_last = 0.0
-        self.error: BaseException | None = None
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count == self.target:
-            self.t_last = time.perf_counter()
-            self.done.set()
-
-    def fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self.done.set()
-
-    async def wait(self, timeout: float) -> float:
-        """Wait until every delivery is processed; return the time of the last ack."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self.done.wait()
-        except TimeoutError:
-            raise TimeoutError(
-                f"only {self.count}/{self.target} deliveries processed in {timeout:.0f}s"
-            ) from None
-        if self.error is not None:
-            raise RuntimeError("consumer failed") from self.error
-        return self.t_last
-
-
-def _task_consumer(done: _Completion) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
+def _task_consumer(done: Completion) -> Callable[[AbstractIncomingMessage], Awaitable[None]]:
     """Consumer callback: decode the body with pydantic, then ack."""
 
     async def on_message(message: AbstractIncomingMessage) -> None:
@@ -278,7 +243,7 @@ class AioPikaImplementation(Implementation):
             exchange = await self._topic_exchange(pub, exchanges)
             inbox = await self._inbox(sub, "inbox", queues)
             await inbox.bind(exchange.name, spec.PIPE_ROUTING_KEY, timeout=OP_TIMEOUT)
-            done = _Completion(n)
+            done = Completion(n)
             await inbox.consume(_task_consumer(done), timeout=OP_TIMEOUT)
 
             def build(i: int) -> tuple[aio_pika.Message, str]:
@@ -416,7 +381,7 @@ class AioPikaImplementation(Implementation):
             pub = await self._channel(stack, confirms=True)
             exchange = await self._topic_exchange(pub, exchanges)
             total = n * spec.FANOUT_COPIES
-            done = _Completion(total)
+            done = Completion(total)
             on_message = _task_consumer(done)
             for k, binding in enumerate(spec.FANOUT_BINDINGS):
                 sub = await self._channel(stack, confirms=False, prefetch=spec.PREFETCH)

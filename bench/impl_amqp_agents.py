@@ -39,7 +39,7 @@ from amqp_agents import (
 )
 from amqp_agents.topology import delete_namespace
 from bench import spec
-from bench.base import Figures, Implementation, latency_figures, wait_budget
+from bench.base import Completion, Figures, Implementation, latency_figures, wait_budget
 
 OP_TIMEOUT = 15.0
 """Seconds for one protocol operation (connect, declare, one send, one RPC)."""
@@ -51,41 +51,7 @@ FANOUT_TYPES = {"task": MessageType.NOTIFICATION, "result": MessageType.RESULT}
 """The baseline's first routing-key word -> our message type (a TASK would get a reply)."""
 
 
-class _Completion:
-    """Counts handled messages; records when the ``target``-th one finished."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.count = 0
-        self.t_last = 0.0
-        self.error: BaseException | None = None
-        self.done = asyncio.Event()
-
-    def hit(self) -> None:
-        self.count += 1
-        if self.count == self.target:
-            self.t_last = time.perf_counter()
-            self.done.set()
-
-    def fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = exc
-        self.done.set()
-
-    async def wait(self, timeout: float) -> float:
-        try:
-            async with asyncio.timeout(timeout):
-                await self.done.wait()
-        except TimeoutError:
-            raise TimeoutError(
-                f"only {self.count}/{self.target} messages handled in {timeout:.0f}s"
-            ) from None
-        if self.error is not None:
-            raise RuntimeError("handler failed") from self.error
-        return self.t_last
-
-
-def _task_handler(done: _Completion) -> Callable[[Message], Awaitable[None]]:
+def _task_handler(done: Completion) -> Callable[[Message], Awaitable[None]]:
     """Validate the content with the pydantic model (as the baseline does), count it."""
 
     async def handle(message: Message) -> None:
@@ -221,7 +187,7 @@ class AmqpAgentsImplementation(Implementation):
         mq = await self._queue()
         producer_id = self._agent_id("producer")
         consumer_id = self._agent_id("consumer")
-        done = _Completion(n)
+        done = Completion(n)
         # Fire-and-forget work is a NOTIFICATION: a TASK always gets a RESULT back.
         consumer = MessagePassingAgent(consumer_id, mq, concurrency=spec.PREFETCH)
         consumer.on(MessageType.NOTIFICATION)(_task_handler(done))
@@ -319,7 +285,7 @@ class AmqpAgentsImplementation(Implementation):
         assert isinstance(mq, RoutingMessageQueue) and mq.router is router
         producer_id = self._agent_id("producer")
         total = n * spec.FANOUT_COPIES
-        done = _Completion(total)
+        done = Completion(total)
         handler = _task_handler(done)
         agents: list[MessagePassingAgent] = []
         # A route keeps its pattern and gets this call's agent (the warm-up's inboxes,
