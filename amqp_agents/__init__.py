@@ -1,6 +1,6 @@
 """amqp_agents: agents that talk to each other through RabbitMQ."""
 
-from .agent import MessagePassingAgent, RetryPolicy, TaskHandle
+from .agent import MessagePassingAgent, TaskHandle
 from .errors import (
     AgentsError,
     BrokerConnectionError,
@@ -26,6 +26,7 @@ from .message import (
     create_task_message,
 )
 from .queue import MessageQueue, PriorityMessageQueue, Subscription
+from .retry import RetryPolicy
 from .routed_queue import RoutingMessageQueue
 from .routing import MessageRouter
 

@@ -64,6 +64,7 @@ from .message import (
     validate_agent_id,
 )
 from .queue import MessageQueue
+from .retry import RetryPolicy
 from .rpc import StatusCallback
 
 log = logging.getLogger(__name__)
@@ -75,23 +76,6 @@ _REPLY_TYPES = {
     MessageType.REQUEST: MessageType.RESPONSE,
 }
 """Requests that always get a reply (their requester may be waiting), and its type."""
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How often and how late a failed handler is retried.
-
-    ``max_attempts`` counts the first try; ``delays_s[i]`` is the wait before retry
-    ``i + 1`` (the last delay repeats). The default gives up after about 1.2 s, so a
-    requester waiting with ``send_task`` learns of a persistent failure in seconds.
-    """
-
-    max_attempts: int = 3
-    delays_s: tuple[float, ...] = (0.2, 1.0)
-
-    def delay_before(self, attempt: int) -> float:
-        """Delay before running attempt number ``attempt`` (2 for the first retry)."""
-        return self.delays_s[min(attempt - 2, len(self.delays_s) - 1)]
 
 
 @dataclass(slots=True)

@@ -26,12 +26,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .agent import MessagePassingAgent, RetryPolicy
+from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
 from .layout import Status, layout_of
 from .queue import MessageQueue
+from .retry import RetryPolicy
 from .routed_queue import RoutingMessageQueue
 from .topology import inspect_layout
 

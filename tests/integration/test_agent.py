@@ -15,15 +15,17 @@ import pytest
 from amqp_agents import (
     HandlerError,
     Message,
+    MessagePassingAgent,
     MessagePriority,
     MessageQueue,
     MessageType,
     RemoteError,
     RequestTimeoutError,
+    RetryPolicy,
+    TaskHandle,
     UnknownRecipientError,
     wire,
 )
-from amqp_agents.agent import MessagePassingAgent, RetryPolicy, TaskHandle
 
 MakeQueue = Callable[..., Awaitable[MessageQueue]]
 FAST_RETRY = RetryPolicy(max_attempts=3, delays_s=(0.05, 0.1))

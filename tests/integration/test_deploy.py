@@ -22,8 +22,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from amqp_agents import Message, MessageQueue, MessageType, wire
-from amqp_agents.agent import MessagePassingAgent, RetryPolicy
+from amqp_agents import Message, MessagePassingAgent, MessageQueue, MessageType, RetryPolicy, wire
 
 from .conftest import ROOT, Run, Spawn
 

@@ -38,12 +38,14 @@ from amqp_agents import (
     AgentsError,
     InboxFullError,
     Message,
+    MessagePassingAgent,
     MessageQueue,
     MessageType,
+    RetryPolicy,
+    TaskHandle,
     TopologyError,
     wire,
 )
-from amqp_agents.agent import MessagePassingAgent, RetryPolicy, TaskHandle
 from amqp_agents.topology import delete_namespace
 
 pytestmark = pytest.mark.reliability

@@ -60,12 +60,13 @@ from amqp_agents import (
     ConfigError,
     InvalidMessageError,
     Message,
+    MessagePassingAgent,
     MessageQueue,
     MessageTooLargeError,
     MessageType,
+    RetryPolicy,
     wire,
 )
-from amqp_agents.agent import MessagePassingAgent, RetryPolicy
 from amqp_agents.config import AgentsConfig, load_config
 from amqp_agents.connection import AgentConnection
 from amqp_agents.message import AGENT_ID_PATTERN
