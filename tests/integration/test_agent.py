@@ -217,7 +217,7 @@ async def test_undecodable_message_is_dead_lettered_and_agent_goes_on(
     start_agent: Any, queue: MessageQueue, raw_channel: Any, namespace: str
 ) -> None:
     handled = asyncio.Event()
-    agent = await start_agent("robust")
+    agent: MessagePassingAgent = await start_agent("robust")
 
     @agent.on(MessageType.NOTIFICATION)
     async def note(message: Message) -> None:
@@ -351,7 +351,7 @@ async def test_duplicates_are_suppressed_within_the_window(
 ) -> None:
     effects: list[Any] = []
     done = asyncio.Event()
-    agent = await start_agent("once", dedup_window=100)
+    agent: MessagePassingAgent = await start_agent("once", dedup_window=100)
 
     @agent.on(MessageType.NOTIFICATION)
     async def note(message: Message) -> None:
