@@ -298,7 +298,11 @@ async def test_agent_user_retries_and_answers_without_the_default_exchange(
                 answered: asyncio.Future[AbstractIncomingMessage] = (
                     asyncio.get_running_loop().create_future()
                 )
-                await reply_queue.consume(answered.set_result, no_ack=True)
+
+                async def on_reply(message: AbstractIncomingMessage) -> None:
+                    answered.set_result(message)
+
+                await reply_queue.consume(on_reply, no_ack=True)
                 traffic = await channel.get_exchange(ns, ensure=False)
                 await traffic.publish(
                     aio_pika.Message(

@@ -85,11 +85,13 @@ async def test_apply_twice_changes_nothing_the_second_time(
 
 
 async def test_agents_declare_what_apply_declared(
-    run_cli: Run, example_config: Path, namespace: str, amqp_url: str
+    run_cli: Run, example_config: Path, namespace: str, amqp_url: str, rabbitmqctl: str
 ) -> None:
-    """Runtime declarations use the same arguments, actively and passively: no conflict."""
+    """Runtime declarations use the same arguments, actively and passively: no conflict,
+    and nothing the layout does not have is left behind."""
     status, output = await run_cli("topology", "apply", str(example_config))
     assert status == 0, output
+    applied = await broker_state(rabbitmqctl, namespace)
     env = {"AMQP_URL": amqp_url, "AMQP_NAMESPACE": namespace}
     for passive in ("false", "true"):
         config = load_config(example_config, env=env)
@@ -103,6 +105,9 @@ async def test_agents_declare_what_apply_declared(
             for delay in agent.retry.delays_s:
                 await topology.declare_retry_queue(agent.id, delay)
         await runner.stop()
+        # A conflicting argument would have raised above; an extra or changed durable
+        # entity (exclusive reply queues go with the connection) shows here.
+        assert await broker_state(rabbitmqctl, namespace) == applied, f"passive={passive}"
 
 
 async def test_plan_reports_a_conflicting_queue_and_apply_refuses(

@@ -21,7 +21,8 @@ event-driven: every record wakes the waiters, who re-check their predicate.
 
 Results go to ``results/latest.json`` (one row per scenario, merged by name, so the
 suites of several engineers can add rows); ``python tests/reliability/report.py``
-turns them into the table of docs/reliability.md.
+turns them into the table of docs/reliability.md. The file is run output, ignored by
+git: a test run leaves the checkout clean, and the page's table is the committed record.
 """
 
 from __future__ import annotations

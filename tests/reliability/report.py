@@ -6,6 +6,11 @@
 Only the text between the two markers below is replaced; the rest of the page
 (including the other suites' hand-written sections) is left as it is. Rows come from
 ``ledger.write_result``: a test that wants a row here calls it.
+
+results/latest.json is run output, ignored by git, so a test run leaves no diff; the
+committed record is the table itself. A run of some scenarios only (on a fresh
+checkout) would make a table without the others, so the rewrite refuses to drop a
+scenario the page shows unless told to with ``--drop-missing``.
 """
 
 from __future__ import annotations
@@ -75,6 +80,18 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def shown_scenarios(text: str) -> set[str]:
+    """The scenario names of the table in ``text`` (the page), if it has one."""
+    if BEGIN not in text or END not in text:
+        return set()
+    block = text[text.index(BEGIN) : text.index(END)]
+    return {
+        line.split("|")[1].strip()
+        for line in block.splitlines()
+        if line.startswith("| ") and not line.startswith("| scenario |")
+    }
+
+
 def rewrite(doc: Path, generated: str) -> None:
     text = doc.read_text()
     block = f"{BEGIN}\n{generated}\n{END}"
@@ -89,12 +106,26 @@ def rewrite(doc: Path, generated: str) -> None:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--print", action="store_true", help="print, do not rewrite")
+    parser.add_argument(
+        "--drop-missing",
+        action="store_true",
+        help="rewrite even if the last run lacks scenarios the page shows (drops their rows)",
+    )
     args = parser.parse_args(argv)
-    generated = table(json.loads(RESULTS_PATH.read_text()))
+    if not RESULTS_PATH.exists():
+        sys.exit(f"no results yet ({RESULTS_PATH}): run `pytest -m reliability` first")
+    rows = json.loads(RESULTS_PATH.read_text())
+    generated = table(rows)
     if args.print:
         print(generated)
-    else:
-        rewrite(DOC, generated)
+        return
+    missing = shown_scenarios(DOC.read_text()) - rows.keys()
+    if missing and not args.drop_missing:
+        sys.exit(
+            f"the last run has no row for {', '.join(sorted(missing, key=_order))}, which "
+            f"{DOC.name} shows: run them, or pass --drop-missing to remove their rows"
+        )
+    rewrite(DOC, generated)
 
 
 if __name__ == "__main__":

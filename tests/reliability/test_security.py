@@ -44,6 +44,7 @@ from urllib.parse import quote
 import aio_pika
 import aiormq.exceptions
 import pytest
+import pytest_asyncio
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
@@ -150,24 +151,37 @@ class Recorder(MessagePassingAgent):
 QueueFactory = Callable[..., Awaitable[MessageQueue]]
 
 
+class Queues:
+    """Factory of connected MessageQueues on the private node in one namespace."""
+
+    def __init__(self, broker: PrivateBroker, namespace: str, connection_name: str) -> None:
+        self.broker = broker
+        self.namespace = namespace
+        self.connection_name = connection_name
+        self.made: list[MessageQueue] = []
+
+    async def __call__(self, url: str | None = None, **kwargs: Any) -> MessageQueue:
+        """A connected queue as ``url``'s user (default: guest)."""
+        kwargs.setdefault("namespace", self.namespace)
+        kwargs.setdefault("connection_name", self.connection_name)
+        queue = MessageQueue(url or self.broker.url, **kwargs)
+        await queue.connect()
+        self.made.append(queue)
+        return queue
+
+    async def close(self) -> None:
+        for queue in self.made:
+            await queue.close()
+
+
 @pytest.fixture
 async def make_queue(
     private_broker: PrivateBroker, namespace: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[QueueFactory]:
     """Connected MessageQueues on the private node in the test's namespace; closed after."""
-    made: list[MessageQueue] = []
-
-    async def factory(url: str | None = None, **kwargs: Any) -> MessageQueue:
-        kwargs.setdefault("namespace", namespace)
-        kwargs.setdefault("connection_name", f"test {request.node.nodeid}")
-        queue = MessageQueue(url or private_broker.url, **kwargs)
-        await queue.connect()
-        made.append(queue)
-        return queue
-
-    yield factory
-    for queue in made:
-        await queue.close()
+    queues = Queues(private_broker, namespace, f"test {request.node.nodeid}")
+    yield queues
+    await queues.close()
 
 
 @pytest.fixture
@@ -1016,6 +1030,13 @@ class Deployment:
     """Agent id (each agent's user has its id as name) -> its AMQP URL."""
     env: dict[str, str] = field(default_factory=dict)
     """The environment the doc's commands ran in."""
+    users: list[str] = field(default_factory=list)
+    """Every user the commands made (the admin's too): users are node-wide."""
+
+    async def remove_users(self, broker: PrivateBroker) -> None:
+        for user in self.users:
+            with contextlib.suppress(BrokerError):
+                await asyncio.to_thread(broker.delete_user, user)
 
     async def opt_in_foreign_replies(self, agent: str) -> None:
         """Run the doc's opt-in block for ``agent``: write on the default exchange."""
@@ -1028,59 +1049,367 @@ class Deployment:
         await run_doc_script(script, self.env | {"AGENT": agent, "AGENT_USER": agent})
 
 
-@pytest.fixture
-async def deployment(
-    private_broker: PrivateBroker, namespace: str, tmp_path: Path
-) -> AsyncIterator[Callable[..., Awaitable[Deployment]]]:
-    """Factory: run the doc's admin block, then its agent block for each agent id."""
-    made: list[str] = []
-
-    async def deploy(*agents: str) -> Deployment:
-        # The doc's commands call `rabbitmqctl`: on PATH, ours talks to the private
-        # node only (its name, its cookie), never to the shared broker.
-        shim = tmp_path / "bin" / "rabbitmqctl"
-        shim.parent.mkdir(exist_ok=True)
-        argv = private_broker._ctl_argv()  # [rabbitmqctl, -n, NODE, -q]
-        shim.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n')
-        shim.chmod(0o755)
-        passwords = {agent: uuid.uuid4().hex for agent in agents}
-        admin = f"adm-{_hex()}"
-        made.extend([admin, *agents])
-        env = private_broker._env() | {
-            "PATH": f"{shim.parent}:/usr/bin:/bin",
-            "VHOST": "/",
-            "NS": namespace,
-            "ADMIN_USER": admin,
-            "ADMIN_PASSWORD": uuid.uuid4().hex,
-        }
-        blocks = deploy_blocks()
-        script = blocks["admin"] + "".join(
-            f"AGENT={agent} AGENT_USER={agent} AGENT_PASSWORD={passwords[agent]}\n"
-            + blocks["agent"]
-            for agent in agents
-        )
+async def deploy(
+    private_broker: PrivateBroker, namespace: str, bin_dir: Path, agents: Sequence[str]
+) -> Deployment:
+    """Run the doc's admin block, then its agent block for each agent id."""
+    # The doc's commands call `rabbitmqctl`: on PATH, ours talks to the private
+    # node only (its name, its cookie), never to the shared broker.
+    shim = bin_dir / "rabbitmqctl"
+    argv = private_broker._ctl_argv()  # [rabbitmqctl, -n, NODE, -q]
+    shim.write_text(f'#!/bin/sh\nexec {shlex.join(argv)} "$@"\n')
+    shim.chmod(0o755)
+    passwords = {agent: uuid.uuid4().hex for agent in agents}
+    admin = f"adm-{_hex()}"
+    env = private_broker._env() | {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "VHOST": "/",
+        "NS": namespace,
+        "ADMIN_USER": admin,
+        "ADMIN_PASSWORD": uuid.uuid4().hex,
+    }
+    blocks = deploy_blocks()
+    script = blocks["admin"] + "".join(
+        f"AGENT={agent} AGENT_USER={agent} AGENT_PASSWORD={passwords[agent]}\n" + blocks["agent"]
+        for agent in agents
+    )
+    deployed = Deployment(namespace, users=[admin, *agents])
+    try:
         await run_doc_script(script, env)
-        port = private_broker.amqp_port
-        return Deployment(
-            namespace,
-            {a: f"amqp://{a}:{passwords[a]}@127.0.0.1:{port}/" for a in agents},
-            env,
+    except BaseException:
+        await deployed.remove_users(private_broker)
+        raise
+    port = private_broker.amqp_port
+    deployed.urls = {a: f"amqp://{a}:{passwords[a]}@127.0.0.1:{port}/" for a in agents}
+    deployed.env = env
+    return deployed
+
+
+M_REFUSED = (
+    "key as A",
+    "routed as A",
+    "default exchange as A",
+    "default exchange as M",
+    "default exchange into B's retry queue",
+    "B's retry exchange",
+    "replies exchange with B's key",
+    "bind to B's key",
+    "bind to all",
+    "bind to dead letters",
+    "bind to B's answers",
+    "bind to all answers",
+    "answers into the traffic exchange",
+    "server-named queue",
+    "consume B's inbox",
+    "get from B's inbox",
+    "purge B's inbox",
+    "delete B's inbox",
+    "read history",
+)
+"""What RabbitMQ refuses M, with docs/deploy.md's agent permissions."""
+FAILING = "CC on a failing message to A"
+M_LET_THROUGH = (
+    "CC into B's retry queue",  # into M's own retry queue only
+    "reply_to B's inbox",
+    FAILING,
+    "CC as A",
+    "BCC as A",
+)
+"""What RabbitMQ lets M publish: the agents must refuse to act on it (below)."""
+DEAD_LETTERED_BY = {
+    "reply_to B's inbox": ("a", "reply_to"),
+    FAILING: ("a", "handler failed"),
+    "CC as A": ("b", "misaddressed"),
+    "BCC as A": ("b", "misaddressed"),
+}
+"""What got through -> (the agent that dead-letters it, the reason it gives)."""
+
+Action = Callable[[AbstractChannel], Awaitable[object]]
+
+
+@dataclass
+class LeastPrivilege:
+    """Scenario 16's cast on the private node, for the tests of one class.
+
+    A and B run with docs/deploy.md's agent permissions (A as a would-be deputy, its
+    handler failing on one message); M connects with the same permissions; a foreign
+    client (guest) inspects queues and asks A as a client that is not amqp_agents.
+    """
+
+    namespace: str
+    ids: dict[str, str]
+    """"a", "b", "m" -> the agent's id (and user name)."""
+    retry: RetryPolicy
+    deployed: Deployment
+    agent_a: FailingRecorder
+    agent_b: Recorder
+    m: AbstractConnection
+    foreign: AbstractChannel
+    reply_b: str
+    """B's reply queue: M may know its name, it is the reply_to of B's requests."""
+
+    @property
+    def inbox_b(self) -> str:
+        return wire.inbox_name(self.namespace, self.ids["b"])
+
+    @property
+    def retry_b(self) -> str:
+        return wire.retry_queue_name(self.namespace, self.ids["b"], self.retry.delays_s[0])
+
+    async def as_m(self, action: Action) -> BaseException | None:
+        """Run ``action`` as M on a fresh channel; what it raised, if anything."""
+        channel = await self.m.channel(publisher_confirms=True)
+        try:
+            await action(channel)
+        except Exception as exc:  # judged by the tests, one attempt each
+            return exc
+        finally:
+            with contextlib.suppress(*aio_pika.exceptions.CONNECTION_EXCEPTIONS):
+                await channel.close()
+        return None
+
+    def attempts_of_m(self) -> dict[str, Action]:
+        """Everything M tries, by name (the names of M_REFUSED and M_LET_THROUGH)."""
+        a, b, m = self.ids["a"], self.ids["b"], self.ids["m"]
+        ns = self.namespace
+        ns_exchange, replies = wire.exchange_name(ns), wire.reply_exchange_name(ns)
+        inbox_b, retry_b = self.inbox_b, self.retry_b
+        retry_m = wire.retry_queue_name(ns, m, self.retry.delays_s[0])
+
+        def publish(exchange: str, key: str, what: str, **properties: Any) -> Action:
+            async def action(channel: AbstractChannel) -> object:
+                target = (
+                    channel.default_exchange
+                    if exchange == ""
+                    else await channel.get_exchange(exchange, ensure=False)
+                )
+                properties.setdefault("headers", {})
+                properties["headers"].setdefault(wire.H_SENDER, m)
+                properties.setdefault("user_id", m)  # M is authentic, as itself
+                message = aio_pika.Message(
+                    json.dumps(what).encode(),
+                    content_type=wire.CONTENT_TYPE,
+                    priority=2,  # as the sentinels': the inboxes keep them in order
+                    message_id=what,
+                    **properties,
+                )
+                return await target.publish(message, routing_key=key)
+
+            return action
+
+        async def bind(channel: AbstractChannel, exchange: str, key: str) -> None:
+            mine = await channel.declare_queue(
+                wire.reply_queue_name(ns, m, uuid.uuid4().hex), exclusive=True
+            )
+            await mine.bind(exchange, routing_key=key)
+
+        async def bind_exchange(
+            channel: AbstractChannel, destination: str, source: str, key: str
+        ) -> None:
+            target = await channel.get_exchange(destination, ensure=False)
+            await target.bind(source, routing_key=key)
+
+        async def ack(incoming: AbstractIncomingMessage) -> None:
+            await incoming.ack()
+
+        async def consume(channel: AbstractChannel, name: str) -> None:
+            queue = await channel.get_queue(name, ensure=False)
+            await queue.consume(ack)
+
+        async def get(channel: AbstractChannel, name: str) -> None:
+            queue = await channel.get_queue(name, ensure=False)
+            await queue.get(no_ack=False, fail=False)
+
+        async def purge(channel: AbstractChannel, name: str) -> None:
+            queue = await channel.get_queue(name, ensure=False)
+            await queue.purge()
+
+        return {
+            # Into B's inbox with another sender's key: RabbitMQ refuses.
+            "key as A": publish(ns_exchange, f"notification.2.{a}.{b}", "key as A"),
+            "routed as A": publish(ns_exchange, f"notification.2.{a}.-", "routed as A"),
+            # The default exchange reaches any queue by name: not granted (answers and
+            # retries have exchanges of their own).
+            "default exchange as A": publish(
+                "", inbox_b, "default exchange as A", headers={wire.H_SENDER: a}
+            ),
+            "default exchange as M": publish("", inbox_b, "default exchange as M"),
+            "default exchange into B's retry queue": publish(
+                "", retry_b, "default exchange into B's retry queue"
+            ),
+            # B's retry queue leads into B's inbox: only B writes to B's retry exchange,
+            # and a CC routes only within the exchange M published to.
+            "B's retry exchange": publish(
+                wire.retry_exchange_name(ns, b), retry_b, "B's retry exchange"
+            ),
+            "CC into B's retry queue": publish(
+                wire.retry_exchange_name(ns, m),
+                retry_m,
+                "CC into B's retry queue",
+                headers={"CC": [retry_b], "BCC": [retry_b]},
+            ),
+            # The replies exchange takes only reply queue names as keys.
+            "replies exchange with B's key": publish(
+                replies, f"notification.2.{m}.{b}", "replies exchange with B's key"
+            ),
+            # Eavesdropping and consuming: RabbitMQ refuses.
+            "bind to B's key": lambda ch: bind(ch, ns_exchange, f"*.*.*.{b}"),
+            "bind to all": lambda ch: bind(ch, ns_exchange, "#"),
+            "bind to dead letters": lambda ch: bind(ch, f"{ns}.dlx", ""),
+            "bind to B's answers": lambda ch: bind(ch, replies, self.reply_b),
+            "bind to all answers": lambda ch: bind(ch, replies, "#"),
+            "answers into the traffic exchange": lambda ch: bind_exchange(
+                ch, ns_exchange, replies, f"*.*.*.{b}"
+            ),
+            "server-named queue": lambda ch: ch.declare_queue(exclusive=True),
+            "consume B's inbox": lambda ch: consume(ch, inbox_b),
+            "get from B's inbox": lambda ch: get(ch, inbox_b),
+            "purge B's inbox": lambda ch: purge(ch, inbox_b),
+            "delete B's inbox": lambda ch: ch.queue_delete(inbox_b),
+            "read history": lambda ch: consume(ch, wire.history_name(ns)),
+            # Through A, which may write where M may not: A refuses to be the deputy.
+            "reply_to B's inbox": publish(
+                ns_exchange, f"request.2.{m}.{a}", "reply_to B's inbox", reply_to=inbox_b
+            ),
+            FAILING: publish(
+                ns_exchange, f"notification.2.{m}.{a}", FAILING, headers={"CC": [inbox_b]}
+            ),
+            # What RabbitMQ 3.10 lets through: CC/BCC on the traffic exchange (topic
+            # permissions unchecked for them before 4.0).
+            **{
+                f"{header} as A": publish(
+                    ns_exchange,
+                    f"notification.2.{m}.{m}",
+                    f"{header} as A",
+                    headers={header: [f"notification.2.{a}.{b}"], wire.H_SENDER: a},
+                )
+                for header in ("CC", "BCC")
+            },
+        }
+
+
+@dataclass(frozen=True)
+class MAttempts:
+    """What became of each attempt of M, made once for the tests of the class."""
+
+    outcomes: dict[str, BaseException | None]
+    """Attempt name -> what it raised (None: RabbitMQ let it through)."""
+    waiting_in_retry_b: int | None
+    """Messages in B's retry queue right after M's CC into it (None: never tried)."""
+
+
+@dataclass(frozen=True)
+class Aftermath:
+    """What A and B did with what got through, once both served a sentinel after it."""
+
+    handled_by_b: list[tuple[str, str]]
+    """(id, sender) of every message B handled."""
+    sentinel_to_b: str
+    waiting_in_inbox_b: int
+    waiting_in_retry_b: int
+    dead: list[AbstractIncomingMessage]
+    """Everything in ``{ns}.dead``, drained."""
+
+    def dead_headers(self) -> dict[str, dict[str, Any]]:
+        return {str(d.message_id): dict(d.headers or {}) for d in self.dead}
+
+
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def scene(
+    private_broker: PrivateBroker, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[LeastPrivilege]:
+    """Scenario 16's cast, deployed once for :class:`TestLeastPrivilege`; all undone after."""
+    suffix = _hex()
+    namespace = f"lp-{suffix}"
+    ids = {name: f"{name}-{suffix}" for name in ("a", "b", "m")}
+    retry = RetryPolicy(max_attempts=2, delays_s=(0.05,))
+    async with contextlib.AsyncExitStack() as stack:
+        queues = Queues(private_broker, namespace, "test scenario 16")
+        stack.push_async_callback(queues.close)
+        # The admin's part (topology apply), done here by guest: exchanges, inboxes,
+        # retry queues; the agents then run passive, as docs/deploy.md says.
+        admin = await queues()
+        topology = await admin.topology()
+        for agent in ids.values():
+            await admin.ensure_inbox(agent)
+            await topology.declare_retry_queue(agent, retry.delays_s[0])
+        bin_dir = tmp_path_factory.mktemp("bin")
+        deployed = await deploy(private_broker, namespace, bin_dir, list(ids.values()))
+        stack.push_async_callback(deployed.remove_users, private_broker)
+
+        def agent_queue(agent: str) -> Awaitable[MessageQueue]:
+            return queues(
+                deployed.urls[agent],
+                passive=True,
+                reply_owner=agent,
+                authenticate_senders=True,
+            )
+
+        agent_a = FailingRecorder(
+            ids["a"],
+            await agent_queue(ids["a"]),
+            always_fail=[FAILING],
+            concurrency=1,
+            retry=retry,
+        )
+        agent_b = Recorder(ids["b"], await agent_queue(ids["b"]), concurrency=1)
+        for running in (agent_a, agent_b):
+            await running.start_consuming()
+            stack.push_async_callback(running.stop)
+        reply_b = (await agent_b.queue.replies()).queue_name
+        m = await aio_pika.connect(deployed.urls[ids["m"]], timeout=10)
+        stack.push_async_callback(m.close)
+        foreign = await aio_pika.connect(private_broker.url, timeout=10)
+        stack.push_async_callback(foreign.close)
+        yield LeastPrivilege(
+            namespace=namespace,
+            ids=ids,
+            retry=retry,
+            deployed=deployed,
+            agent_a=agent_a,
+            agent_b=agent_b,
+            m=m,
+            foreign=await foreign.channel(publisher_confirms=True),
+            reply_b=reply_b,
         )
 
-    yield deploy
-    for user in made:
-        with contextlib.suppress(BrokerError):
-            await asyncio.to_thread(private_broker.delete_user, user)
+
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def m_attempts(scene: LeastPrivilege) -> MAttempts:
+    """Every attempt of M, in order, each on a fresh channel; nothing raised here."""
+    outcomes: dict[str, BaseException | None] = {}
+    waiting_in_retry_b = None
+    for what, action in scene.attempts_of_m().items():
+        outcomes[what] = await scene.as_m(action)
+        if what == "CC into B's retry queue":
+            waiting_in_retry_b = await message_count(scene.foreign, scene.retry_b)
+    return MAttempts(outcomes, waiting_in_retry_b)
 
 
-async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
-    deployment: Callable[..., Awaitable[Deployment]],
-    make_queue: QueueFactory,
-    foreign: AbstractChannel,
-    namespace: str,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """M, with docs/deploy.md's agent permissions, against B (and A as a deputy).
+@pytest_asyncio.fixture(scope="class", loop_scope="class")
+async def aftermath(scene: LeastPrivilege, m_attempts: MAttempts) -> Aftermath:
+    """Once A and B served a sentinel sent after M's messages: what they did with them."""
+    a, b = scene.ids["a"], scene.ids["b"]
+    agent_a, agent_b = scene.agent_a, scene.agent_b
+    # A: the failing message tried twice then dead; the rest of its inbox after it.
+    await wait_until(lambda: agent_a.attempts[FAILING] == 2, agent_a.changed, "A's last try")
+    to_a = Message(sender=b, recipient=a, content="after M, for A")
+    await agent_b.queue.send(to_a)
+    await agent_a.wait_for(has_id(to_a.id), "A's sentinel")
+    to_b = Message(sender=a, recipient=b, content="after M, for B")
+    await agent_a.queue.send(to_b)
+    await agent_b.wait_for(has_id(to_b.id), "B's sentinel")
+    return Aftermath(
+        handled_by_b=[(msg.id, msg.sender) for msg in agent_b.handled],
+        sentinel_to_b=to_b.id,
+        waiting_in_inbox_b=await message_count(scene.foreign, scene.inbox_b),
+        waiting_in_retry_b=await message_count(scene.foreign, scene.retry_b),
+        dead=await drain(scene.foreign, f"{scene.namespace}.dead"),
+    )
+
+
+class TestLeastPrivilege:
+    """Scenario 16. M, with docs/deploy.md's agent permissions, against B (A a deputy).
 
     RabbitMQ refuses: another sender's routing key, the default exchange (into B's
     inbox or B's retry queue), B's retry exchange, a key on the replies exchange that
@@ -1095,256 +1424,99 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
 
     A foreign client's server-named reply queue is answered through the default
     exchange: RabbitMQ refuses A that until the doc's opt-in, and A goes on serving.
+
+    Deploying users with the doc's commands takes a while, so the class shares one
+    cast (:class:`LeastPrivilege`); M's attempts are made once (:class:`MAttempts`)
+    and each is judged by a case of its own, so one failure hides no other.
     """
-    suffix = _hex()
-    a, b, m = f"a-{suffix}", f"b-{suffix}", f"m-{suffix}"
-    retry = RetryPolicy(max_attempts=2, delays_s=(0.05,))
-    # The admin's part (topology apply), done here by guest: exchanges, inboxes, retry
-    # queues; the agents then run passive, as docs/deploy.md says.
-    admin = await make_queue()
-    topology = await admin.topology()
-    for agent in (a, b, m):
-        await admin.ensure_inbox(agent)
-        await topology.declare_retry_queue(agent, retry.delays_s[0])
-    deployed = await deployment(a, b, m)
 
-    def agent_queue(agent: str) -> Awaitable[MessageQueue]:
-        return make_queue(
-            deployed.urls[agent], passive=True, reply_owner=agent, authenticate_senders=True
-        )
+    def test_every_attempt_of_m_is_judged(self, m_attempts: MAttempts) -> None:
+        assert sorted(m_attempts.outcomes) == sorted(M_REFUSED + M_LET_THROUGH)
 
-    failing = "CC on a failing message to A"
-    agent_a = FailingRecorder(
-        a, await agent_queue(a), always_fail=[failing], concurrency=1, retry=retry
-    )
-    agent_b = Recorder(b, await agent_queue(b), concurrency=1)
-    for running in (agent_a, agent_b):
-        await running.start_consuming()
+    @pytest.mark.parametrize("what", M_REFUSED)
+    def test_rabbitmq_refuses_m(self, m_attempts: MAttempts, what: str) -> None:
+        outcome = m_attempts.outcomes[what]
+        assert isinstance(outcome, aiormq.exceptions.ChannelAccessRefused), repr(outcome)
+        assert "ACCESS_REFUSED" in str(outcome)
 
-    ns_exchange = wire.exchange_name(namespace)
-    replies = wire.reply_exchange_name(namespace)
-    inbox_b = wire.inbox_name(namespace, b)
-    retry_b = wire.retry_queue_name(namespace, b, retry.delays_s[0])
-    retry_m = wire.retry_queue_name(namespace, m, retry.delays_s[0])
-    # B's reply queue, bound to the replies exchange with B's permissions. M may know
-    # its name: it is the reply_to of every request B sends.
-    reply_b = (await agent_b.queue.replies()).queue_name
-    connection = await aio_pika.connect(deployed.urls[m], timeout=10)
-    refused: dict[str, str] = {}
-    accepted: list[str] = []
+    @pytest.mark.parametrize("what", M_LET_THROUGH)
+    def test_rabbitmq_lets_m_publish(self, m_attempts: MAttempts, what: str) -> None:
+        assert m_attempts.outcomes[what] is None
 
-    async def attempt(what: str, action: Callable[[AbstractChannel], Awaitable[object]]) -> None:
-        """Run ``action`` as M on a fresh channel; record whether RabbitMQ refused it."""
-        channel = await connection.channel(publisher_confirms=True)
-        try:
-            await action(channel)
-        except aiormq.exceptions.ChannelAccessRefused as exc:
-            refused[what] = str(exc)
-        else:
-            accepted.append(what)
-        finally:
-            with contextlib.suppress(*aio_pika.exceptions.CONNECTION_EXCEPTIONS):
-                await channel.close()
+    def test_a_cc_on_ms_retry_exchange_reaches_no_queue_of_b(self, m_attempts: MAttempts) -> None:
+        assert m_attempts.waiting_in_retry_b == 0
 
-    def publish(
-        exchange: str, key: str, what: str, **properties: Any
-    ) -> Callable[[AbstractChannel], Awaitable[object]]:
-        async def action(channel: AbstractChannel) -> object:
-            target = (
-                channel.default_exchange
-                if exchange == ""
-                else await channel.get_exchange(exchange, ensure=False)
-            )
-            properties.setdefault("headers", {})
-            properties["headers"].setdefault(wire.H_SENDER, m)
-            properties.setdefault("user_id", m)  # M is authentic, as itself
-            message = aio_pika.Message(
-                json.dumps(what).encode(),
-                content_type=wire.CONTENT_TYPE,
-                priority=2,  # as the sentinels': the inboxes keep them in order
-                message_id=what,
-                **properties,
-            )
-            return await target.publish(message, routing_key=key)
-
-        return action
-
-    async def bind(channel: AbstractChannel, exchange: str, key: str) -> None:
-        mine = await channel.declare_queue(
-            wire.reply_queue_name(namespace, m, uuid.uuid4().hex), exclusive=True
-        )
-        await mine.bind(exchange, routing_key=key)
-
-    async def bind_exchange(
-        channel: AbstractChannel, destination: str, source: str, key: str
+    def test_b_handles_nothing_of_m_and_nothing_of_m_waits_for_b(
+        self, scene: LeastPrivilege, aftermath: Aftermath
     ) -> None:
-        target = await channel.get_exchange(destination, ensure=False)
-        await target.bind(source, routing_key=key)
+        assert aftermath.handled_by_b == [(aftermath.sentinel_to_b, scene.ids["a"])]
+        assert aftermath.waiting_in_inbox_b == 0
+        assert aftermath.waiting_in_retry_b == 0
 
-    async def ack(incoming: AbstractIncomingMessage) -> None:
-        await incoming.ack()
+    def test_each_dead_letter_is_there_once(self, aftermath: Aftermath) -> None:
+        copies = Counter(d.message_id for d in aftermath.dead)
+        assert copies.most_common(1)[0][1] == 1, "a copy too many"
 
-    async def consume(channel: AbstractChannel, name: str) -> None:
-        queue = await channel.get_queue(name, ensure=False)
-        await queue.consume(ack)
+    def test_only_what_got_through_is_dead_lettered(self, aftermath: Aftermath) -> None:
+        assert aftermath.dead_headers().keys() == DEAD_LETTERED_BY.keys()
 
-    async def get(channel: AbstractChannel, name: str) -> None:
-        queue = await channel.get_queue(name, ensure=False)
-        await queue.get(no_ack=False, fail=False)
+    @pytest.mark.parametrize("what", DEAD_LETTERED_BY)
+    def test_what_got_through_is_dead_lettered_by_its_agent_with_the_reason(
+        self, scene: LeastPrivilege, aftermath: Aftermath, what: str
+    ) -> None:
+        by, reason = DEAD_LETTERED_BY[what]
+        headers = aftermath.dead_headers()[what]
+        assert headers[wire.H_DEAD_AGENT] == scene.ids[by], what
+        assert str(headers[wire.H_DEAD_REASON]).startswith(reason), headers
 
-    async def purge(channel: AbstractChannel, name: str) -> None:
-        queue = await channel.get_queue(name, ensure=False)
-        await queue.purge()
+    def test_as_copies_do_not_carry_ms_cc(self, aftermath: Aftermath) -> None:
+        assert "CC" not in aftermath.dead_headers()[FAILING], "A's copies must not carry M's CC"
 
-    try:
-        # Into B's inbox with another sender's key: RabbitMQ refuses.
-        await attempt("key as A", publish(ns_exchange, f"notification.2.{a}.{b}", "key as A"))
-        await attempt("routed as A", publish(ns_exchange, f"notification.2.{a}.-", "routed as A"))
-        # The default exchange reaches any queue by name: not granted (answers and
-        # retries have exchanges of their own).
-        await attempt(
-            "default exchange as A",
-            publish("", inbox_b, "default exchange as A", headers={wire.H_SENDER: a}),
+    @pytest.mark.asyncio(loop_scope="class")
+    async def test_a_foreign_reply_queue_is_not_answered_before_the_opt_in(
+        self, scene: LeastPrivilege, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A foreign client (guest) names a server-named queue as reply_to: A answers
+        it through the default exchange, which RabbitMQ refuses A without the opt-in.
+
+        Runs before the opt-in test (class order): the opt-in stays for the class.
+        """
+        answers = await self._foreign_asks(scene, "foreign, before the opt-in")
+        sentinel = Message(sender=scene.ids["b"], recipient=scene.ids["a"], content="after it")
+        await scene.agent_b.queue.send(sentinel)
+        await scene.agent_a.wait_for(has_id(sentinel.id), "A's sentinel after the request")
+        assert any(msg.id == "foreign, before the opt-in" for msg in scene.agent_a.handled)
+        assert answers.empty(), "answered through the default exchange without permission"
+        agent_warnings = [r.getMessage() for r in caplog.records if r.name == "amqp_agents.agent"]
+        assert any(
+            "not delivered" in text and "ACCESS_REFUSED" in text and "amq.default" in text
+            for text in agent_warnings
+        ), agent_warnings
+
+    @pytest.mark.asyncio(loop_scope="class")
+    async def test_a_foreign_reply_queue_is_answered_after_the_opt_in(
+        self, scene: LeastPrivilege
+    ) -> None:
+        await scene.deployed.opt_in_foreign_replies(scene.ids["a"])
+        answers = await self._foreign_asks(scene, "foreign, after the opt-in")
+        answer = await asyncio.wait_for(answers.get(), WAIT_S)
+        assert (answer.correlation_id, answer.user_id) == (
+            "foreign, after the opt-in",
+            scene.ids["a"],
         )
-        await attempt("default exchange as M", publish("", inbox_b, "default exchange as M"))
-        await attempt(
-            "default exchange into B's retry queue",
-            publish("", retry_b, "default exchange into B's retry queue"),
-        )
-        # B's retry queue leads into B's inbox: only B writes to B's retry exchange, and
-        # a CC routes only within the exchange M published to.
-        await attempt(
-            "B's retry exchange",
-            publish(wire.retry_exchange_name(namespace, b), retry_b, "B's retry exchange"),
-        )
-        await attempt(
-            "CC into B's retry queue",
-            publish(
-                wire.retry_exchange_name(namespace, m),
-                retry_m,
-                "CC into B's retry queue",
-                headers={"CC": [retry_b], "BCC": [retry_b]},
-            ),
-        )
-        assert await message_count(foreign, retry_b) == 0
-        # The replies exchange takes only reply queue names as keys.
-        await attempt(
-            "replies exchange with B's key",
-            publish(replies, f"notification.2.{m}.{b}", "replies exchange with B's key"),
-        )
-        # Eavesdropping and consuming: RabbitMQ refuses.
-        await attempt("bind to B's key", lambda ch: bind(ch, ns_exchange, f"*.*.*.{b}"))
-        await attempt("bind to all", lambda ch: bind(ch, ns_exchange, "#"))
-        await attempt("bind to dead letters", lambda ch: bind(ch, f"{namespace}.dlx", ""))
-        await attempt("bind to B's answers", lambda ch: bind(ch, replies, reply_b))
-        await attempt("bind to all answers", lambda ch: bind(ch, replies, "#"))
-        await attempt(
-            "answers into the traffic exchange",
-            lambda ch: bind_exchange(ch, ns_exchange, replies, f"*.*.*.{b}"),
-        )
-        await attempt("server-named queue", lambda ch: ch.declare_queue(exclusive=True))
-        await attempt("consume B's inbox", lambda ch: consume(ch, inbox_b))
-        await attempt("get from B's inbox", lambda ch: get(ch, inbox_b))
-        await attempt("purge B's inbox", lambda ch: purge(ch, inbox_b))
-        await attempt("delete B's inbox", lambda ch: ch.queue_delete(inbox_b))
-        await attempt("read history", lambda ch: consume(ch, wire.history_name(namespace)))
-        # Through A, which may write where M may not: A refuses to be the deputy.
-        await attempt(
-            "reply_to B's inbox",
-            publish(ns_exchange, f"request.2.{m}.{a}", "reply_to B's inbox", reply_to=inbox_b),
-        )
-        await attempt(
-            "CC on a failing message to A",
-            publish(
-                ns_exchange,
-                f"notification.2.{m}.{a}",
-                failing,
-                headers={"CC": [inbox_b]},
-            ),
-        )
-        # What RabbitMQ 3.10 lets through: CC/BCC on the traffic exchange (topic
-        # permissions unchecked for them before 4.0).
-        for header in ("CC", "BCC"):
-            what = f"{header} as A"
-            await attempt(
-                what,
-                publish(
-                    ns_exchange,
-                    f"notification.2.{m}.{m}",
-                    what,
-                    headers={header: [f"notification.2.{a}.{b}"], wire.H_SENDER: a},
-                ),
-            )
-    finally:
-        await connection.close()
 
-    assert refused.keys() == {
-        "key as A",
-        "routed as A",
-        "default exchange as A",
-        "default exchange as M",
-        "default exchange into B's retry queue",
-        "B's retry exchange",
-        "replies exchange with B's key",
-        "bind to B's key",
-        "bind to all",
-        "bind to dead letters",
-        "bind to B's answers",
-        "bind to all answers",
-        "answers into the traffic exchange",
-        "server-named queue",
-        "consume B's inbox",
-        "get from B's inbox",
-        "purge B's inbox",
-        "delete B's inbox",
-        "read history",
-    }, accepted
-    assert all("ACCESS_REFUSED" in reason for reason in refused.values())
-    assert accepted == [
-        "CC into B's retry queue",  # into M's own retry queue only
-        "reply_to B's inbox",
-        failing,
-        "CC as A",
-        "BCC as A",
-    ]
-
-    # A: the failing message tried twice then dead; the rest of its inbox after it.
-    await wait_until(lambda: agent_a.attempts[failing] == 2, agent_a.changed, "A's last try")
-    to_a = Message(sender=b, recipient=a, content="after M, for A")
-    await agent_b.queue.send(to_a)
-    await agent_a.wait_for(has_id(to_a.id), "A's sentinel")
-    to_b = Message(sender=a, recipient=b, content="after M, for B")
-    await agent_a.queue.send(to_b)
-    await agent_b.wait_for(has_id(to_b.id), "B's sentinel")
-
-    # B handled nothing of M's; nothing of M's waits in its inbox or retry queue.
-    assert [(msg.id, msg.sender) for msg in agent_b.handled] == [(to_b.id, a)]
-    assert await message_count(foreign, inbox_b) == 0
-    assert await message_count(foreign, retry_b) == 0
-    drained = await drain(foreign, f"{namespace}.dead")
-    assert Counter(d.message_id for d in drained).most_common(1)[0][1] == 1, "a copy too many"
-    dead = {d.message_id: d.headers or {} for d in drained}
-    expected = {
-        "reply_to B's inbox": (a, "reply_to"),
-        failing: (a, "handler failed"),
-        "CC as A": (b, "misaddressed"),
-        "BCC as A": (b, "misaddressed"),
-    }
-    assert dead.keys() == expected.keys()
-    for what, (by, reason) in expected.items():
-        assert dead[what][wire.H_DEAD_AGENT] == by, what
-        assert str(dead[what][wire.H_DEAD_REASON]).startswith(reason), dead[what]
-    assert "CC" not in dead[failing], "A's copies must not carry M's CC"
-
-    # A foreign client (guest) names a server-named queue as reply_to: A answers it
-    # through the default exchange, which RabbitMQ refuses A without the opt-in.
-    gen_queue = await foreign.declare_queue(exclusive=True)
-    assert gen_queue.name.startswith("amq.gen-")
-    answers: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    await gen_queue.consume(answers.put, no_ack=True)
-    traffic = await foreign.get_exchange(ns_exchange, ensure=False)
-
-    async def ask(what: str) -> None:
+    @staticmethod
+    async def _foreign_asks(
+        scene: LeastPrivilege, what: str
+    ) -> asyncio.Queue[AbstractIncomingMessage]:
+        """Guest sends A a request whose reply_to is a server-named queue; its answers."""
+        gen_queue = await scene.foreign.declare_queue(exclusive=True)
+        assert gen_queue.name.startswith("amq.gen-")
+        answers: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        await gen_queue.consume(answers.put, no_ack=True)
+        traffic = await scene.foreign.get_exchange(
+            wire.exchange_name(scene.namespace), ensure=False
+        )
         await traffic.publish(
             aio_pika.Message(
                 json.dumps(what).encode(),
@@ -1356,27 +1528,9 @@ async def test_least_privilege_agent_m_cannot_reach_eavesdrop_on_or_consume_b(
                 reply_to=gen_queue.name,
                 headers={wire.H_SENDER: "guest"},
             ),
-            routing_key=f"request.2.guest.{a}",
+            routing_key=f"request.2.guest.{scene.ids['a']}",
         )
-
-    await ask("foreign, before the opt-in")
-    sentinel = Message(sender=b, recipient=a, content="after the foreign request")
-    await agent_b.queue.send(sentinel)
-    await agent_a.wait_for(has_id(sentinel.id), "A's sentinel after the foreign request")
-    assert any(msg.id == "foreign, before the opt-in" for msg in agent_a.handled)
-    assert answers.empty(), "answered through the default exchange without permission"
-    agent_warnings = [r.getMessage() for r in caplog.records if r.name == "amqp_agents.agent"]
-    assert any(
-        "not delivered" in text and "ACCESS_REFUSED" in text and "amq.default" in text
-        for text in agent_warnings
-    ), agent_warnings
-
-    await deployed.opt_in_foreign_replies(a)
-    await ask("foreign, after the opt-in")
-    answer = await asyncio.wait_for(answers.get(), WAIT_S)
-    assert (answer.correlation_id, answer.user_id) == ("foreign, after the opt-in", a)
-    for running in (agent_a, agent_b):
-        await running.stop()
+        return answers
 
 
 # -- scenario 17: revoked credentials ----------------------------------------------------

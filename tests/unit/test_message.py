@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
@@ -96,5 +97,5 @@ def test_ids_are_distinct_version_4_uuids() -> None:
 @pytest.mark.parametrize("field", ["sender", "recipient"])
 def test_envelope_agent_ids_are_checked_like_validate_agent_id(field: str, bad: str) -> None:
     with pytest.raises(ValueError):
-        Message(**{field: bad})
-    assert getattr(Message(**{field: "x" * 64}), field) == "x" * 64
+        Message(**cast(dict[str, Any], {field: bad}))
+    assert getattr(Message(**cast(dict[str, Any], {field: "x" * 64})), field) == "x" * 64
