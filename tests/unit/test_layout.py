@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from amqp_agents import wire
-from amqp_agents.config import AgentsConfig, RetryConfig, load_config
+from amqp_agents.config import AgentsConfig, load_config
 from amqp_agents.diagram import mermaid
+from amqp_agents.retry import RetryPolicy
 from amqp_agents.layout import (
     BindingSpec,
     Check,
@@ -20,7 +21,6 @@ from amqp_agents.layout import (
     format_arguments,
     layout_of,
     plan,
-    retry_delays,
 )
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "agents.example.yaml"
@@ -44,7 +44,7 @@ def example() -> AgentsConfig:
 def test_retry_delays_are_those_the_agent_uses(
     max_attempts: int, delays_s: tuple[float, ...], expected: list[float]
 ) -> None:
-    assert retry_delays(RetryConfig(max_attempts=max_attempts, delays_s=delays_s)) == expected
+    assert RetryPolicy(max_attempts, delays_s).distinct_delays() == expected
 
 
 def test_layout_of_the_example(example: AgentsConfig) -> None:
