@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import wire
 from .retry import RetryPolicy
@@ -117,18 +117,10 @@ class Layout:
     def __add__(self, other: Layout) -> Layout:
         if other.namespace != self.namespace:
             raise ValueError(f"cannot join layouts of {self.namespace!r} and {other.namespace!r}")
-        exchanges = {e.name: e for e in (*other.exchanges, *self.exchanges)}
-        queues = {q.name: q for q in (*other.queues, *self.queues)}
         return Layout(
             self.namespace,
-            tuple(
-                exchanges[name]
-                for name in dict.fromkeys(e.name for e in (*self.exchanges, *other.exchanges))
-            ),
-            tuple(
-                queues[name]
-                for name in dict.fromkeys(q.name for q in (*self.queues, *other.queues))
-            ),
+            _first_of_each_name((*self.exchanges, *other.exchanges)),
+            _first_of_each_name((*self.queues, *other.queues)),
             tuple(dict.fromkeys((*self.bindings, *other.bindings))),
         )
 
@@ -137,6 +129,17 @@ class Layout:
         record = wire.topology_record_name(self.namespace)
         queues = tuple(q for q in self.queues if q.name != record)
         return Layout(self.namespace, self.exchanges, queues, self.bindings)
+
+
+_Named = TypeVar("_Named", ExchangeSpec, QueueSpec)
+
+
+def _first_of_each_name(specs: Iterable[_Named]) -> tuple[_Named, ...]:
+    """A name is one object on the broker: the first spec of each name, in order."""
+    first: dict[str, _Named] = {}
+    for spec in specs:
+        first.setdefault(spec.name, spec)
+    return tuple(first.values())
 
 
 # -- the pieces -------------------------------------------------------------------------
@@ -296,7 +299,9 @@ def retry_exchange_of(ns: str, queue: str) -> str | None:
     """
     prefix = wire.retry_exchange_name(ns, "")
     agent_id, dot, delay = queue.removeprefix(prefix).rpartition(".")
-    if not (queue.startswith(prefix) and dot and delay.endswith("ms") and delay[:-2].isdigit()):
+    if not (queue.startswith(prefix) and delay.endswith("ms") and delay[:-2].isdigit()):
+        return None
+    if not dot or "." in agent_id:  # agent ids have no dots
         return None
     if wire.retry_queue_name(ns, agent_id, int(delay[:-2]) / 1000) != queue:
         return None
