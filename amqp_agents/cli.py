@@ -23,10 +23,10 @@ from typing import Any
 
 from aio_pika.abc import AbstractRobustConnection
 
-from . import runner
+from . import runner, wire
 from .agent import MessagePassingAgent
 from .config import AgentsConfig, build_router, load_config
-from .connection import connect, redact_url, resolve_url
+from .connection import redact_url, resolve_url
 from .demo import run_demo
 from .diagram import mermaid
 from .errors import AgentsError, ConfigError
@@ -160,23 +160,14 @@ async def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _inspect(config: AgentsConfig, command: str) -> tuple[Plan, AbstractRobustConnection]:
-    """Connect as the file says and plan; returns the plan and the open connection."""
-    url = resolve_url(config.broker.secret_url())
-    connection = await connect(
-        url,
-        name=f"amqp-agents topology {command}",
-        timeout_s=config.broker.connect_timeout_s,
-        ssl_context=runner.ssl_context_of(config),
-    )
+async def _plan(config: AgentsConfig, connection: AbstractRobustConnection) -> Plan:
+    """Inspect the broker on ``connection`` and plan the configuration's layout."""
     layout = layout_of(config)
-    print(f"namespace {layout.namespace!r} on {redact_url(url)}", flush=True)
-    try:
-        observed = await inspect_layout(connection, layout, progress=_progress)
-    except BaseException:
-        await connection.close()
-        raise
-    return plan(layout, observed), connection
+    print(
+        f"namespace {layout.namespace!r} on {redact_url(resolve_url(config.broker.secret_url()))}",
+        flush=True,
+    )
+    return plan(layout, await inspect_layout(connection, layout, progress=_progress))
 
 
 def _progress(done: int, total: int) -> None:
@@ -202,8 +193,9 @@ def _summary(the_plan: Plan) -> str:
 
 async def cmd_topology_plan(args: argparse.Namespace) -> int:
     """Show what `topology apply` would create and what conflicts; exit 2 on conflicts."""
-    the_plan, connection = await _inspect(load_config(args.config), "plan")
-    await connection.close()
+    config = load_config(args.config)
+    async with runner.broker_connection(config, "amqp-agents topology plan") as connection:
+        the_plan = await _plan(config, connection)
     for step in the_plan.steps:
         print(_describe(step))
     if the_plan.nothing_to_do:
@@ -218,20 +210,19 @@ async def cmd_topology_plan(args: argparse.Namespace) -> int:
 
 async def cmd_topology_apply(args: argparse.Namespace) -> int:
     """Declare what the configuration needs; idempotent."""
-    the_plan, connection = await _inspect(load_config(args.config), "apply")
-    total = len(the_plan.changes)
-    done = 0
+    config = load_config(args.config)
+    async with runner.broker_connection(config, "amqp-agents topology apply") as connection:
+        the_plan = await _plan(config, connection)
+        total = len(the_plan.changes)
+        done = 0
 
-    def on_step(step: Step) -> None:
-        nonlocal done
-        done += 1
-        what = "bound" if step.kind == "binding" else f"created {step.kind}"
-        print(f"[{done}/{total}] {what} {step.name}  ({step.detail})", flush=True)
+        def on_step(step: Step) -> None:
+            nonlocal done
+            done += 1
+            what = "bound" if step.kind == "binding" else f"created {step.kind}"
+            print(f"[{done}/{total}] {what} {step.name}  ({step.detail})", flush=True)
 
-    try:
         await apply_layout(connection, the_plan, on_step=on_step)
-    finally:
-        await connection.close()
     if total == 0:
         print(f"nothing to do: {_summary(the_plan)}")
     else:
@@ -272,7 +263,7 @@ async def cmd_routes_explain(args: argparse.Namespace) -> int:
     print(
         f"{message.type.value} from {message.sender or '(unknown sender)'},"
         f" priority {int(message.priority)} ({message.priority.name.lower()}),"
-        f" no recipient: routing key {'.'.join(_key_words(message))}"
+        f" no recipient: routing key {wire.routing_key(message)}"
     )
     verdicts = router.explain(message)
     for i, verdict in enumerate(verdicts):
@@ -297,10 +288,6 @@ async def cmd_routes_explain(args: argparse.Namespace) -> int:
     else:
         print("goes to: nobody (sending it raises NoRouteError)")
     return 0
-
-
-def _key_words(message: Message) -> list[str]:
-    return [message.type.value, str(int(message.priority)), message.sender or "-", "-"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,8 @@
-"""Agents' configuration: one YAML file, validated into pydantic models.
+"""Reading an agents configuration from a YAML file (the models: :mod:`.config_schema`).
 
 Sections (see config/agents.example.yaml)::
 
-    broker:           where and how to connect: URL, namespace, TLS, timeouts, prefetch
+    broker:           where and how to connect: URL, namespace, TLS, timeouts
     agents:           the agents to run: id, class, concurrency, retries, inbox limits
     external_agents:  ids that receive routed messages but are not run from this file
     routes:           where recipient-less messages go (see amqp_agents.routing)
@@ -10,7 +10,7 @@ Sections (see config/agents.example.yaml)::
 What :func:`load_config` promises:
 
 * every error names the file, the line and the field, one problem per line:
-  ``agents.yaml:14: agents[0].retry.max_attempts: Input should be greater than 0``;
+  ``agents.yaml:14: agents[0].concurrency: Input should be greater than 0``;
 * ``${VAR}`` and ``${VAR:-default}`` in string values read the environment (the default
   when VAR is unset or empty; ``$${`` is a literal ``${``). A missing variable is an
   error naming it and its place: the literal text is never kept;
@@ -18,7 +18,8 @@ What :func:`load_config` promises:
   passwords: a password appears in no error, repr or log line.
 
 Pure apart from reading the file: agent classes, filters and transforms are imported
-only on request (:func:`import_object`, :func:`build_router`).
+only on request (:func:`import_object`, :func:`build_router`). Only the command line
+and the runner import this module; agents and the broker client never load PyYAML.
 """
 
 from __future__ import annotations
@@ -28,254 +29,47 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-    PrivateAttr,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from .errors import ConfigError, InvalidMessageError, RoutingError
-from .message import AGENT_ID_PATTERN
-from .routing import MessageRouter, compile_rule
-from .wire import DEFAULT_MAX_BODY_BYTES, validate_namespace
+from .config_schema import (
+    OBJECT_PATH,
+    AgentConfig,
+    AgentsConfig,
+    BrokerConfig,
+    InboxConfig,
+    Loc,
+    RouteConfig,
+    TlsConfig,
+    line_of,
+    place_of,
+)
+from .errors import ConfigError
+from .retry import RetryPolicy
+from .routing import MessageRouter
 
-Loc = tuple[str | int, ...]
-"""A place in the document: keys and list indexes from the top, as pydantic reports."""
+__all__ = [
+    "AgentConfig",
+    "AgentsConfig",
+    "BrokerConfig",
+    "InboxConfig",
+    "RetryPolicy",
+    "RouteConfig",
+    "TlsConfig",
+    "build_router",
+    "import_object",
+    "load_config",
+    "substitute",
+]
 
 _STR_TAG = "tag:yaml.org,2002:str"
-_OBJECT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 _REFERENCE = re.compile(
     r"\$\$\{|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}|\$\{"
 )
 _URL_PASSWORD = re.compile(r"(?i)\b(amqps?://[^:/?#@\s]*:)[^@\s]*@")
-
-
-# -- field types ------------------------------------------------------------------------
-
-
-def _agent_id(value: str) -> str:
-    # fullmatch: the pattern's "$" would accept a trailing newline (a YAML "|" block).
-    if not re.fullmatch(AGENT_ID_PATTERN, value):
-        raise ValueError(f"invalid agent id {value!r}: must match {AGENT_ID_PATTERN}")
-    return value
-
-
-def _object_path(value: str) -> str:
-    if not _OBJECT_PATH.fullmatch(value):
-        raise ValueError(f"{value!r} is not a 'module:name' path (e.g. 'myapp.agents:Writer')")
-    return value
-
-
-def _route_pattern(value: str) -> str:
-    try:
-        compile_rule(value)
-    except RoutingError as exc:
-        raise ValueError(str(exc)) from None
-    return value
-
-
-AgentId = Annotated[str, AfterValidator(_agent_id)]
-ObjectPath = Annotated[str, AfterValidator(_object_path)]
-"""``"package.module:Name"`` (the name may be dotted); checked here, imported later."""
-RoutePattern = Annotated[str, AfterValidator(_route_pattern)]
-
-
-class _Section(BaseModel):
-    # Unknown keys are errors: a misspelt or mis-indented option must not be ignored.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# -- the models -------------------------------------------------------------------------
-
-
-class TlsConfig(_Section):
-    """TLS options; relative paths are relative to the configuration file.
-
-    Attributes:
-        ca_file: CA bundle that signed the broker's certificate (None: system CAs).
-        cert_file: client certificate, for brokers that authenticate by certificate.
-        key_file: the client certificate's private key.
-        verify: check the broker's certificate; turn off only for local tests.
-    """
-
-    ca_file: Path | None = None
-    cert_file: Path | None = None
-    key_file: Path | None = None
-    verify: bool = True
-
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _existing_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is None:
-            return None
-        base = (info.context or {}).get("base_dir")
-        path = value if value.is_absolute() or base is None else Path(base) / value
-        if not path.is_file():
-            raise ValueError(f"no such file: {path}")
-        return path
-
-    @model_validator(mode="after")
-    def _certificate_with_key(self) -> TlsConfig:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
-
-
-class BrokerConfig(_Section):
-    """Where the broker is and how to talk to it (see :class:`~amqp_agents.MessageQueue`).
-
-    Attributes:
-        url: ``amqp://`` or ``amqps://`` URL with the vhost in its path; a secret, as it
-            may hold a password. None: ``$AMQP_URL``, else the local broker.
-        namespace: prefix of every exchange and queue name.
-        tls: TLS options; they need an ``amqps://`` URL.
-        passive: only check that the topology exists (users without configure rights).
-        publish_timeout_s: how long a send waits for the broker's confirm.
-        connect_timeout_s: how long connecting may take.
-        prefetch: deliveries an agent may hold unacknowledged.
-        max_body_bytes: larger messages are refused before publishing.
-        history_max_age: retention of the history stream by age (``7D``, ``12h``).
-        history_max_bytes: retention of the history stream by size.
-    """
-
-    url: SecretStr | None = None
-    namespace: str = "agents"
-    tls: TlsConfig | None = None
-    passive: bool = False
-    publish_timeout_s: PositiveFloat = 10.0
-    connect_timeout_s: PositiveFloat = 10.0
-    prefetch: PositiveInt = 10
-    max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
-    history_max_age: str = Field(default="7D", pattern=r"^[0-9]+[YMDhms]$")
-    history_max_bytes: PositiveInt = 1_000_000_000
-
-    @field_validator("url")
-    @classmethod
-    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        scheme, sep, rest = value.get_secret_value().partition("://")
-        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
-        if scheme.lower() not in ("amqp", "amqps") or not sep or not host:
-            # The value is not shown: it may hold a password.
-            raise ValueError("must be an amqp:// or amqps:// URL with a host")
-        return value
-
-    @field_validator("namespace")
-    @classmethod
-    def _namespace(cls, value: str) -> str:
-        try:
-            return validate_namespace(value)
-        except InvalidMessageError as exc:
-            raise ValueError(str(exc)) from None
-
-    @model_validator(mode="after")
-    def _tls_needs_amqps(self) -> BrokerConfig:
-        url = self.secret_url()
-        if self.tls is not None and url is not None and not url.lower().startswith("amqps://"):
-            raise ValueError("tls is set, so the url must start with amqps://")
-        return self
-
-    def secret_url(self) -> str | None:
-        """The URL in clear, for connecting only: never log or print it."""
-        return None if self.url is None else self.url.get_secret_value()
-
-
-class RetryConfig(_Section):
-    """How often and how late a failed handler is retried (as ``agent.RetryPolicy``).
-
-    Attributes:
-        max_attempts: tries in all, the first included; 1 means no retry.
-        delays_s: ``delays_s[i]`` is the wait before retry ``i + 1``; the last repeats.
-    """
-
-    max_attempts: PositiveInt = 3
-    delays_s: tuple[NonNegativeFloat, ...] = (0.2, 1.0)
-
-    @model_validator(mode="after")
-    def _delays_for_retries(self) -> RetryConfig:
-        if self.max_attempts > 1 and not self.delays_s:
-            raise ValueError("delays_s needs at least one delay when max_attempts > 1")
-        return self
-
-
-class InboxConfig(_Section):
-    """Limits of an agent's inbox.
-
-    Attributes:
-        max_length: messages the inbox holds at most; when full, senders get
-            ``InboxFullError`` (None: unlimited).
-        dead_letter: move messages the agent gives up on to ``{ns}.dead`` (False:
-            drop them, with a log line).
-    """
-
-    max_length: PositiveInt | None = None
-    dead_letter: bool = True
-
-
-class AgentConfig(_Section):
-    """One agent to run.
-
-    Attributes:
-        id: the agent id (its inbox is ``{ns}.inbox.{id}``).
-        class_path: the agent class, ``module:Class``; YAML key ``class``.
-        concurrency: messages handled at once.
-        retry: the retry policy for failed handlers.
-        inbox: the inbox's limits.
-    """
-
-    id: AgentId
-    class_path: ObjectPath = Field(alias="class")
-    concurrency: PositiveInt = 8
-    retry: RetryConfig = RetryConfig()
-    inbox: InboxConfig = InboxConfig()
-
-
-class RouteConfig(_Section):
-    """One route: a pattern, its destinations, and optional hooks (``module:function``).
-
-    Attributes:
-        pattern: ``*``, ``type:<type>``, ``priority:<1-4>``, ``sender:<id>`` or
-            ``sender:<prefix>*``.
-        destinations: agent ids that receive matching messages.
-        filter: ``function(message) -> bool``; False drops this route for the message.
-        transform: ``function(message) -> Message``, applied for these destinations.
-    """
-
-    pattern: RoutePattern
-    destinations: tuple[AgentId, ...] = Field(min_length=1)
-    filter: ObjectPath | None = None
-    transform: ObjectPath | None = None
-
-
-class AgentsConfig(_Section):
-    """A whole configuration file; build it with :func:`load_config`."""
-
-    broker: BrokerConfig = BrokerConfig()
-    agents: tuple[AgentConfig, ...] = ()
-    external_agents: tuple[AgentId, ...] = ()
-    routes: tuple[RouteConfig, ...] = ()
-
-    _source: str = PrivateAttr(default="<config>")
-    _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)
-
-    def where(self, *loc: str | int) -> str:
-        """``"agents.yaml:12: agents[0].class"``: the place of a field, for error messages."""
-        return _place(self._source, self._lines, loc)
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -345,8 +139,18 @@ def _validate(data: Any, source: str, lines: dict[Loc, int], base_dir: Path) -> 
     raise _config_error(source, lines, [(tuple(e["loc"]), _pydantic_message(e)) for e in errors])
 
 
+_RETIRED: dict[Loc, str] = {
+    ("broker", "prefetch"): "no longer a setting: an agent's prefetch is its `concurrency`",
+}
+"""Fields that configurations once had, with what to write instead."""
+
+
 def _pydantic_message(error: ErrorDetails) -> str:
-    if error["type"] == "extra_forbidden":
+    retired = _RETIRED.get(tuple(error["loc"]))
+    if retired is not None:
+        return retired
+    # extra_forbidden from our models, unexpected_keyword_argument from RetryPolicy.
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return "unknown field (check its spelling and indentation)"
     if error["type"] == "tuple_type":
         return "expected a list"
@@ -467,23 +271,9 @@ def _cross_check(config: AgentsConfig) -> Iterator[tuple[Loc, str]]:
 def _config_error(
     source: str, lines: dict[Loc, int], problems: list[tuple[Loc, str]]
 ) -> ConfigError:
-    ordered = sorted(problems, key=lambda p: _line(lines, p[0]))
-    text = "\n".join(f"{_place(source, lines, loc)}: {msg}" for loc, msg in ordered)
+    ordered = sorted(problems, key=lambda p: line_of(lines, p[0]))
+    text = "\n".join(f"{place_of(source, lines, loc)}: {msg}" for loc, msg in ordered)
     return ConfigError(_redact(text))
-
-
-def _place(source: str, lines: dict[Loc, int], loc: Loc) -> str:
-    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
-    where = f"{source}:{_line(lines, loc)}"
-    return f"{where}: {field.lstrip('.')}" if field else where
-
-
-def _line(lines: dict[Loc, int], loc: Loc) -> int:
-    """The line of ``loc``, else of its nearest ancestor in the file (a missing field)."""
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return 1
 
 
 def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
@@ -514,7 +304,7 @@ def import_object(path: str) -> Any:
         ConfigError: a malformed path, a module that fails to import, a missing name;
             the message is one line (the import's own error is chained).
     """
-    if not isinstance(path, str) or not _OBJECT_PATH.fullmatch(path):
+    if not isinstance(path, str) or not OBJECT_PATH.fullmatch(path):
         raise ConfigError(f"{path!r} is not a 'module:name' path (e.g. 'myapp.agents:Writer')")
     module_name, _, name = path.partition(":")
     try:
@@ -541,7 +331,7 @@ def build_router(config: AgentsConfig) -> MessageRouter:
     """
     router = MessageRouter()
     for i, route in enumerate(config.routes):
-        router.add_route(route.pattern, route.destinations)
+        router.add_route(route.rule, route.destinations)
         if route.filter is not None:
             router.add_filter(route.pattern, _hook(config, i, "filter", route.filter))
         if route.transform is not None:

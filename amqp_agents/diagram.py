@@ -4,23 +4,27 @@ Pure. People would rather look than read: paste the output of ``amqp-agents topo
 graph CONFIG`` into any Mermaid renderer (GitHub renders it in Markdown)::
 
     flowchart LR
-        n1{{"agents<br/>topic exchange"}}
-        n3[("agents.inbox.researcher<br/>max 10000")]
-        n1 -- "to researcher" --> n3
-        n1 -- "route type:task" --> n3
-        n3 --> n4(["researcher<br/>ResearchAgent, concurrency 4"])
+        n1{{"agents<br/>agent traffic"}}
+        n6[("agents.inbox.researcher<br/>max 10000")]
+        n1 -- "to researcher" --> n6
+        n1 -- "route type:task" --> n6
+        n6 --> n12(["researcher<br/>ResearchAgent, concurrency 4"])
         ...
 
-Inbox, route and dead-letter bindings are drawn one edge each; the history stream's
-bindings (one per inbox and per route) are drawn as a single edge.
+Every exchange, queue and binding drawn is one of :func:`amqp_agents.layout.layout_of`
+(the apply record aside); the history stream's bindings from one exchange are drawn as
+a single edge. Where a queue's messages go next (dead-lettering, a retry's expiry) is
+read from its arguments. Only the agents themselves come from the configuration.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from . import wire
-from .config import AgentsConfig
-from .layout import retry_delays
-from .routing import compile_rule
+from .config_schema import AgentsConfig, RouteConfig
+from .layout import QueueSpec, layout_of
 
 
 class _Ids:
@@ -40,33 +44,33 @@ def _label(*lines: str) -> str:
 
 def mermaid(config: AgentsConfig) -> str:
     """The Mermaid ``flowchart`` source of ``config``'s namespace (see module docstring)."""
-    ns = config.broker.namespace
+    layout = layout_of(config).without_record()
     node = _Ids()
-    traffic, dlx = wire.exchange_name(ns), wire.dead_letter_exchange_name(ns)
-    dead, history = wire.dead_queue_name(ns), wire.history_name(ns)
     lines = ["flowchart LR", "    classDef external stroke-dasharray: 5 5"]
 
     def add(text: str) -> None:
         lines.append(f"    {text}")
 
-    add(f"{node(traffic)}{{{{{_label(traffic, 'topic exchange')}}}}}")
-    add(f"{node(dlx)}{{{{{_label(dlx, 'dead letters')}}}}}")
-    add(f"{node(dead)}[({_label(dead)})]")
-    add(f"{node(history)}[({_label(history, 'stream, ' + config.broker.history_max_age)})]")
-    add(f"{node(dlx)} --> {node(dead)}")
-    add(f"{node(traffic)} -- {_label('all addressed and routed traffic')} --> {node(history)}")
-    replies = wire.reply_exchange_name(ns)
-    add(f"{node(replies)}{{{{{_label(replies, 'answers to reply queues')}}}}}")
-    add(f"{node(replies)} -- {_label('every answer')} --> {node(history)}")
+    for exchange in layout.exchanges:
+        add(f"{node(exchange.name)}{{{{{_label(exchange.name, exchange.role)}}}}}")
+    for queue in layout.queues:
+        add(f"{node(queue.name)}[({_label(queue.name, *_queue_notes(queue))})]")
+    notes = {f"route {route.pattern}": _route_notes(route) for route in config.routes}
+    edges: dict[tuple[str, str, str], None] = {}
+    for binding in layout.bindings:
+        label = binding.role + notes.get(binding.role, "")
+        edges[(binding.exchange, binding.queue, label)] = None
+    for source, target, label in edges:
+        arrow = f" -- {_label(label)} -->" if label else " -->"
+        add(f"{node(source)}{arrow} {node(target)}")
+    drawn = {queue.name for queue in layout.queues} | {e.name for e in layout.exchanges}
+    for queue in layout.queues:
+        target, why = _dead_letter_target(queue.arguments)
+        if target in drawn:
+            add(f"{node(queue.name)} -. {_label(why)} .-> {node(target)}")
 
-    limits = {agent.id: agent.inbox.max_length for agent in config.agents}
-    for agent_id in [*limits, *config.external_agents]:
-        inbox = wire.inbox_name(ns, agent_id)
-        limit = limits.get(agent_id)
-        add(f"{node(inbox)}[({_label(inbox, *([f'max {limit}'] if limit else []))})]")
-        add(f"{node(traffic)} -- {_label('to ' + agent_id)} --> {node(inbox)}")
-        add(f"{node(inbox)} -. {_label('rejected, expired')} .-> {node(dlx)}")
-
+    ns = layout.namespace
+    dlx, replies = wire.dead_letter_exchange_name(ns), wire.reply_exchange_name(ns)
     for agent in config.agents:
         inbox = wire.inbox_name(ns, agent.id)
         cls = agent.class_path.rsplit(":", 1)[-1]
@@ -75,33 +79,40 @@ def mermaid(config: AgentsConfig) -> str:
         add(f"{node(inbox)} --> {agent_node}")
         add(f"{agent_node} -. {_label('gives up')} .-> {node(dlx)}")
         add(f"{agent_node} -- {_label('answers')} --> {node(replies)}")
-        retry_exchange = wire.retry_exchange_name(ns, agent.id)
-        delays = retry_delays(agent.retry)
-        if delays:
-            add(f"{node(retry_exchange)}{{{{{_label(retry_exchange, 'its retries')}}}}}")
-            add(f"{agent_node} -. {_label('failed')} .-> {node(retry_exchange)}")
-        for delay in delays:
-            retry = wire.retry_queue_name(ns, agent.id, delay)
-            add(f"{node(retry)}[({_label(retry)})]")
-            add(f"{node(retry_exchange)} -. {_label(f'retry after {delay:g}s')} .-> {node(retry)}")
-            add(f"{node(retry)} -. {_label('TTL')} .-> {node(inbox)}")
+        retries = wire.retry_exchange_name(ns, agent.id)
+        if any(e.name == retries for e in layout.exchanges):
+            add(f"{agent_node} -. {_label('failed')} .-> {node(retries)}")
     for agent_id in config.external_agents:
         agent_node = node("agent:" + agent_id)
         add(f"{agent_node}([{_label(agent_id, 'external')}]):::external")
         add(f"{node(wire.inbox_name(ns, agent_id))} --> {agent_node}")
-
-    for route in config.routes:
-        rule = compile_rule(route.pattern)
-        notes = [
-            note
-            for note, present in (
-                ("filtered", route.filter is not None or not rule.exact),
-                ("transformed", route.transform is not None),
-            )
-            if present
-        ]
-        text = f"route {route.pattern}" + (f" ({', '.join(notes)})" if notes else "")
-        for dest in route.destinations:
-            add(f"{node(traffic)} -- {_label(text)} --> {node(wire.inbox_name(ns, dest))}")
-
     return "\n".join(lines) + "\n"
+
+
+def _queue_notes(queue: QueueSpec) -> list[str]:
+    """What a reader wants to know of a queue's arguments: its limit, a stream's age."""
+    arguments = queue.arguments
+    if arguments.get("x-queue-type") == "stream":
+        return [f"stream, {arguments.get('x-max-age', 'unlimited')}"]
+    limit = arguments.get("x-max-length")
+    return [] if limit is None or queue.role == "apply record" else [f"max {limit}"]
+
+
+def _dead_letter_target(arguments: Mapping[str, Any]) -> tuple[str, str]:
+    """Where the broker moves a queue's rejected or expired messages, and why."""
+    exchange = arguments.get("x-dead-letter-exchange")
+    if exchange == "" and "x-dead-letter-routing-key" in arguments:
+        return str(arguments["x-dead-letter-routing-key"]), "TTL"
+    return str(exchange or ""), "rejected, expired"
+
+
+def _route_notes(route: RouteConfig) -> str:
+    notes = [
+        note
+        for note, present in (
+            ("filtered", route.filter is not None or not route.rule.exact),
+            ("transformed", route.transform is not None),
+        )
+        if present
+    ]
+    return f" ({', '.join(notes)})" if notes else ""

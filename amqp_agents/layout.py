@@ -1,18 +1,28 @@
-"""What a configuration needs on the broker, and how that differs from what is there.
+"""The broker layout of a namespace, the one place that knows it; and how the broker differs.
 
-Pure: :func:`layout_of` turns a configuration into the exchanges, queues and bindings
-its namespace needs (the names and arguments of docs/wire-format.md, from
-:mod:`amqp_agents.wire`); :func:`plan` compares that with what a broker inspection
-found (:func:`amqp_agents.topology.inspect_layout`) and says what ``topology apply``
-would do::
+Pure. Every exchange, queue (with its arguments) and binding a namespace needs comes
+from the functions here, one per piece, each returning a :class:`Layout` of specs (the
+names and arguments of docs/wire-format.md, from :mod:`amqp_agents.wire`)::
 
-    layout_of(config)          -> Layout(exchanges=[agents (topic), agents.dlx (fanout),
-                                                    agents.replies (topic),
-                                                    agents.retry.researcher (direct), ...],
-                                         queues=[agents.dead, agents.history,
-                                                 agents.inbox.researcher, ...],
-                                         bindings=[agents -> agents.inbox.researcher
-                                                   '*.*.*.researcher', ...])
+    base_layout(ns, options)             the traffic, dead-letter and replies exchanges,
+                                         {ns}.dead, the {ns}.history stream
+    inbox_layout(ns, agent_id, ...)      an inbox, bound for its agent and for history
+    retry_layout(ns, agent_id, delays)   an agent's retry exchange and retry queues
+    route_layout(ns, key, destinations)  a route's bindings on inboxes and history
+    record_layout(ns)                    the queue where ``topology apply`` records
+    layout_of(config)                    all of them for a configuration
+
+Who reads them: :class:`amqp_agents.topology.Topology` declares them piece by piece
+at run time, ``topology plan/apply`` compares and declares :func:`layout_of`,
+:func:`amqp_agents.diagram.mermaid` draws it and
+:func:`amqp_agents.topology.delete_namespace` deletes what they name. So a setting
+that changes the shape of a namespace (the queue type, history on or off) is one
+change to :class:`NamespaceOptions` and the functions that read it.
+
+:func:`plan` compares a layout with what a broker inspection found
+(:func:`amqp_agents.topology.inspect_layout`) and says what ``topology apply`` would
+do::
+
     plan(layout, observed)     -> Plan(steps=[create queue agents.inbox.writer,
                                               conflict queue agents.inbox.researcher, ...])
 
@@ -26,14 +36,16 @@ longer has is reported as stale and left in place.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import wire
-from .config import AgentsConfig, RetryConfig
-from .routing import compile_rule
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:  # only for layout_of's signature: the run-time path never loads it
+    from .config_schema import AgentsConfig
 
 ExchangeType = Literal["topic", "fanout", "direct"]
 Action = Literal["create", "bind", "conflict", "stale", "unchecked"]
@@ -42,7 +54,23 @@ Kind = Literal["exchange", "queue", "binding"]
 RECORD_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic", "x-max-length": 1}
 """The record queue keeps only the newest record: publishing one drops the older."""
 DEAD_QUEUE_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic"}
-"""As :class:`amqp_agents.topology.Topology` declares ``{ns}.dead``."""
+"""``{ns}.dead``: a plain durable queue that keeps what nobody could handle."""
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceOptions:
+    """Settings of a namespace that change what its layout is; every declarer must agree.
+
+    Attributes:
+        history_max_age: retention of the history stream by age ("7D", "12h").
+        history_max_bytes: retention of the history stream by size.
+
+    A future setting of the same kind (the queue type of inboxes, history on or off)
+    is a field here, read by the layout functions below, and nowhere else.
+    """
+
+    history_max_age: str = "7D"
+    history_max_bytes: int = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +93,36 @@ class QueueSpec:
 
 @dataclass(frozen=True, slots=True, order=True)
 class BindingSpec:
-    """``exchange -> queue`` with a binding key."""
+    """``exchange -> queue`` with a binding key; ``role`` is for people, not compared."""
 
     exchange: str
     queue: str
     key: str
+    role: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Everything one namespace needs on the broker, in declaration order."""
+    """Exchanges, queues and bindings of one namespace, in declaration order.
+
+    A whole namespace (:func:`layout_of`) or one piece of it; ``a + b`` is both, each
+    exchange, queue and binding once, in order of first appearance.
+    """
 
     namespace: str
-    exchanges: tuple[ExchangeSpec, ...]
-    queues: tuple[QueueSpec, ...]
-    bindings: tuple[BindingSpec, ...]
+    exchanges: tuple[ExchangeSpec, ...] = ()
+    queues: tuple[QueueSpec, ...] = ()
+    bindings: tuple[BindingSpec, ...] = ()
+
+    def __add__(self, other: Layout) -> Layout:
+        if other.namespace != self.namespace:
+            raise ValueError(f"cannot join layouts of {self.namespace!r} and {other.namespace!r}")
+        return Layout(
+            self.namespace,
+            _first_of_each_name((*self.exchanges, *other.exchanges)),
+            _first_of_each_name((*self.queues, *other.queues)),
+            tuple(dict.fromkeys((*self.bindings, *other.bindings))),
+        )
 
     def without_record(self) -> Layout:
         """The layout agents need: all but the record only ``topology apply`` uses."""
@@ -88,16 +131,134 @@ class Layout:
         return Layout(self.namespace, self.exchanges, queues, self.bindings)
 
 
-def retry_delays(retry: RetryConfig) -> list[float]:
-    """The delays an agent with this policy actually retries after, each once.
+_Named = TypeVar("_Named", ExchangeSpec, QueueSpec)
 
-    ``RetryConfig(max_attempts=4, delays_s=(1, 5)) -> [1.0, 5.0]`` (the last repeats);
-    ``RetryConfig(max_attempts=1) -> []`` (no retry, no retry queue).
+
+def _first_of_each_name(specs: Iterable[_Named]) -> tuple[_Named, ...]:
+    """A name is one object on the broker: the first spec of each name, in order."""
+    first: dict[str, _Named] = {}
+    for spec in specs:
+        first.setdefault(spec.name, spec)
+    return tuple(first.values())
+
+
+# -- the pieces -------------------------------------------------------------------------
+
+
+def base_layout(ns: str, options: NamespaceOptions = NamespaceOptions()) -> Layout:
+    """What every namespace has before any agent: traffic, dead letters, replies, history.
+
+    The history stream is bound to the replies exchange, so it keeps every reply.
     """
-    delays = (
-        retry.delays_s[min(i, len(retry.delays_s) - 1)] for i in range(retry.max_attempts - 1)
+    traffic = wire.exchange_name(ns)
+    dlx = wire.dead_letter_exchange_name(ns)
+    replies = wire.reply_exchange_name(ns)
+    dead = wire.dead_queue_name(ns)
+    history = wire.history_name(ns)
+    history_arguments = wire.history_arguments(
+        max_age=options.history_max_age, max_bytes=options.history_max_bytes
     )
-    return list(dict.fromkeys(float(d) for d in delays))
+    return Layout(
+        ns,
+        exchanges=(
+            ExchangeSpec(traffic, "topic", "agent traffic"),
+            ExchangeSpec(dlx, "fanout", "dead letters"),
+            ExchangeSpec(replies, "topic", "replies"),
+        ),
+        queues=(
+            QueueSpec(dead, DEAD_QUEUE_ARGUMENTS, "dead letters"),
+            QueueSpec(history, history_arguments, "history"),
+        ),
+        bindings=(
+            BindingSpec(dlx, dead, "", "dead letters"),
+            BindingSpec(replies, history, wire.history_reply_binding_key(ns), "every answer"),
+        ),
+    )
+
+
+def history_binding(ns: str, key: str) -> BindingSpec:
+    """History gets every key an inbox or a route gets, on the traffic exchange.
+
+    So routed and addressed traffic is in history, and a message to an agent without
+    inbox reaches no queue at all (the sender learns of an unknown recipient) instead
+    of silently landing in history only. The one place of that rule.
+    """
+    return BindingSpec(
+        wire.exchange_name(ns), wire.history_name(ns), key, "all addressed and routed traffic"
+    )
+
+
+def inbox_layout(
+    ns: str, agent_id: str, *, max_length: int | None = None, external: bool = False
+) -> Layout:
+    """``{ns}.inbox.{agent_id}``, bound for messages to its agent (and history likewise).
+
+    ``external``: the agent runs elsewhere (only the role text says so).
+    """
+    inbox = wire.inbox_name(ns, agent_id)
+    key = wire.inbox_binding_key(agent_id)
+    role = f"inbox of {agent_id}" + (" (external)" if external else "")
+    return Layout(
+        ns,
+        queues=(QueueSpec(inbox, wire.inbox_arguments(ns, max_length=max_length), role),),
+        bindings=(
+            BindingSpec(wire.exchange_name(ns), inbox, key, f"to {agent_id}"),
+            history_binding(ns, key),
+        ),
+    )
+
+
+def retry_layout(ns: str, agent_id: str, delays: Iterable[float]) -> Layout:
+    """The agent's own retry exchange and one retry queue per delay (none: no retry).
+
+    A retry queue is bound under its own name; its messages expire after the delay
+    back into the inbox (see :meth:`amqp_agents.topology.Topology.declare_retry_queue`).
+    """
+    delays = list(delays)
+    if not delays:
+        return Layout(ns)
+    exchange = wire.retry_exchange_name(ns, agent_id)
+    queues = tuple(
+        QueueSpec(
+            wire.retry_queue_name(ns, agent_id, delay),
+            wire.retry_queue_arguments(ns, agent_id, delay),
+            f"retries of {agent_id} after {delay:g}s",
+        )
+        for delay in delays
+    )
+    bindings = tuple(
+        BindingSpec(exchange, queue.name, queue.name, f"retry after {delay:g}s")
+        for queue, delay in zip(queues, delays, strict=True)
+    )
+    return Layout(
+        ns, (ExchangeSpec(exchange, "direct", f"retries of {agent_id}"),), queues, bindings
+    )
+
+
+def agent_layout(
+    ns: str, agent_id: str, *, max_length: int | None = None, retry: RetryPolicy | None = None
+) -> Layout:
+    """An agent run here: its inbox and the retry queues its policy uses."""
+    delays = [] if retry is None else retry.distinct_delays()
+    return inbox_layout(ns, agent_id, max_length=max_length) + retry_layout(ns, agent_id, delays)
+
+
+def route_layout(ns: str, key: str, destinations: Sequence[str], *, pattern: str = "") -> Layout:
+    """A compiled route's bindings: each destination's inbox and history, with ``key``.
+
+    Route keys end in ``-`` (recipient-less messages), so they never overlap an
+    inbox's own ``*.*.*.{agent_id}`` binding. ``pattern`` only names the route.
+    """
+    traffic = wire.exchange_name(ns)
+    role = f"route {pattern}" if pattern else "route"
+    inboxes = (BindingSpec(traffic, wire.inbox_name(ns, d), key, role) for d in destinations)
+    return Layout(ns, bindings=(*inboxes, history_binding(ns, key)))
+
+
+def record_layout(ns: str) -> Layout:
+    """The queue where ``topology apply`` records the bindings it made."""
+    name = wire.topology_record_name(ns)
+    return Layout(ns, queues=(QueueSpec(name, RECORD_ARGUMENTS, "apply record"),))
 
 
 def layout_of(config: AgentsConfig) -> Layout:
@@ -105,71 +266,46 @@ def layout_of(config: AgentsConfig) -> Layout:
 
     Inboxes for every configured and external agent (a route destination must keep
     its messages before its agent starts), a retry queue per delay an agent uses (on
-    the agent's own retry exchange), the dead letters, the history stream (also bound
-    to the replies exchange), and each route's bindings on inboxes and history. Route
-    patterns compile without importing filters or transforms.
+    the agent's own retry exchange), the dead letters, the history stream, and each
+    route's bindings (its rule was compiled when the configuration was validated).
     """
     broker = config.broker
     ns = broker.namespace
-    traffic = wire.exchange_name(ns)
-    dlx = wire.dead_letter_exchange_name(ns)
-    replies = wire.reply_exchange_name(ns)
-    history = wire.history_name(ns)
-    exchanges = [
-        ExchangeSpec(traffic, "topic", "agent traffic"),
-        ExchangeSpec(dlx, "fanout", "dead letters"),
-        ExchangeSpec(replies, "topic", "replies"),
-    ]
-    queues = [
-        QueueSpec(wire.dead_queue_name(ns), DEAD_QUEUE_ARGUMENTS, "dead letters"),
-        QueueSpec(
-            history,
-            wire.history_arguments(
-                max_age=broker.history_max_age, max_bytes=broker.history_max_bytes
-            ),
-            "history",
-        ),
-    ]
-    bindings = [
-        BindingSpec(dlx, wire.dead_queue_name(ns), ""),
-        BindingSpec(replies, history, wire.history_reply_binding_key(ns)),
-    ]
-    inboxes = {agent.id: agent.inbox.max_length for agent in config.agents}
-    inboxes.update({agent_id: None for agent_id in config.external_agents})
-    for agent_id, max_length in inboxes.items():
-        inbox = wire.inbox_name(ns, agent_id)
-        external = " (external)" if agent_id in config.external_agents else ""
-        queues.append(
-            QueueSpec(
-                inbox,
-                wire.inbox_arguments(ns, max_length=max_length),
-                f"inbox of {agent_id}{external}",
-            )
-        )
-        key = wire.inbox_binding_key(agent_id)
-        bindings += [BindingSpec(traffic, inbox, key), BindingSpec(traffic, history, key)]
+    layout = base_layout(ns, namespace_options(config))
     for agent in config.agents:
-        delays = retry_delays(agent.retry)
-        if delays:
-            retry = wire.retry_exchange_name(ns, agent.id)
-            exchanges.append(ExchangeSpec(retry, "direct", f"retries of {agent.id}"))
-        for delay in delays:
-            name = wire.retry_queue_name(ns, agent.id, delay)
-            queues.append(
-                QueueSpec(
-                    name,
-                    wire.retry_queue_arguments(ns, agent.id, delay),
-                    f"retries of {agent.id} after {delay:g}s",
-                )
-            )
-            bindings.append(BindingSpec(retry, name, name))
+        layout += inbox_layout(ns, agent.id, max_length=agent.inbox.max_length)
+    for agent_id in config.external_agents:
+        layout += inbox_layout(ns, agent_id, external=True)
+    for agent in config.agents:
+        layout += retry_layout(ns, agent.id, agent.retry.distinct_delays())
     for route in config.routes:
-        key = compile_rule(route.pattern).binding_key
-        for dest in route.destinations:
-            bindings.append(BindingSpec(traffic, wire.inbox_name(ns, dest), key))
-        bindings.append(BindingSpec(traffic, history, key))
-    queues.append(QueueSpec(wire.topology_record_name(ns), RECORD_ARGUMENTS, "apply record"))
-    return Layout(ns, tuple(exchanges), tuple(queues), tuple(dict.fromkeys(bindings)))
+        layout += route_layout(
+            ns, route.rule.binding_key, route.destinations, pattern=route.pattern
+        )
+    return layout + record_layout(ns)
+
+
+def namespace_options(config: AgentsConfig) -> NamespaceOptions:
+    """The :class:`NamespaceOptions` a configuration's broker section sets."""
+    broker = config.broker
+    return NamespaceOptions(broker.history_max_age, broker.history_max_bytes)
+
+
+def retry_exchange_of(ns: str, queue: str) -> str | None:
+    """The retry exchange that feeds ``queue`` if it is a retry queue of ``ns``, else None.
+
+    ``retry_exchange_of("agents", "agents.retry.writer.200ms") -> "agents.retry.writer"``;
+    for deleting what the run-time path declared, known only by queue names.
+    """
+    prefix = wire.retry_exchange_name(ns, "")
+    agent_id, dot, delay = queue.removeprefix(prefix).rpartition(".")
+    if not (queue.startswith(prefix) and delay.endswith("ms") and delay[:-2].isdigit()):
+        return None
+    if not dot or "." in agent_id:  # agent ids have no dots
+        return None
+    if wire.retry_queue_name(ns, agent_id, int(delay[:-2]) / 1000) != queue:
+        return None
+    return wire.retry_exchange_name(ns, agent_id)
 
 
 # -- comparing with the broker ----------------------------------------------------------

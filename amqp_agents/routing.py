@@ -228,14 +228,18 @@ class MessageRouter:
     def __init__(self) -> None:
         self._routes: dict[str, _Route] = {}
 
-    def add_route(self, pattern: str, destinations: Sequence[str]) -> None:
+    def add_route(self, pattern: str | CompiledRule, destinations: Sequence[str]) -> None:
         """Send messages matching ``pattern`` to the inboxes of ``destinations``.
+
+        ``pattern`` may come compiled already (a configuration compiles its routes
+        while validating), so that it is compiled once on its way to the bindings.
 
         Raises:
             RoutingError: bad pattern (see :func:`compile_rule`), no destination, or a
                 destination that is not a valid agent id.
         """
-        rule = compile_rule(pattern)
+        rule = pattern if isinstance(pattern, CompiledRule) else compile_rule(pattern)
+        pattern = rule.pattern
         dests = _destinations(pattern, destinations)
         route = self._routes.get(pattern)
         if route is None:

@@ -18,21 +18,22 @@ file has routes, so routed messages are filtered and transformed as configured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import wire
 from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
-from .connection import connect, redact_url, resolve_url, tls_context
+from .connection import AgentConnection, connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
 from .layout import Status, layout_of
 from .queue import MessageQueue
-from .retry import RetryPolicy
 from .routed_queue import RoutingMessageQueue
 from .topology import inspect_layout
 
@@ -72,7 +73,7 @@ class AgentRunner:
                     agent.id,
                     type(agent).__name__,
                     agent.concurrency,
-                    f"{self.queue.namespace}.inbox.{agent.id}",
+                    wire.inbox_name(self.queue.namespace, agent.id),
                 )
         except BaseException:
             await self.stop()
@@ -258,13 +259,12 @@ def build_agent(
             f"{config.where('agents', index, 'inbox', 'dead_letter')}: false is not supported"
             " by `run` yet: messages an agent gives up on always go to the dead letters"
         )
-    retry = RetryPolicy(agent.retry.max_attempts, tuple(agent.retry.delays_s))
     try:
         return cls(
             agent.id,
             queue,
             concurrency=agent.concurrency,
-            retry=retry,
+            retry=agent.retry,
             drain_timeout_s=drain_timeout_s,
         )
     except Exception as exc:
@@ -321,6 +321,33 @@ def queue_from_config(
     return MessageQueue(broker.secret_url(), **options)
 
 
+@contextlib.asynccontextmanager
+async def broker_connection(
+    config: AgentsConfig, name: str, ssl_context: ssl.SSLContext | None = None
+) -> AsyncIterator[AgentConnection]:
+    """A connection to the broker as ``config`` says (URL, timeout, TLS), closed after.
+
+    Args:
+        config: the configuration.
+        name: shown by the broker for the connection.
+        ssl_context: TLS settings already loaded (default: from ``broker.tls``).
+
+    Raises:
+        BrokerConnectionError: the broker cannot be reached or refused us.
+        ConfigError: as :func:`ssl_context_of`.
+    """
+    connection = await connect(
+        resolve_url(config.broker.secret_url()),
+        name=name,
+        timeout_s=config.broker.connect_timeout_s,
+        ssl_context=ssl_context if ssl_context is not None else ssl_context_of(config),
+    )
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
 async def check_topology(config: AgentsConfig, queue: MessageQueue) -> None:
     """In passive mode, fail at start, listing everything missing, not at first use.
 
@@ -331,16 +358,9 @@ async def check_topology(config: AgentsConfig, queue: MessageQueue) -> None:
         TopologyError: one line naming what is missing and the command that creates it.
     """
     layout = layout_of(config).without_record()
-    connection = await connect(
-        resolve_url(config.broker.secret_url()),
-        name=f"{queue.connection_name} (topology check)",
-        timeout_s=config.broker.connect_timeout_s,
-        ssl_context=queue.ssl_context,
-    )
-    try:
+    name = f"{queue.connection_name} (topology check)"
+    async with broker_connection(config, name, queue.ssl_context) as connection:
         observed = await inspect_layout(connection, layout, check_arguments=False)
-    finally:
-        await connection.close()
     missing = [
         f"{kind} {name!r}"
         for kind, checks in (("exchange", observed.exchanges), ("queue", observed.queues))

@@ -1,10 +1,11 @@
-"""Declaring what a namespace needs on the broker: exchanges, inboxes, dead letters, history,
-the replies exchange and the agents' retry queues.
+"""Putting a namespace's layout on the broker: declaring, inspecting, applying, deleting.
 
-Every declaration goes through here so that every process declares the same names
-with the same arguments (a mismatch fails with PRECONDITION_FAILED). In passive mode
-nothing is created: we only check that it exists, for users without configure
-permission.
+What a namespace needs is :mod:`amqp_agents.layout`'s (pure) answer; this module is
+its IO. :class:`Topology` declares the pieces at run time as agents start, so every
+process declares the same names with the same arguments (a mismatch fails with
+PRECONDITION_FAILED); in passive mode it only checks that they exist, for users
+without configure permission. :func:`inspect_layout` and :func:`apply_layout` are
+``topology plan`` and ``apply``; :func:`delete_namespace` is teardown.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import aio_pika
 from aio_pika.abc import (
@@ -33,19 +33,30 @@ from .layout import (
     Check,
     ExchangeSpec,
     Layout,
+    NamespaceOptions,
     Observed,
     Plan,
     QueueSpec,
     Status,
     Step,
+    base_layout,
     binding_name,
+    history_binding,
+    inbox_layout,
+    record_layout,
+    retry_exchange_of,
+    retry_layout,
+    route_layout,
 )
 
 log = logging.getLogger(__name__)
 
 
 class Topology:
-    """Declares and remembers one namespace's exchanges and queues on a channel.
+    """Declares one namespace's layout on a channel, piece by piece, as agents need it.
+
+    What to declare comes from :mod:`amqp_agents.layout` only; this class adds the
+    channel, the cache of what is declared, passive mode and the error texts.
 
     Args:
         channel: a channel used only for declarations (a failed declaration closes it).
@@ -76,50 +87,29 @@ class Topology:
         self.passive = passive
         self.inbox_max_length = inbox_max_length
         self.inbox_max_lengths = dict(inbox_max_lengths or {})
-        self.history_args = wire.history_arguments(
-            max_age=history_max_age, max_bytes=history_max_bytes
-        )
-        self.exchange: AbstractExchange | None = None
-        self.history: AbstractQueue | None = None
+        self.options = NamespaceOptions(history_max_age, history_max_bytes)
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._queues: dict[str, AbstractQueue] = {}
+        self._base_declared = False
         self._inboxes: dict[str, AbstractQueue] = {}
-        self._retry_queues: set[str] = set()
 
     async def declare_base(self) -> AbstractExchange:
-        """Declare the topic exchange, the dead-letter path, the history stream and the
-        replies exchange (history keeps every reply through it)."""
-        ns = self.ns
-        self.exchange = await self._exchange(wire.exchange_name(ns), ExchangeType.TOPIC)
-        dlx = await self._exchange(wire.dead_letter_exchange_name(ns), ExchangeType.FANOUT)
-        replies = await self._exchange(wire.reply_exchange_name(ns), ExchangeType.TOPIC)
-        dead = await self._queue(wire.dead_queue_name(ns), {"x-queue-type": "classic"})
-        self.history = await self._queue(wire.history_name(ns), self.history_args)
-        if not self.passive:
-            await dead.bind(dlx, routing_key="")
-            await self.history.bind(replies, routing_key=wire.history_reply_binding_key(ns))
-        return self.exchange
+        """Declare :func:`~amqp_agents.layout.base_layout`; returns the traffic exchange."""
+        await self._declare(base_layout(self.ns, self.options))
+        self._base_declared = True
+        return self._exchanges[wire.exchange_name(self.ns)]
 
     async def declare_inbox(self, agent_id: str) -> AbstractQueue:
-        """Declare ``{ns}.inbox.{agent_id}`` and its bindings; idempotent and cached.
-
-        The history stream gets the same binding as the inbox, so a message to an
-        agent without inbox reaches no queue at all and comes back to the sender as
-        an unknown recipient, instead of silently landing only in history.
-        """
+        """Declare :func:`~amqp_agents.layout.inbox_layout` of ``agent_id``; cached."""
         queue = self._inboxes.get(agent_id)
         if queue is not None:
             return queue
         wire.validate_namespace(self.ns)
-        if self.exchange is None or self.history is None:
-            await self.declare_base()
-        assert self.exchange is not None and self.history is not None
+        await self._ensure_base()
         max_length = self.inbox_max_lengths.get(agent_id, self.inbox_max_length)
-        args = wire.inbox_arguments(self.ns, max_length=max_length)
-        queue = await self._queue(wire.inbox_name(self.ns, agent_id), args)
-        key = wire.inbox_binding_key(agent_id)
-        if not self.passive:
-            await queue.bind(self.exchange, routing_key=key)
-            await self.history.bind(self.exchange, routing_key=key)
-        self._inboxes[agent_id] = queue
+        layout = inbox_layout(self.ns, agent_id, max_length=max_length)
+        await self._declare(layout)
+        queue = self._inboxes[agent_id] = self._queues[layout.queues[0].name]
         return queue
 
     def forget_inbox(self, agent_id: str) -> None:
@@ -139,53 +129,77 @@ class Topology:
         Returns:
             the queue's name, which is also its binding key.
         """
-        name = wire.retry_queue_name(self.ns, agent_id, delay_s)
-        if name in self._retry_queues:
-            return name
-        exchange = await self._exchange(
-            wire.retry_exchange_name(self.ns, agent_id), ExchangeType.DIRECT
-        )
-        queue = await self._queue(name, wire.retry_queue_arguments(self.ns, agent_id, delay_s))
-        if not self.passive:
-            await queue.bind(exchange, routing_key=name)
-        self._retry_queues.add(name)
+        layout = retry_layout(self.ns, agent_id, [delay_s])
+        name = layout.queues[0].name
+        if name not in self._queues:
+            await self._declare(layout)
         return name
 
+    async def bind_route(self, routing_key: str, agent_id: str) -> None:
+        """Bind ``agent_id``'s inbox, and history, with a route's ``routing_key``.
+
+        Declares the inbox first (a routed message is kept before its agent starts).
+        The bindings are :func:`~amqp_agents.layout.route_layout`'s.
+        """
+        await self.declare_inbox(agent_id)
+        await self._declare(route_layout(self.ns, routing_key, [agent_id]))
+
     async def bind_history(self, routing_key: str) -> None:
-        """Make the history stream keep messages published with ``routing_key``."""
-        if self.exchange is None or self.history is None:
-            await self.declare_base()
-        assert self.exchange is not None and self.history is not None
-        if not self.passive:
-            await self.history.bind(self.exchange, routing_key=routing_key)
+        """Make the history stream keep messages published with ``routing_key``.
+
+        Kept for callers that bind routes in two steps; :meth:`bind_route` does both.
+        """
+        await self._ensure_base()
+        await self._declare(Layout(self.ns, bindings=(history_binding(self.ns, routing_key),)))
 
     async def bind_inbox(self, agent_id: str, routing_key: str) -> None:
-        """Declare ``agent_id``'s inbox and also bind it with ``routing_key`` (a route's).
+        """Declare ``agent_id``'s inbox and bind it with ``routing_key`` (a route's).
 
-        Route keys end in ``-`` (recipient-less messages), so they never overlap the
-        inbox's own ``*.*.*.{agent_id}`` binding.
+        Kept for callers that bind routes in two steps; :meth:`bind_route` does both.
         """
-        queue = await self.declare_inbox(agent_id)
-        assert self.exchange is not None
-        if not self.passive:
-            await queue.bind(self.exchange, routing_key=routing_key)
+        await self.declare_inbox(agent_id)
+        inbox = wire.inbox_name(self.ns, agent_id)
+        route = route_layout(self.ns, routing_key, [agent_id])
+        await self._declare(
+            Layout(self.ns, bindings=tuple(b for b in route.bindings if b.queue == inbox))
+        )
 
-    async def _exchange(self, name: str, kind: ExchangeType) -> AbstractExchange:
+    async def _ensure_base(self) -> None:
+        if not self._base_declared:
+            await self.declare_base()
+
+    async def _declare(self, layout: Layout) -> None:
+        """Declare ``layout``'s exchanges and queues, then (unless passive) its bindings.
+
+        A binding's ends must be declared on this channel by now (here or before).
+        """
+        for exchange in layout.exchanges:
+            self._exchanges[exchange.name] = await self._exchange(exchange)
+        for queue in layout.queues:
+            self._queues[queue.name] = await self._queue(queue)
+        if self.passive:
+            return
+        for binding in layout.bindings:
+            await self._queues[binding.queue].bind(
+                self._exchanges[binding.exchange], routing_key=binding.key
+            )
+
+    async def _exchange(self, spec: ExchangeSpec) -> AbstractExchange:
         try:
             return await self.channel.declare_exchange(
-                name, kind, durable=True, passive=self.passive
+                spec.name, ExchangeType(spec.type), durable=True, passive=self.passive
             )
         except (ChannelNotFoundEntity, ChannelPreconditionFailed, ChannelClosed) as exc:
-            raise self._error("exchange", name, exc) from exc
+            raise self._error("exchange", spec.name, exc) from exc
 
-    async def _queue(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
-        self.declared.add(name)
+    async def _queue(self, spec: QueueSpec) -> AbstractQueue:
+        self.declared.add(spec.name)
         try:
             return await self.channel.declare_queue(
-                name, durable=True, passive=self.passive, arguments=arguments
+                spec.name, durable=True, passive=self.passive, arguments=dict(spec.arguments)
             )
         except (ChannelNotFoundEntity, ChannelPreconditionFailed, ChannelClosed) as exc:
-            raise self._error("queue", name, exc) from exc
+            raise self._error("queue", spec.name, exc) from exc
 
     def _error(self, kind: str, name: str, exc: Exception) -> TopologyError:
         if isinstance(exc, ChannelAccessRefused):
@@ -203,28 +217,27 @@ class Topology:
 
 
 async def delete_namespace(
-    channel: AbstractChannel, namespace: str, queues: Sequence[str] = ()
+    channel: AbstractChannel,
+    namespace: str,
+    queues: Sequence[str] = (),
+    *,
+    layout: Layout | None = None,
 ) -> None:
-    """Delete a namespace's exchanges, its fixed queues and ``queues``; for teardown.
+    """Delete what the layout specs name, for teardown.
 
-    The retry exchange of every agent with a retry queue among ``queues`` goes too.
+    That is the namespace's base and apply record, everything ``layout`` names (e.g.
+    :func:`~amqp_agents.layout.layout_of` a configuration), the queues in ``queues``
+    (e.g. the names the run-time path declared) and the retry exchange of each retry
+    queue among them.
     """
-    fixed = [
-        wire.dead_queue_name(namespace),
-        wire.history_name(namespace),
-        wire.topology_record_name(namespace),
-    ]
-    exchanges = {
-        wire.exchange_name(namespace),
-        wire.dead_letter_exchange_name(namespace),
-        wire.reply_exchange_name(namespace),
-    }
-    retry_prefix = f"{namespace}.retry."
-    for name in sorted(set(queues) | set(fixed)):
+    everything = base_layout(namespace) + record_layout(namespace)
+    if layout is not None:
+        everything += layout
+    names = {q.name for q in everything.queues} | set(queues)
+    exchanges = {e.name for e in everything.exchanges}
+    exchanges |= {e for e in (retry_exchange_of(namespace, q) for q in names) if e is not None}
+    for name in sorted(names):
         await channel.queue_delete(name)
-        if name.startswith(retry_prefix) and name.count(".") == retry_prefix.count(".") + 1:
-            # {ns}.retry.{agent}.{delay}ms -> {ns}.retry.{agent}
-            exchanges.add(name.rsplit(".", 1)[0])
     for name in sorted(exchanges):
         await channel.exchange_delete(name)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ import pytest
 
 from amqp_agents import wire
 from amqp_agents.config import load_config
-from amqp_agents.layout import layout_of
-from amqp_agents.runner import prepare
+from amqp_agents.diagram import mermaid
+from amqp_agents.layout import layout_of, plan
+from amqp_agents.runner import broker_connection, prepare
+from amqp_agents.topology import delete_namespace, inspect_layout
 
 from .conftest import Run
 
@@ -149,3 +152,68 @@ async def test_graph_is_mermaid(run_cli: Run, example_config: Path) -> None:
     assert status == 0
     assert output.startswith("flowchart LR\n")
     assert "route type:task" in output
+
+
+def graph_edges(graph: str) -> set[tuple[str, str]]:
+    """``(from, to)`` names of every edge of a Mermaid graph drawn by ``mermaid``."""
+    ids = dict(re.findall(r'^    (n\d+)(?:\{\{|\[\()"([^"<]+)', graph, re.MULTILINE))
+    pairs = re.findall(r"^    (n\d+) .*?-->? (n\d+)$", graph, re.MULTILINE)
+    pairs += re.findall(r"^    (n\d+) --> (n\d+)$", graph, re.MULTILINE)
+    return {(ids[a], ids[b]) for a, b in pairs if a in ids and b in ids}
+
+
+def queues_with_arguments(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Queue name -> arguments, from :func:`broker_state` (rabbitmqctl lists
+    arguments as ``[name, type, value]`` triples)."""
+    queues = (json.loads(q) for q in state["queues"])
+    return {q["name"]: {name: value for name, _, value in q["arguments"]} for q in queues}
+
+
+async def test_declare_plan_graph_and_delete_read_one_layout(
+    example_config: Path, namespace: str, amqp_url: str, rabbitmqctl: str
+) -> None:
+    """The layout is defined once: the run-time path declares exactly layout_of's specs
+    (arguments included), the plan finds them all as declared, the graph draws every
+    exchange, queue and binding of them, and delete_namespace leaves none behind."""
+    config = load_config(example_config, env={"AMQP_URL": amqp_url, "AMQP_NAMESPACE": namespace})
+    layout = layout_of(config).without_record()  # the record is apply's, not the agents'
+
+    # Declared by the run-time path: agents start (inboxes, routes), retries declare theirs.
+    runner = prepare(config)
+    await runner.start()
+    try:
+        topology = await runner.queue.topology()
+        for agent in runner.agents:
+            for delay in agent.retry.distinct_delays():
+                await topology.declare_retry_queue(agent.id, delay)
+        declared = sorted(runner.queue.declared_queues)
+    finally:
+        await runner.stop()
+    state = await broker_state(rabbitmqctl, namespace)
+    assert state["exchanges"] == sorted((e.name, e.type) for e in layout.exchanges)
+    assert queues_with_arguments(state) == {q.name: dict(q.arguments) for q in layout.queues}
+    assert state["bindings"] == sorted((b.exchange, b.queue, b.key) for b in layout.bindings)
+
+    async with broker_connection(config, "test: plan") as connection:
+        the_plan = plan(layout, await inspect_layout(connection, layout))
+    # Every exchange and queue exists with the layout's arguments; only the bindings
+    # are left to do, as AMQP cannot list them and nothing recorded them.
+    assert {s.action for s in the_plan.steps} == {"bind"}
+    assert [s.binding for s in the_plan.steps] == list(layout.bindings)
+
+    graph = mermaid(config)
+    for name in [e.name for e in layout.exchanges] + [q.name for q in layout.queues]:
+        assert f'"{name}' in graph, name
+    assert {(b.exchange, b.queue) for b in layout.bindings} <= graph_edges(graph)
+
+    plain = await aio_pika.connect(amqp_url)
+    try:
+        channel = await plain.channel()
+        await delete_namespace(channel, namespace, declared, layout=layout)
+    finally:
+        await plain.close()
+    assert await broker_state(rabbitmqctl, namespace) == {
+        "exchanges": [],
+        "queues": [],
+        "bindings": [],
+    }

@@ -17,6 +17,7 @@ from amqp_agents.config import (
     load_config,
     substitute,
 )
+from amqp_agents.retry import RetryPolicy
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "agents.example.yaml"
 PASSWORD = "hunter2-Zq9"
@@ -176,11 +177,34 @@ def test_an_agent_defined_twice_is_refused(tmp_path: Path) -> None:
     assert "agents[1].id: agent 'a' is defined twice" in load_error(path)
 
 
-def test_retries_need_delays(tmp_path: Path) -> None:
-    path = write(
-        tmp_path, "agents: [{id: a, class: 'x:A', retry: {max_attempts: 2, delays_s: []}}]"
+@pytest.mark.parametrize(
+    ("retry", "complaint"),
+    [
+        ("{max_attempts: 2, delays_s: []}", "retry: delays_s needs at least one delay"),
+        ("{max_attempts: 0}", "retry: max_attempts counts the first try"),
+        ("{delays_s: [-1]}", "retry: retry delays cannot be negative"),
+        ("{max_attempts: many}", "retry.max_attempts: Input should be a valid integer"),
+    ],
+)
+def test_bad_retries_are_refused_by_the_retry_policy(
+    tmp_path: Path, retry: str, complaint: str
+) -> None:
+    path = write(tmp_path, f"agents: [{{id: a, class: 'x:A', retry: {retry}}}]")
+    assert f"{path}:1: agents[0].{complaint}" in load_error(path)
+
+
+def test_the_retry_section_is_the_agents_retry_policy(tmp_path: Path) -> None:
+    path = write(tmp_path, "agents: [{id: a, class: 'x:A', retry: {max_attempts: 4}}]")
+    retry = load_config(path, env={}).agents[0].retry
+    assert retry == RetryPolicy(max_attempts=4, delays_s=(0.2, 1.0))
+
+
+def test_prefetch_is_refused_with_what_to_write_instead(tmp_path: Path) -> None:
+    """It was never read: an agent's prefetch is its concurrency."""
+    path = write(tmp_path, "broker:\n  prefetch: 10\n")
+    assert load_error(path) == (
+        f"{path}:2: broker.prefetch: no longer a setting: an agent's prefetch is its `concurrency`"
     )
-    assert "delays_s needs at least one delay" in load_error(path)
 
 
 # -- ${VAR} substitution ----------------------------------------------------------------

@@ -3,25 +3,34 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from amqp_agents import wire
-from amqp_agents.config import AgentsConfig, RetryConfig, load_config
+from amqp_agents.config import AgentsConfig, load_config
 from amqp_agents.diagram import mermaid
 from amqp_agents.layout import (
     BindingSpec,
     Check,
     Layout,
+    NamespaceOptions,
     Observed,
     Status,
+    agent_layout,
+    base_layout,
     format_arguments,
+    inbox_layout,
     layout_of,
     plan,
-    retry_delays,
+    retry_exchange_of,
+    retry_layout,
+    route_layout,
 )
+from amqp_agents.retry import RetryPolicy
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "agents.example.yaml"
 
@@ -44,7 +53,7 @@ def example() -> AgentsConfig:
 def test_retry_delays_are_those_the_agent_uses(
     max_attempts: int, delays_s: tuple[float, ...], expected: list[float]
 ) -> None:
-    assert retry_delays(RetryConfig(max_attempts=max_attempts, delays_s=delays_s)) == expected
+    assert RetryPolicy(max_attempts, delays_s).distinct_delays() == expected
 
 
 def test_layout_of_the_example(example: AgentsConfig) -> None:
@@ -93,6 +102,82 @@ def test_layout_of_the_example(example: AgentsConfig) -> None:
     }
     assert len(bindings) == len(layout.bindings), "no repeats"
     assert "ns.topology" not in {q.name for q in layout.without_record().queues}
+
+
+# -- the pieces -------------------------------------------------------------------------
+
+
+def test_every_key_that_reaches_an_inbox_also_reaches_history() -> None:
+    """Addressed and routed traffic is in history: the inbox's and each route's key."""
+    history = wire.history_name("ns")
+    pieces = [inbox_layout("ns", "writer"), route_layout("ns", "task.*.*.-", ["a", "b"])]
+    for piece in pieces:
+        inbox_keys = {b.key for b in piece.bindings if b.queue != history}
+        history_keys = {b.key for b in piece.bindings if b.queue == history}
+        assert inbox_keys == history_keys and inbox_keys
+
+
+def test_a_route_binds_each_destination_once_and_history_once() -> None:
+    route = route_layout("ns", "task.*.*.-", ["a", "b"], pattern="type:task")
+    assert [(b.queue, b.key) for b in route.bindings] == [
+        ("ns.inbox.a", "task.*.*.-"),
+        ("ns.inbox.b", "task.*.*.-"),
+        ("ns.history", "task.*.*.-"),
+    ]
+    assert route.bindings[0].role == "route type:task"
+    assert not route.exchanges and not route.queues, "a route declares nothing of its own"
+
+
+def test_an_agent_is_its_inbox_and_the_retry_queues_its_policy_uses() -> None:
+    policy = RetryPolicy(max_attempts=4, delays_s=(1.0, 5.0))
+    assert agent_layout("ns", "w", max_length=5, retry=policy) == inbox_layout(
+        "ns", "w", max_length=5
+    ) + retry_layout("ns", "w", [1.0, 5.0])
+    assert agent_layout("ns", "w", retry=RetryPolicy(max_attempts=1)) == inbox_layout("ns", "w")
+
+
+def test_namespace_options_set_the_history_stream() -> None:
+    options = NamespaceOptions(history_max_age="12h", history_max_bytes=5_000)
+    (history,) = (q for q in base_layout("ns", options).queues if q.name == "ns.history")
+    assert history.arguments == wire.history_arguments(max_age="12h", max_bytes=5_000)
+
+
+def test_joined_layouts_keep_each_piece_once_in_first_order() -> None:
+    inbox = inbox_layout("ns", "a")
+    joined = base_layout("ns") + inbox + base_layout("ns") + inbox
+    assert joined == base_layout("ns") + inbox
+    assert [q.name for q in joined.queues] == ["ns.dead", "ns.history", "ns.inbox.a"]
+    with pytest.raises(ValueError, match="cannot join"):
+        _ = base_layout("ns") + base_layout("other")
+
+
+@pytest.mark.parametrize(
+    ("queue", "exchange"),
+    [
+        ("ns.retry.writer.200ms", "ns.retry.writer"),
+        ("ns.retry.a-1.5000ms", "ns.retry.a-1"),
+        ("ns.inbox.writer", None),
+        ("ns.retry.writer", None),
+        ("ns.retry.writer.fast", None),
+        ("other.retry.writer.200ms", None),
+        ("ns.retry.ns.retry.x.1ms", None),  # agent ids have no dots
+    ],
+)
+def test_retry_exchange_of_a_retry_queue(queue: str, exchange: str | None) -> None:
+    assert retry_exchange_of("ns", queue) == exchange
+
+
+def test_importing_the_broker_client_does_not_load_yaml() -> None:
+    """Agents and the broker client never need the YAML layer (nor PyYAML)."""
+    code = (
+        "import sys, amqp_agents.queue, amqp_agents.topology, amqp_agents.layout;"
+        " print(sorted(m for m in sys.modules"
+        " if m == 'yaml' or m.startswith(('amqp_agents.config', 'yaml.'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def _observed(layout: Layout, status: Status, **overrides: Check) -> Observed:

@@ -1,0 +1,267 @@
+"""What a valid agents configuration is: the pydantic models, without any YAML.
+
+The sections of a configuration file (see config/agents.example.yaml)::
+
+    broker:           where and how to connect: URL, namespace, TLS, timeouts
+    agents:           the agents to run: id, class, concurrency, retries, inbox limits
+    external_agents:  ids that receive routed messages but are not run from this file
+    routes:           where recipient-less messages go (see amqp_agents.routing)
+
+Kept apart from :mod:`amqp_agents.config` (reading the YAML file) so that the broker
+layout (:mod:`amqp_agents.layout`), and through it the run-time path, can read a
+configuration without importing PyYAML. Each route's pattern is compiled here, once,
+while validating: the layout and the router reuse :attr:`RouteConfig.rule`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InvalidMessageError, RoutingError
+from .message import AGENT_ID_PATTERN
+from .retry import RetryPolicy
+from .routing import CompiledRule, compile_rule
+from .wire import DEFAULT_MAX_BODY_BYTES, validate_namespace
+
+Loc = tuple[str | int, ...]
+"""A place in the document: keys and list indexes from the top, as pydantic reports."""
+
+OBJECT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
+"""``package.module:name``, the form of a class, filter or transform in the file."""
+
+
+# -- field types ------------------------------------------------------------------------
+
+
+def _agent_id(value: str) -> str:
+    # fullmatch: the pattern's "$" would accept a trailing newline (a YAML "|" block).
+    if not re.fullmatch(AGENT_ID_PATTERN, value):
+        raise ValueError(f"invalid agent id {value!r}: must match {AGENT_ID_PATTERN}")
+    return value
+
+
+def _object_path(value: str) -> str:
+    if not OBJECT_PATH.fullmatch(value):
+        raise ValueError(f"{value!r} is not a 'module:name' path (e.g. 'myapp.agents:Writer')")
+    return value
+
+
+def _compiled_route(value: Any) -> Any:
+    # A pattern as written becomes its CompiledRule here, the only compile on the way
+    # from the file to the broker's bindings and the consumer's checks.
+    if not isinstance(value, str):
+        return value
+    try:
+        return compile_rule(value)
+    except RoutingError as exc:
+        raise ValueError(str(exc)) from None
+
+
+AgentId = Annotated[str, AfterValidator(_agent_id)]
+ObjectPath = Annotated[str, AfterValidator(_object_path)]
+"""``"package.module:Name"`` (the name may be dotted); checked here, imported later."""
+RouteRule = Annotated[CompiledRule, BeforeValidator(_compiled_route)]
+"""A route pattern, validated by compiling it (see :func:`amqp_agents.routing.compile_rule`)."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a misspelt or mis-indented option must not be ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# -- the models -------------------------------------------------------------------------
+
+
+class TlsConfig(_Section):
+    """TLS options; relative paths are relative to the configuration file.
+
+    Attributes:
+        ca_file: CA bundle that signed the broker's certificate (None: system CAs).
+        cert_file: client certificate, for brokers that authenticate by certificate.
+        key_file: the client certificate's private key.
+        verify: check the broker's certificate; turn off only for local tests.
+    """
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _existing_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        base = (info.context or {}).get("base_dir")
+        path = value if value.is_absolute() or base is None else Path(base) / value
+        if not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+    @model_validator(mode="after")
+    def _certificate_with_key(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class BrokerConfig(_Section):
+    """Where the broker is and how to talk to it (see :class:`~amqp_agents.MessageQueue`).
+
+    Attributes:
+        url: ``amqp://`` or ``amqps://`` URL with the vhost in its path; a secret, as it
+            may hold a password. None: ``$AMQP_URL``, else the local broker.
+        namespace: prefix of every exchange and queue name.
+        tls: TLS options; they need an ``amqps://`` URL.
+        passive: only check that the topology exists (users without configure rights).
+        publish_timeout_s: how long a send waits for the broker's confirm.
+        connect_timeout_s: how long connecting may take.
+        max_body_bytes: larger messages are refused before publishing.
+        history_max_age: retention of the history stream by age (``7D``, ``12h``).
+        history_max_bytes: retention of the history stream by size.
+    """
+
+    url: SecretStr | None = None
+    namespace: str = "agents"
+    tls: TlsConfig | None = None
+    passive: bool = False
+    publish_timeout_s: PositiveFloat = 10.0
+    connect_timeout_s: PositiveFloat = 10.0
+    max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
+    history_max_age: str = Field(default="7D", pattern=r"^[0-9]+[YMDhms]$")
+    history_max_bytes: PositiveInt = 1_000_000_000
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        scheme, sep, rest = value.get_secret_value().partition("://")
+        host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if scheme.lower() not in ("amqp", "amqps") or not sep or not host:
+            # The value is not shown: it may hold a password.
+            raise ValueError("must be an amqp:// or amqps:// URL with a host")
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        try:
+            return validate_namespace(value)
+        except InvalidMessageError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _tls_needs_amqps(self) -> BrokerConfig:
+        url = self.secret_url()
+        if self.tls is not None and url is not None and not url.lower().startswith("amqps://"):
+            raise ValueError("tls is set, so the url must start with amqps://")
+        return self
+
+    def secret_url(self) -> str | None:
+        """The URL in clear, for connecting only: never log or print it."""
+        return None if self.url is None else self.url.get_secret_value()
+
+
+class InboxConfig(_Section):
+    """Limits of an agent's inbox.
+
+    Attributes:
+        max_length: messages the inbox holds at most; when full, senders get
+            ``InboxFullError`` (None: unlimited).
+        dead_letter: move messages the agent gives up on to ``{ns}.dead`` (False:
+            drop them, with a log line).
+    """
+
+    max_length: PositiveInt | None = None
+    dead_letter: bool = True
+
+
+class AgentConfig(_Section):
+    """One agent to run.
+
+    Attributes:
+        id: the agent id (its inbox is ``{ns}.inbox.{id}``).
+        class_path: the agent class, ``module:Class``; YAML key ``class``.
+        concurrency: messages handled at once.
+        retry: the retry policy for failed handlers, validated by
+            :class:`~amqp_agents.retry.RetryPolicy` itself (YAML keys ``max_attempts``,
+            ``delays_s``).
+        inbox: the inbox's limits.
+    """
+
+    id: AgentId
+    class_path: ObjectPath = Field(alias="class")
+    concurrency: PositiveInt = 8
+    retry: RetryPolicy = RetryPolicy()
+    inbox: InboxConfig = InboxConfig()
+
+
+class RouteConfig(_Section):
+    """One route: a pattern, its destinations, and optional hooks (``module:function``).
+
+    Attributes:
+        rule: the compiled pattern (YAML key ``pattern``): ``*``, ``type:<type>``,
+            ``priority:<1-4>``, ``sender:<id>`` or ``sender:<prefix>*``.
+        destinations: agent ids that receive matching messages.
+        filter: ``function(message) -> bool``; False drops this route for the message.
+        transform: ``function(message) -> Message``, applied for these destinations.
+    """
+
+    rule: RouteRule = Field(alias="pattern")
+    destinations: tuple[AgentId, ...] = Field(min_length=1)
+    filter: ObjectPath | None = None
+    transform: ObjectPath | None = None
+
+    @property
+    def pattern(self) -> str:
+        """The pattern as written in the file."""
+        return self.rule.pattern
+
+
+class AgentsConfig(_Section):
+    """A whole configuration file; build it with :func:`amqp_agents.config.load_config`."""
+
+    broker: BrokerConfig = BrokerConfig()
+    agents: tuple[AgentConfig, ...] = ()
+    external_agents: tuple[AgentId, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+    _source: str = PrivateAttr(default="<config>")
+    _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)
+
+    def where(self, *loc: str | int) -> str:
+        """``"agents.yaml:12: agents[0].class"``: the place of a field, for error messages."""
+        return place_of(self._source, self._lines, loc)
+
+
+def place_of(source: str, lines: dict[Loc, int], loc: Loc) -> str:
+    """``"agents.yaml:12: agents[0].class"``: where ``loc`` is in the file ``source``."""
+    field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    where = f"{source}:{line_of(lines, loc)}"
+    return f"{where}: {field.lstrip('.')}" if field else where
+
+
+def line_of(lines: dict[Loc, int], loc: Loc) -> int:
+    """The line of ``loc``, else of its nearest ancestor in the file (a missing field)."""
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
