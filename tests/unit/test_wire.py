@@ -121,8 +121,11 @@ def test_sender_and_type_fall_back_to_the_routing_key() -> None:
     assert (got.sender, got.recipient, got.type) == ("svc", "bob", MessageType.REQUEST)
 
 
-@pytest.mark.parametrize(("amqp", "ours"), [(0, 1), (1, 1), (4, 4), (9, 4), (255, 4)])
-def test_foreign_priorities_are_clamped(amqp: int, ours: int) -> None:
+@pytest.mark.parametrize(
+    ("amqp", "ours"), [(None, 2), (0, 2), (1, 1), (2, 2), (3, 3), (4, 4), (9, 4), (255, 4)]
+)
+def test_foreign_priorities_are_clamped_and_none_is_normal(amqp: int | None, ours: int) -> None:
+    """Issue 18: no priority (aio-pika reads it as 0) is NORMAL, as the doc says, not LOW."""
     got = wire.decode(FakeIncoming(body=b"1", priority=amqp))
     assert int(got.priority) == ours
 
