@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,6 +21,9 @@ from amqp_agents import (
     MessageType,
     wire,
 )
+from amqp_agents.wire import codec as wire_codec
+from amqp_agents.wire import headers as wire_headers
+from amqp_agents.wire import names as wire_names
 
 
 @dataclass
@@ -227,3 +232,8 @@ def test_body_parses_as_the_standard_library_does(value: Any) -> None:
 def test_unusual_but_valid_json_is_read_as_the_standard_library_does(body: bytes) -> None:
     got = wire.decode(FakeIncoming(body=body)).content
     assert json.dumps(got) == json.dumps(json.loads(body))
+
+
+@pytest.mark.parametrize("module", [wire_names, wire_headers, wire_codec], ids=lambda m: m.__name__)
+def test_the_examples_in_the_wire_docstrings_hold(module: ModuleType) -> None:
+    assert doctest.testmod(module).failed == 0
