@@ -510,12 +510,9 @@ class MessageQueue:
         If the copy cannot be published, the delivery is rejected instead, so the
         inbox's own dead-lettering still keeps it (reason ``rejected``).
         """
-        headers: dict[str, Any] = {wire.H_DEAD_REASON: reason, wire.H_DEAD_AGENT: agent_id}
-        if error is not None:
-            headers[wire.H_DEAD_ERROR_TYPE] = type(error).__name__
-            headers[wire.H_DEAD_ERROR_MESSAGE] = str(error)[:4000]
-        if attempts is not None:
-            headers[wire.H_DEAD_ATTEMPTS] = attempts
+        headers = wire.dead_letter_headers(
+            incoming, reason=reason, agent_id=agent_id, error=error, attempts=attempts
+        )
         try:
             await self.republish(
                 incoming,
@@ -903,7 +900,7 @@ def _properties(out: wire.Outgoing, user_id: str | None = None) -> Basic.Propert
         priority=out.priority,
         correlation_id=out.correlation_id,
         reply_to=out.reply_to,
-        expiration=None if out.expiration_s is None else str(int(out.expiration_s * 1000)),
+        expiration=out.expiration,
         message_id=out.message_id,
         timestamp=out.timestamp,
         message_type=out.type,

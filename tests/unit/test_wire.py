@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -19,6 +21,9 @@ from amqp_agents import (
     MessageType,
     wire,
 )
+from amqp_agents.wire import codec as wire_codec
+from amqp_agents.wire import headers as wire_headers
+from amqp_agents.wire import names as wire_names
 
 
 @dataclass
@@ -121,8 +126,11 @@ def test_sender_and_type_fall_back_to_the_routing_key() -> None:
     assert (got.sender, got.recipient, got.type) == ("svc", "bob", MessageType.REQUEST)
 
 
-@pytest.mark.parametrize(("amqp", "ours"), [(0, 1), (1, 1), (4, 4), (9, 4), (255, 4)])
-def test_foreign_priorities_are_clamped(amqp: int, ours: int) -> None:
+@pytest.mark.parametrize(
+    ("amqp", "ours"), [(None, 2), (0, 2), (1, 1), (2, 2), (3, 3), (4, 4), (9, 4), (255, 4)]
+)
+def test_foreign_priorities_are_clamped_and_none_is_normal(amqp: int | None, ours: int) -> None:
+    """Issue 18: no priority (aio-pika reads it as 0) is NORMAL, as the doc says, not LOW."""
     got = wire.decode(FakeIncoming(body=b"1", priority=amqp))
     assert int(got.priority) == ours
 
@@ -224,3 +232,8 @@ def test_body_parses_as_the_standard_library_does(value: Any) -> None:
 def test_unusual_but_valid_json_is_read_as_the_standard_library_does(body: bytes) -> None:
     got = wire.decode(FakeIncoming(body=body)).content
     assert json.dumps(got) == json.dumps(json.loads(body))
+
+
+@pytest.mark.parametrize("module", [wire_names, wire_headers, wire_codec], ids=lambda m: m.__name__)
+def test_the_examples_in_the_wire_docstrings_hold(module: ModuleType) -> None:
+    assert doctest.testmod(module).failed == 0

@@ -1,0 +1,244 @@
+"""The broker names of a namespace, their declaration arguments, and routing keys.
+
+Every exchange, queue and binding key an agent, a CLI command or a foreign client
+uses is built here, so a name is spelled in one place (docs/wire-format.md, "Names").
+Also the address checks that read those names back: whom a delivery is for, and
+which queues an answer may go to.
+
+Names for namespace ``ns``::
+
+    exchange_name("agents")            -> "agents"            (topic, durable)
+    inbox_name("agents", "writer")     -> "agents.inbox.writer"
+    inbox_binding_key("writer")        -> "*.*.*.writer"
+    route_binding_key(msg_type="task") -> "task.*.*.-"       (a route's binding)
+    routing_key(msg)                   -> "task.2.coordinator.writer"
+    dead_letter_exchange_name("agents")-> "agents.dlx"        (fanout)
+    dead_queue_name("agents")          -> "agents.dead"
+    history_name("agents")             -> "agents.history"    (stream)
+    reply_queue_name("agents", "w", t) -> "agents.reply.w.{t}" (exclusive, per connection)
+    reply_exchange_name("agents")      -> "agents.replies"    (topic; reply queues bound by name)
+    retry_exchange_name("agents", "w") -> "agents.retry.w"    (direct; one per agent)
+    retry_queue_name("agents", "w", 0.2) -> "agents.retry.w.200ms"
+    topology_record_name("agents")     -> "agents.topology"   (what `topology apply` bound)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from amqp_agents.errors import InvalidMessageError
+from amqp_agents.message import Message
+
+NO_AGENT = "-"
+"""Routing-key word for an unknown sender or a recipient-less (routed) message."""
+
+INBOX_MAX_PRIORITY = 4
+
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
+
+
+def validate_namespace(ns: str) -> str:
+    """Return ``ns`` if usable as a name prefix, else raise InvalidMessageError.
+
+    >>> validate_namespace("prod.agents")
+    'prod.agents'
+    """
+    if not _NAMESPACE.fullmatch(ns) or ns.startswith("amq."):
+        raise InvalidMessageError(f"invalid namespace {ns!r}")
+    return ns
+
+
+def exchange_name(ns: str) -> str:
+    """The topic exchange all agent traffic of ``ns`` is published to."""
+    return ns
+
+
+def inbox_name(ns: str, agent_id: str) -> str:
+    """``inbox_name("agents", "writer") -> "agents.inbox.writer"``."""
+    return f"{ns}.inbox.{agent_id}"
+
+
+def inbox_binding_key(agent_id: str) -> str:
+    """``inbox_binding_key("writer") -> "*.*.*.writer"``: every message addressed to it."""
+    return f"*.*.*.{agent_id}"
+
+
+def dead_letter_exchange_name(ns: str) -> str:
+    """Fanout exchange the inboxes dead-letter into; bound to :func:`dead_queue_name`."""
+    return f"{ns}.dlx"
+
+
+def dead_queue_name(ns: str) -> str:
+    """Where messages that could not be handled end, with headers saying why."""
+    return f"{ns}.dead"
+
+
+def history_name(ns: str) -> str:
+    """The stream queue keeping a bounded, durable copy of the namespace's traffic."""
+    return f"{ns}.history"
+
+
+def reply_queue_name(ns: str, owner: str | None, token: str) -> str:
+    """A private reply queue: ``{ns}.reply.{owner}.{token}``, or ``{ns}.reply.{token}``.
+
+    The owner (an agent id) lets a broker permission name exactly the reply queues of
+    one agent: ``reply_queue_name("agents", "writer", "ab12") -> "agents.reply.writer.ab12"``.
+    """
+    return f"{ns}.reply.{owner}.{token}" if owner else f"{ns}.reply.{token}"
+
+
+def is_reply_queue(ns: str, queue: str) -> bool:
+    """Whether ``queue`` is named as a reply queue of ``ns`` (``{ns}.reply.*``).
+
+    Answers to such a queue go through :func:`reply_exchange_name`, where the queue is
+    bound with its own name; any other ``reply_to`` needs the default exchange.
+
+    >>> is_reply_queue("agents", "agents.reply.bob.0f3a"), is_reply_queue("agents", "amq.gen-x")
+    (True, False)
+    """
+    return queue.startswith(f"{ns}.reply.")
+
+
+def reply_exchange_name(ns: str) -> str:
+    """The topic exchange answers go through: ``"agents" -> "agents.replies"``.
+
+    Each reply queue is bound to it with its own name as binding key, and the history
+    stream with :func:`history_reply_binding_key`, so every answer is kept there too.
+    Unlike the default exchange it reaches no inbox, and a broker topic permission can
+    say which keys a user may bind (docs/deploy.md).
+    """
+    return f"{ns}.replies"
+
+
+def history_reply_binding_key(ns: str) -> str:
+    """The history stream's binding on :func:`reply_exchange_name`: every reply queue name."""
+    return f"{ns}.reply.#"
+
+
+def topology_record_name(ns: str) -> str:
+    """Holds one message: the bindings the last ``amqp-agents topology apply`` made.
+
+    AMQP cannot list bindings, so ``topology plan`` compares with this record.
+    """
+    return f"{ns}.topology"
+
+
+def retry_queue_name(ns: str, agent_id: str, delay_s: float) -> str:
+    """``retry_queue_name("agents", "writer", 0.2) -> "agents.retry.writer.200ms"``.
+
+    Bound to :func:`retry_exchange_name` with its own name as binding key.
+    """
+    return f"{ns}.retry.{agent_id}.{round(delay_s * 1000)}ms"
+
+
+def retry_exchange_name(ns: str, agent_id: str) -> str:
+    """The agent's own direct exchange into its retry queues: ``"agents.retry.writer"``.
+
+    One per agent, so that a broker permission on the exchange (not a topic permission,
+    which RabbitMQ before 4.0 does not check for ``CC``/``BCC`` keys) keeps every other
+    user out of the agent's retry queues, which lead into its inbox.
+    """
+    return f"{ns}.retry.{agent_id}"
+
+
+def retry_queue_arguments(ns: str, agent_id: str, delay_s: float) -> dict[str, Any]:
+    """A retry queue: messages wait ``delay_s`` there, then go back into the inbox."""
+    return {
+        "x-queue-type": "classic",
+        "x-message-ttl": round(delay_s * 1000),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": inbox_name(ns, agent_id),
+    }
+
+
+def route_binding_key(*, msg_type: str = "*", priority: str = "*", sender: str = "*") -> str:
+    """The binding key of a route: only recipient-less messages, narrowed by the words given.
+
+    ``route_binding_key(sender="bob") -> "*.*.bob.-"``; ``route_binding_key() -> "*.*.*.-"``.
+    """
+    return f"{msg_type}.{priority}.{sender}.{NO_AGENT}"
+
+
+def routing_key(message: Message) -> str:
+    """``{type}.{priority}.{sender}.{recipient}``, with ``-`` for an empty agent id.
+
+    >>> routing_key(Message(sender="a", recipient="", type="task"))
+    'task.2.a.-'
+    """
+    return (
+        f"{message.type.value}.{int(message.priority)}."
+        f"{message.sender or NO_AGENT}.{message.recipient or NO_AGENT}"
+    )
+
+
+def inbox_arguments(ns: str, *, max_length: int | None = None) -> dict[str, Any]:
+    """Declaration arguments of an inbox; every declarer must use the same ones.
+
+    ``reject-publish`` makes a full inbox refuse (the sender gets a nack and an
+    :class:`~amqp_agents.errors.InboxFullError`) instead of silently dropping its head.
+    """
+    args: dict[str, Any] = {
+        "x-queue-type": "classic",
+        "x-max-priority": INBOX_MAX_PRIORITY,
+        "x-dead-letter-exchange": dead_letter_exchange_name(ns),
+        "x-overflow": "reject-publish",
+    }
+    if max_length is not None:
+        args["x-max-length"] = max_length
+    return args
+
+
+def history_arguments(*, max_age: str = "7D", max_bytes: int = 1_000_000_000) -> dict[str, Any]:
+    """Arguments of the history stream: retention by age and by size."""
+    return {
+        "x-queue-type": "stream",
+        "x-max-age": max_age,
+        "x-max-length-bytes": max_bytes,
+        "x-stream-max-segment-size-bytes": min(max_bytes // 4, 100_000_000),
+    }
+
+
+def addressed_to(routing_key: str | None, recipient: str, ns: str, agent_id: str) -> bool:
+    """Whether a delivery found in ``agent_id``'s inbox was sent to it.
+
+    The routing key is what the broker routed on and held against the publisher's
+    topic permission. CC and BCC headers (which RabbitMQ before 4.0.x does not check)
+    put a copy into more inboxes under the original key, so the key must name the
+    agent (or ``-``: a routed message), or be the inbox's own name (a retry back from
+    the agent's retry queue, or a foreign client on the default exchange); the
+    recipient header must agree.
+
+    >>> addressed_to("task.2.bob.writer", "writer", "agents", "writer")
+    True
+    >>> addressed_to("task.2.bob.-", "", "agents", "writer")  # routed to it
+    True
+    >>> addressed_to("agents.inbox.writer", "writer", "agents", "writer")  # a retry
+    True
+    >>> addressed_to("task.2.bob.reader", "reader", "agents", "writer")  # a CC copy
+    False
+    """
+    if recipient and recipient != agent_id:
+        return False
+    if routing_key == inbox_name(ns, agent_id):
+        return True
+    words = (routing_key or "").split(".")
+    return len(words) == 4 and words[3] in (agent_id, NO_AGENT)
+
+
+def may_reply_to(ns: str, queue: str) -> bool:
+    """Whether an agent may publish an answer into ``queue`` (a request's ``reply_to``).
+
+    The namespace's reply queues are answered through :func:`reply_exchange_name`;
+    server-named queues and direct reply-to only through the default exchange, which
+    reaches any queue: a request naming someone's inbox would have the agent write
+    into it on the requester's behalf. So only reply queues qualify.
+
+    >>> may_reply_to("agents", "agents.reply.bob.0f3a")
+    True
+    >>> may_reply_to("agents", "amq.gen-JzTY20BRgKO")
+    True
+    >>> may_reply_to("agents", "agents.inbox.writer")
+    False
+    """
+    return queue.startswith((f"{ns}.reply.", "amq.gen-", "amq.rabbitmq.reply-to"))
