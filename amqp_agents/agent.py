@@ -1,12 +1,10 @@
-"""MessagePassingAgent: consume an inbox, dispatch by message type, reply, retry.
+"""MessagePassingAgent: handlers for an inbox: dispatch by message type, reply, retry,
+and the consumer's lifecycle.
 
 The life of one delivery (``_on_delivery -> _handle_delivery``)::
 
-    decode ── undecodable ─────────────────────────────> {ns}.dead, ack
-      │
-    past its deadline? ── yes ──────────────────────────> {ns}.dead ("expired"), ack
-      │
-    duplicate (dedup window)? ── yes ───────────────────> ack, skip
+    admit (admission.py: decode, address, sender, routes, deadline, reply_to,
+      │    duplicate) ── refused ──────────────────────> {ns}.dead or ack, unhandled
       │
     handler(message) ── returns ──> reply (if any) ─────> ack
       │
@@ -35,8 +33,7 @@ import contextvars
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import (
@@ -48,14 +45,14 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from . import wire
+from .client import BrokerClient
 from .errors import (
     AgentsError,
     HandlerError,
-    RemoteError,
-    RequestTimeoutError,
     TopologyError,
     UnknownRecipientError,
 )
+from .llm import complete_task
 from .message import (
     Message,
     MessagePriority,
@@ -63,7 +60,6 @@ from .message import (
     create_task_message,
     validate_agent_id,
 )
-from .queue import MessageQueue
 from .retry import RetryPolicy
 from .rpc import StatusCallback
 
@@ -85,41 +81,6 @@ class _Context:
 
 
 _current: contextvars.ContextVar[_Context] = contextvars.ContextVar("amqp_agents_current")
-
-
-@dataclass(slots=True)
-class TaskHandle:
-    """A request sent with ``wait_for_result=False``; await :meth:`result` later."""
-
-    message: Message
-    _future: asyncio.Future[Message]
-    _timeout_s: float
-    _forget: Callable[[], None] = field(repr=False)
-
-    @property
-    def message_id(self) -> str:
-        """The id of the task message (the reply's correlation id)."""
-        return self.message.id
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result's content.
-
-        Raises:
-            RequestTimeoutError: nothing arrived within ``timeout`` (default: the task's).
-            RemoteError: the handler failed for the last time.
-        """
-        limit = self._timeout_s if timeout is None else timeout
-        try:
-            # shield: a timed-out wait leaves the future alone, so result() can be retried.
-            async with asyncio.timeout(limit):
-                reply = await asyncio.shield(self._future)
-        except TimeoutError:
-            self._forget()
-            raise RequestTimeoutError(
-                f"no result for task {self.message.id} from {self.message.recipient!r} "
-                f"within {limit}s"
-            ) from None
-        return _content_or_raise(reply)
 
 
 class MessagePassingAgent:
@@ -144,7 +105,7 @@ class MessagePassingAgent:
     def __init__(
         self,
         agent_id: str,
-        message_queue: MessageQueue,
+        message_queue: BrokerClient,
         llm_client: Any = None,
         *,
         model: str = "gpt-4o-mini",
@@ -216,21 +177,20 @@ class MessagePassingAgent:
         log.info("[%s] notification from %s: %r", self.id, message.sender, message.content)
 
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
-        """Complete a task with the LLM client; override for other work.
+        """Complete a task; override for your agent's work.
+
+        The default asks the ``llm_client`` given to the agent, if any (see
+        :func:`amqp_agents.llm.complete_task`).
 
         Raises:
-            HandlerError: no LLM client was given.
+            HandlerError: no ``llm_client`` was given and this was not overridden (the
+                requester gets it as a RemoteError, without retries).
         """
         if self.llm is None:
             raise HandlerError(
                 f"agent {self.id!r} has no llm_client; pass one or override _process_task"
             )
-        context_str = "\n".join(f"{k}: {v}" for k, v in context.items()) or "None"
-        prompt = f"Complete this task:\n{task}\n\nContext:\n{context_str}"
-        response = await self.llm.chat.completions.create(
-            model=self.model, messages=[{"role": "user", "content": prompt}]
-        )
-        return response.choices[0].message.content
+        return await complete_task(self.llm, self.model, task, context)
 
     async def _process_request(self, request: Any) -> Any:
         """Answer a request; override in a subclass."""
@@ -288,15 +248,7 @@ class MessagePassingAgent:
             message.conversation_id = conversation_id
         elif (current := _current.get(None)) is not None:
             message.conversation_id = current.message.conversation_id or message.conversation_id
-        replies = await self.queue.replies()
-        future = replies.expect(message.id, on_status, responder=recipient)
-        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-        try:
-            await self.queue.send(message, reply_to=replies.queue_name, deadline=deadline)
-        except BaseException:
-            replies.forget(message.id)
-            raise
-        handle = TaskHandle(message, future, timeout, lambda: replies.forget(message.id))
+        handle = await self.queue.request(message, timeout_s=timeout, on_status=on_status)
         if not wait_for_result:
             return handle
         return await handle.result()
@@ -510,21 +462,8 @@ class MessagePassingAgent:
             self._in_flight.discard(task)
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        message = await self.queue.decode_delivery(incoming, self.id)
+        message = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
         if message is None:
-            return
-        deadline = wire.deadline_of(incoming.headers)
-        if deadline is not None and deadline <= datetime.now(UTC):
-            await self.queue.dead_letter(incoming, reason="expired", agent_id=self.id)
-            return
-        if incoming.reply_to and not wire.may_reply_to(self.queue.namespace, incoming.reply_to):
-            # Answering would write into that queue with our permissions, for the sender.
-            reason = f"reply_to {incoming.reply_to!r} is not a reply queue"
-            await self.queue.dead_letter(incoming, reason=reason, agent_id=self.id)
-            return
-        if self.dedup_window and message.id in self._seen:
-            log.info("%s: duplicate of %s skipped", self.id, message.id)
-            await incoming.ack()
             return
         handler = self.handlers.get(message.type)
         if handler is None:
@@ -569,15 +508,7 @@ class MessagePassingAgent:
                 type(error).__name__,
                 error,
             )
-            topology = await self.queue.topology()
-            retry_queue = await topology.declare_retry_queue(self.id, delay)
-            await self.queue.republish(
-                incoming,
-                exchange=wire.retry_exchange_name(self.queue.namespace, self.id),
-                routing_key=retry_queue,
-                headers={wire.H_ATTEMPT: attempt},
-            )
-            await incoming.ack()
+            await self.queue.retry_later(incoming, agent_id=self.id, delay_s=delay, attempt=attempt)
             return
         if message.type in _REPLY_TYPES:
             content = {
@@ -656,14 +587,3 @@ async def _ack(incoming: AbstractIncomingMessage) -> None:
         await incoming.ack()
         return
     await incoming.channel.basic_ack(incoming.delivery_tag, wait=False)
-
-
-def _content_or_raise(reply: Message) -> Any:
-    if reply.type is MessageType.ERROR:
-        content = reply.content if isinstance(reply.content, dict) else {}
-        raise RemoteError(
-            str(content.get("error_type", "Error")),
-            str(content.get("error_message", reply.content)),
-            reply.sender,
-        )
-    return reply.content

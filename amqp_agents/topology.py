@@ -170,6 +170,15 @@ class Topology:
         if not self.passive:
             await queue.bind(self.exchange, routing_key=routing_key)
 
+    async def bind_route(self, routing_key: str, agent_id: str) -> None:
+        """Bind a route's key to its destination's inbox AND to the history stream.
+
+        History gets every route key too: routed traffic is in history, and a message
+        that reaches no inbox reaches no queue (and comes back as unroutable).
+        """
+        await self.bind_inbox(agent_id, routing_key)
+        await self.bind_history(routing_key)
+
     async def _exchange(self, name: str, kind: ExchangeType) -> AbstractExchange:
         try:
             return await self.channel.declare_exchange(
