@@ -50,7 +50,6 @@ from .errors import (
     AgentsError,
     HandlerError,
     TopologyError,
-    UnknownRecipientError,
 )
 from .llm import complete_task
 from .message import (
@@ -60,18 +59,13 @@ from .message import (
     create_task_message,
     validate_agent_id,
 )
+from .outcomes import ack_handled, answer, handler_failed, result_reply, send_reply
 from .retry import RetryPolicy
 from .rpc import StatusCallback
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[Any]]
-
-_REPLY_TYPES = {
-    MessageType.TASK: MessageType.RESULT,
-    MessageType.REQUEST: MessageType.RESPONSE,
-}
-"""Requests that always get a reply (their requester may be waiting), and its type."""
 
 
 @dataclass(slots=True)
@@ -261,8 +255,8 @@ class MessagePassingAgent:
         current = _current.get(None)
         if current is None:
             raise HandlerError("send_status() is only meaningful inside a handler")
-        status = self._reply_to(current.message, MessageType.STATUS, content)
-        await self._send_reply(status, current.reply_address)
+        status = answer(self.id, current.message, MessageType.STATUS, content)
+        await send_reply(self.queue, status, current.reply_address)
 
     # -- consuming --------------------------------------------------------------------
 
@@ -483,88 +477,14 @@ class MessagePassingAgent:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._handler_failed(incoming, message, exc)
+            await handler_failed(self.queue, self.retry, incoming, message, exc, agent_id=self.id)
             return
         finally:
             _current.reset(token)
-        await self._reply(message, result, reply_address)
+        if (reply := result_reply(self.id, message, result)) is not None:
+            await send_reply(self.queue, reply, reply_address)
         self._remember(message.id)
-        await _ack(incoming)
-
-    async def _handler_failed(
-        self, incoming: AbstractIncomingMessage, message: Message, error: Exception
-    ) -> None:
-        attempt = wire.attempt_of(incoming.headers) + 1
-        permanent = isinstance(error, HandlerError)
-        if not permanent and attempt < self.retry.max_attempts:
-            delay = self.retry.delay_before(attempt + 1)
-            log.warning(
-                "%s: handler failed on %s (attempt %d/%d, retry in %.1fs): %s: %s",
-                self.id,
-                message.id,
-                attempt,
-                self.retry.max_attempts,
-                delay,
-                type(error).__name__,
-                error,
-            )
-            await self.queue.retry_later(incoming, agent_id=self.id, delay_s=delay, attempt=attempt)
-            return
-        if message.type in _REPLY_TYPES:
-            content = {
-                "error_type": type(error).__name__,
-                "error_message": str(error),
-                "attempts": attempt,
-            }
-            error_reply = self._reply_to(message, MessageType.ERROR, content)
-            await self._send_reply(error_reply, incoming.reply_to)
-        await self.queue.dead_letter(
-            incoming, reason="handler failed", agent_id=self.id, error=error, attempts=attempt
-        )
-
-    async def _reply(self, message: Message, result: Any, reply_address: str | None) -> None:
-        if isinstance(result, Message):
-            reply = result
-        elif message.type in _REPLY_TYPES:
-            reply = self._reply_to(message, _REPLY_TYPES[message.type], result)
-        elif result is not None:
-            reply = self._reply_to(message, MessageType.RESPONSE, result)
-        else:
-            return
-        await self._send_reply(reply, reply_address)
-
-    def _reply_to(self, message: Message, msg_type: MessageType, content: Any) -> Message:
-        return Message(
-            sender=self.id,
-            recipient=message.sender,
-            type=msg_type,
-            priority=message.priority,
-            content=content,
-            reply_to=message.id,
-            conversation_id=message.conversation_id,
-        )
-
-    async def _send_reply(self, reply: Message, reply_address: str | None) -> None:
-        """Replies go where the request said (AMQP reply_to), else to the sender's inbox."""
-        if reply_address:
-            try:
-                await self.queue.send_to_queue(reply, reply_address)
-            except AgentsError as exc:
-                log.warning(
-                    "%s: reply %s to %s not delivered: %s", self.id, reply.id, reply_address, exc
-                )
-            return
-        if not reply.recipient:
-            log.warning(
-                "%s: reply %s has nowhere to go (no sender, no reply_to)", self.id, reply.id
-            )
-            return
-        try:
-            await self.queue.send(reply)
-        except UnknownRecipientError:
-            log.warning(
-                "%s: reply %s not delivered: %s has no inbox", self.id, reply.id, reply.recipient
-            )
+        await ack_handled(incoming)
 
     def _remember(self, message_id: str) -> None:
         if not self.dedup_window:
@@ -572,18 +492,3 @@ class MessagePassingAgent:
         self._seen[message_id] = None
         while len(self._seen) > self.dedup_window:
             self._seen.popitem(last=False)
-
-
-async def _ack(incoming: AbstractIncomingMessage) -> None:
-    """Acknowledge a handled delivery: queue the ack frame, without waiting for the socket.
-
-    aio-pika's ``ack()`` also waits until the writer has put the frame on the socket,
-    which costs every delivery a future and a trip through the event loop; the broker
-    learns of the ack no sooner for it. The connection's bounded write queue still
-    holds us back when the socket is slow, and an ack lost with the link means a
-    redelivery, as with any ack in flight (at least once).
-    """
-    if incoming.delivery_tag is None:  # pragma: no cover - consumed deliveries have one
-        await incoming.ack()
-        return
-    await incoming.channel.basic_ack(incoming.delivery_tag, wait=False)

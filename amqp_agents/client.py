@@ -38,7 +38,7 @@ from .declaring import Declarations
 from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
 from .history import read_history
 from .message import Message, validate_agent_id
-from .publish import Publisher, properties
+from .publish import Publisher
 from .routing import MessageRouter
 from .rpc import ReplyListener, RpcClient, StatusCallback, TaskHandle
 from .topology import Topology
@@ -126,7 +126,6 @@ class BrokerClient:
         self._given_up: asyncio.Future[BrokerConnectionError] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
-        self._exchange_name = wire.exchange_name(self.namespace)
         self.declared_queues: set[str] = set()
         """Names of every queue this client declared (kept across reconnects)."""
         self._topology_options: dict[str, Any] = {
@@ -180,6 +179,9 @@ class BrokerClient:
             self._publisher = Publisher(
                 connection,
                 channel,
+                namespace=self.namespace,
+                user_id=self.user_id,
+                max_body_bytes=self.max_body_bytes,
                 timeout_s=self.publish_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 failure=lambda: self.failure,
@@ -342,20 +344,8 @@ class BrokerClient:
         router = self.router
         if router is not None and not message.recipient and not router.get_destinations(message):
             raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
-        out = wire.encode(
-            message,
-            reply_to=reply_to,
-            deadline=deadline,
-            extra_headers=extra_headers,
-            max_body_bytes=self.max_body_bytes,
-        )
-        await self.publisher.publish(
-            self._exchange_name,
-            out.routing_key,
-            out.body,
-            properties(out, self.user_id),
-            message.id,
-            message.recipient,
+        await self.publisher.send(
+            message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
         )
 
     async def send_to_queue(self, message: Message, queue_name: str) -> None:
@@ -374,21 +364,7 @@ class BrokerClient:
                 write to the default exchange), or as :meth:`send`.
         """
         self._check_sender(message)
-        publisher = self.publisher
-        if wire.is_reply_queue(self.namespace, queue_name):
-            out = wire.encode(message, max_body_bytes=self.max_body_bytes)
-            exchange = wire.reply_exchange_name(self.namespace)
-            props = properties(out, self.user_id)
-            await publisher.publish(exchange, queue_name, out.body, props, message.id)
-            return
-        out = wire.encode(
-            message,
-            extra_headers={"BCC": [wire.history_name(self.namespace)]},
-            max_body_bytes=self.max_body_bytes,
-        )
-        channel = await publisher.default_exchange_channel()
-        props = properties(out, self.user_id)
-        await publisher.publish("", queue_name, out.body, props, message.id, via=channel)
+        await self.publisher.send_to_queue(message, queue_name)
 
     def _check_sender(self, message: Message) -> None:
         if self.user_id is not None and message.sender != self.user_id:
@@ -448,8 +424,6 @@ class BrokerClient:
         await redelivery.dead_letter(
             self.publisher,
             incoming,
-            namespace=self.namespace,
-            user_id=self.user_id,
             reason=reason,
             agent_id=agent_id,
             error=error,
@@ -464,7 +438,6 @@ class BrokerClient:
             self.publisher,
             await self.topology(),
             incoming,
-            user_id=self.user_id,
             agent_id=agent_id,
             delay_s=delay_s,
             attempt=attempt,

@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from datetime import datetime
+from typing import Any, cast
 
 import aiormq
 from aio_pika import DeliveryMode
@@ -45,6 +46,7 @@ from .errors import (
     map_exceptions,
 )
 from .errors import DeliveryError as AgentsDeliveryError
+from .message import Message
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,9 @@ class Publisher:
     Args:
         connection: the open connection.
         channel: the publishing channel (publisher confirms on, returns raise).
+        namespace: the namespace messages are sent in.
+        user_id: the AMQP ``user_id`` every publish carries (``authenticate_senders``).
+        max_body_bytes: larger messages are refused before publishing.
         timeout_s: how long a publish waits for the broker's confirm.
         connect_timeout_s: how long to wait for a reopening default-exchange channel.
         failure: why the connection stopped reconnecting, if it did (else None).
@@ -175,17 +180,71 @@ class Publisher:
         connection: AbstractRobustConnection,
         channel: AbstractChannel,
         *,
+        namespace: str,
+        user_id: str | None,
+        max_body_bytes: int,
         timeout_s: float,
         connect_timeout_s: float,
         failure: Callable[[], BrokerConnectionError | None],
     ) -> None:
         self._connection = connection
         self._channel = channel
+        self.namespace = namespace
+        self.user_id = user_id
+        self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._failure = failure
         self._default_exchange_channel: AbstractChannel | None = None
         self._default_exchange_lock = asyncio.Lock()
+
+    async def send(
+        self,
+        message: Message,
+        *,
+        reply_to: str | None = None,
+        deadline: datetime | None = None,
+        extra_headers: dict[str, Any] | None = None,
+    ) -> None:
+        """Encode ``message`` and publish it to its recipient on ``{ns}`` (or, without
+        one, to its routes' bindings). Raises as :meth:`publish`."""
+        out = wire.encode(
+            message,
+            reply_to=reply_to,
+            deadline=deadline,
+            extra_headers=extra_headers,
+            max_body_bytes=self.max_body_bytes,
+        )
+        await self.publish(
+            wire.exchange_name(self.namespace),
+            out.routing_key,
+            out.body,
+            properties(out, self.user_id),
+            message.id,
+            message.recipient,
+        )
+
+    async def send_to_queue(self, message: Message, queue_name: str) -> None:
+        """Encode ``message`` and publish it into the queue ``queue_name`` (a reply).
+
+        A reply queue of the namespace is reached through ``{ns}.replies``; any other
+        through the default exchange, with a ``BCC`` of the history stream, on
+        :meth:`default_exchange_channel`. Raises as :meth:`publish`.
+        """
+        if wire.is_reply_queue(self.namespace, queue_name):
+            out = wire.encode(message, max_body_bytes=self.max_body_bytes)
+            exchange = wire.reply_exchange_name(self.namespace)
+            props = properties(out, self.user_id)
+            await self.publish(exchange, queue_name, out.body, props, message.id)
+            return
+        out = wire.encode(
+            message,
+            extra_headers={"BCC": [wire.history_name(self.namespace)]},
+            max_body_bytes=self.max_body_bytes,
+        )
+        channel = await self.default_exchange_channel()
+        props = properties(out, self.user_id)
+        await self.publish("", queue_name, out.body, props, message.id, via=channel)
 
     async def publish(
         self,

@@ -31,7 +31,6 @@ async def republish(
     exchange: str,
     routing_key: str,
     headers: dict[str, Any],
-    user_id: str | None,
 ) -> None:
     """Publish a confirmed copy of a delivery (body, properties, headers + ``headers``).
 
@@ -52,7 +51,7 @@ async def republish(
         message_id=incoming.message_id,
         timestamp=incoming.timestamp,
         message_type=incoming.type,
-        user_id=user_id,
+        user_id=publisher.user_id,
     )
     await publisher.publish(exchange, routing_key, incoming.body, copy, incoming.message_id or "?")
 
@@ -61,8 +60,6 @@ async def dead_letter(
     publisher: Publisher,
     incoming: AbstractIncomingMessage,
     *,
-    namespace: str,
-    user_id: str | None,
     reason: str,
     agent_id: str,
     error: BaseException | None = None,
@@ -83,10 +80,9 @@ async def dead_letter(
         await republish(
             publisher,
             incoming,
-            exchange=wire.dead_letter_exchange_name(namespace),
+            exchange=wire.dead_letter_exchange_name(publisher.namespace),
             routing_key=incoming.routing_key or "",
             headers=headers,
-            user_id=user_id,
         )
     except Exception:
         log.exception("could not dead-letter %s; rejecting it instead", incoming.message_id)
@@ -107,7 +103,6 @@ async def retry_later(
     topology: Topology,
     incoming: AbstractIncomingMessage,
     *,
-    user_id: str | None,
     agent_id: str,
     delay_s: float,
     attempt: int,
@@ -127,7 +122,6 @@ async def retry_later(
         exchange=wire.retry_exchange_name(topology.ns, agent_id),
         routing_key=retry_queue,
         headers={wire.H_ATTEMPT: attempt},
-        user_id=user_id,
     )
     await incoming.ack()
 
