@@ -23,11 +23,11 @@ from aio_pika.abc import (
     AbstractQueue,
     ExchangeType,
 )
-from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, ChannelPreconditionFailed
+from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
 from . import wire
-from .errors import TopologyError
+from .errors import ErrorTable, TopologyError, map_exceptions
 from .layout import (
     BindingSpec,
     Check,
@@ -180,23 +180,23 @@ class Topology:
         await self.bind_history(routing_key)
 
     async def _exchange(self, name: str, kind: ExchangeType) -> AbstractExchange:
-        try:
+        with map_exceptions(self._errors("exchange", name)):
             return await self.channel.declare_exchange(
                 name, kind, durable=True, passive=self.passive
             )
-        except (ChannelNotFoundEntity, ChannelPreconditionFailed, ChannelClosed) as exc:
-            raise self._error("exchange", name, exc) from exc
 
     async def _queue(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
         self.declared.add(name)
-        try:
+        with map_exceptions(self._errors("queue", name)):
             return await self.channel.declare_queue(
                 name, durable=True, passive=self.passive, arguments=arguments
             )
-        except (ChannelNotFoundEntity, ChannelPreconditionFailed, ChannelClosed) as exc:
-            raise self._error("queue", name, exc) from exc
 
-    def _error(self, kind: str, name: str, exc: Exception) -> TopologyError:
+    def _errors(self, kind: str, name: str) -> ErrorTable:
+        """How a failed declaration of ``kind`` ``name`` maps to TopologyError."""
+        return [((ChannelClosed,), lambda exc: self._error(kind, name, exc))]
+
+    def _error(self, kind: str, name: str, exc: BaseException) -> TopologyError:
         if isinstance(exc, ChannelAccessRefused):
             return TopologyError(
                 f"not allowed to declare {kind} {name!r}: set `passive: true` for a user"
