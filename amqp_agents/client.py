@@ -340,7 +340,6 @@ class BrokerClient:
             MessageTooLargeError / InvalidMessageError: refused before publishing.
             BrokerConnectionError: the connection is down.
         """
-        self._check_sender(message)
         router = self.router
         if router is not None and not message.recipient and not router.get_destinations(message):
             raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
@@ -349,29 +348,14 @@ class BrokerClient:
         )
 
     async def send_to_queue(self, message: Message, queue_name: str) -> None:
-        """Publish ``message`` into the reply queue ``queue_name`` (a request's ``reply_to``).
-
-        A reply queue of the namespace (``{ns}.reply.*``) is reached through the
-        ``{ns}.replies`` exchange, where it is bound with its own name; the history
-        stream is bound there too and keeps a copy, so conversations read back from
-        history include replies. Any other name (a foreign client's server-named queue,
-        direct reply-to) goes through the default exchange, the AMQP RPC convention,
-        with a ``BCC`` of the history stream, on a channel of its own (see
-        :meth:`Publisher.default_exchange_channel`).
+        """Publish ``message`` into the queue ``queue_name``, a request's ``reply_to``
+        (see :meth:`Publisher.send_to_queue` for the way it takes).
 
         Raises:
             DeliveryError: the broker refused it (``ACCESS_REFUSED``: no permission to
                 write to the default exchange), or as :meth:`send`.
         """
-        self._check_sender(message)
         await self.publisher.send_to_queue(message, queue_name)
-
-    def _check_sender(self, message: Message) -> None:
-        if self.user_id is not None and message.sender != self.user_id:
-            raise InvalidMessageError(
-                f"message {message.id}: sender {message.sender!r} is not this connection's"
-                f" agent {self.user_id!r} (authenticate_senders)"
-            )
 
     # -- requests ---------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from .errors import (
     BrokerConnectionError,
     ErrorTable,
     InboxFullError,
+    InvalidMessageError,
     MessageTooLargeError,
     NoRouteError,
     PublishTimeoutError,
@@ -207,7 +208,13 @@ class Publisher:
         extra_headers: dict[str, Any] | None = None,
     ) -> None:
         """Encode ``message`` and publish it to its recipient on ``{ns}`` (or, without
-        one, to its routes' bindings). Raises as :meth:`publish`."""
+        one, to its routes' bindings).
+
+        Raises:
+            InvalidMessageError: ``user_id`` is set and the sender is another agent;
+                or as :func:`wire.encode` and :meth:`publish`.
+        """
+        self._check_sender(message)
         out = wire.encode(
             message,
             reply_to=reply_to,
@@ -227,10 +234,15 @@ class Publisher:
     async def send_to_queue(self, message: Message, queue_name: str) -> None:
         """Encode ``message`` and publish it into the queue ``queue_name`` (a reply).
 
-        A reply queue of the namespace is reached through ``{ns}.replies``; any other
-        through the default exchange, with a ``BCC`` of the history stream, on
-        :meth:`default_exchange_channel`. Raises as :meth:`publish`.
+        A reply queue of the namespace (``{ns}.reply.*``) is reached through the
+        ``{ns}.replies`` exchange, where it is bound with its own name; the history
+        stream is bound there too and keeps a copy, so conversations read back from
+        history include replies. Any other name (a foreign client's server-named queue,
+        direct reply-to) goes through the default exchange, the AMQP RPC convention,
+        with a ``BCC`` of the history stream, on :meth:`default_exchange_channel`.
+        Raises as :meth:`send`.
         """
+        self._check_sender(message)
         if wire.is_reply_queue(self.namespace, queue_name):
             out = wire.encode(message, max_body_bytes=self.max_body_bytes)
             exchange = wire.reply_exchange_name(self.namespace)
@@ -245,6 +257,14 @@ class Publisher:
         channel = await self.default_exchange_channel()
         props = properties(out, self.user_id)
         await self.publish("", queue_name, out.body, props, message.id, via=channel)
+
+    def _check_sender(self, message: Message) -> None:
+        """With ``authenticate_senders``, only this connection's agent may send."""
+        if self.user_id is not None and message.sender != self.user_id:
+            raise InvalidMessageError(
+                f"message {message.id}: sender {message.sender!r} is not this connection's"
+                f" agent {self.user_id!r} (authenticate_senders)"
+            )
 
     async def publish(
         self,
