@@ -20,6 +20,7 @@ It decides only; the caller carries the verdict out (dead-letter, ack, or handle
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,9 +55,29 @@ class Skip:
     """Acknowledge the delivery without handling it: not meant for us, or seen before."""
 
     reason: str
+    duplicate: bool = False
 
 
 Verdict = Admit | DeadLetter | Skip
+
+
+class RecentIds:
+    """The last ``size`` message ids handled (a dedup window; size 0 keeps none)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, message_id: str) -> None:
+        """Remember ``message_id``, forgetting the oldest beyond ``size``."""
+        if not self.size:
+            return
+        self._ids[message_id] = None
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def __contains__(self, message_id: object) -> bool:
+        return message_id in self._ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +142,7 @@ def admit(
         if incoming.reply_to and not wire.may_reply_to(gate.namespace, incoming.reply_to):
             return DeadLetter(f"reply_to {incoming.reply_to!r} is not a reply queue")
         if message.id in seen:
-            return Skip(f"duplicate of {message.id}")
+            return Skip(f"duplicate of {message.id}", duplicate=True)
     return Admit(message)
 
 

@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +44,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from . import wire
+from .admission import Admit, RecentIds, Skip
 from .client import BrokerClient
 from .errors import (
     AgentsError,
@@ -118,7 +118,7 @@ class MessagePassingAgent:
         self.dedup_window = dedup_window
         self.handlers: dict[MessageType, Handler] = {}
         self.running = False
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = RecentIds(dedup_window)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
         self._inbox: AbstractQueue | None = None
@@ -456,9 +456,13 @@ class MessagePassingAgent:
             self._in_flight.discard(task)
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        message = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
-        if message is None:
-            return
+        verdict = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
+        if not isinstance(verdict, Admit):
+            if isinstance(verdict, Skip):
+                level = logging.INFO if verdict.duplicate else logging.DEBUG
+                log.log(level, "%s: %s skipped", self.id, verdict.reason)
+            return  # dead-lettered or acknowledged
+        message = verdict.message
         handler = self.handlers.get(message.type)
         if handler is None:
             log.warning(
@@ -483,12 +487,5 @@ class MessagePassingAgent:
             _current.reset(token)
         if (reply := result_reply(self.id, message, result)) is not None:
             await send_reply(self.queue, reply, reply_address)
-        self._remember(message.id)
+        self._seen.add(message.id)
         await ack_handled(incoming)
-
-    def _remember(self, message_id: str) -> None:
-        if not self.dedup_window:
-            return
-        self._seen[message_id] = None
-        while len(self._seen) > self.dedup_window:
-            self._seen.popitem(last=False)

@@ -32,7 +32,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from . import pull, redelivery, wire
-from .admission import Admit, DeadLetter, Gate, admit
+from .admission import DeadLetter, Gate, Skip, Verdict, admit
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
 from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
@@ -378,21 +378,18 @@ class BrokerClient:
         *,
         handling: bool = False,
         seen: Container[str] = (),
-    ) -> Message | None:
-        """The message ``agent_id`` should act on, or None once the delivery was
-        dead-lettered or acknowledged unhandled (see :func:`admission.admit`)."""
+    ) -> Verdict:
+        """Decide on a delivery to ``agent_id`` (:func:`admission.admit`) and carry out a
+        refusal: dead-letter it, or acknowledge a skipped one. An Admit is the caller's."""
         gate = Gate(self.namespace, agent_id, self.max_body_bytes, self.user_id, self.router)
         verdict = admit(incoming, gate, handling=handling, seen=seen)
-        if isinstance(verdict, Admit):
-            return verdict.message
         if isinstance(verdict, DeadLetter):
             await self.dead_letter(
                 incoming, reason=verdict.reason, agent_id=agent_id, error=verdict.error
             )
-        else:
-            log.debug("%s: acknowledged unhandled: %s", agent_id, verdict.reason)
+        elif isinstance(verdict, Skip):
             await incoming.ack()
-        return None
+        return verdict
 
     async def dead_letter(
         self,

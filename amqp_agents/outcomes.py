@@ -20,7 +20,8 @@ from .errors import AgentsError, HandlerError, UnknownRecipientError
 from .message import Message, MessageType
 from .retry import RetryPolicy
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("amqp_agents.agent")
+"""The agent's log: what an agent did with a message is filtered by this one name."""
 
 REPLY_TYPES = {
     MessageType.TASK: MessageType.RESULT,

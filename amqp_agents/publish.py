@@ -199,6 +199,12 @@ class Publisher:
         self._default_exchange_channel: AbstractChannel | None = None
         self._default_exchange_lock = asyncio.Lock()
 
+    @property
+    def channel(self) -> AbstractChannel:
+        """The publishing channel (a robust one: aio-pika reopens it after the broker
+        closed it, e.g. for a message over its ``max_message_size``)."""
+        return self._channel
+
     async def send(
         self,
         message: Message,

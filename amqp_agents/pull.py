@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from . import wire
-from .admission import Admit, Gate, admit
+from .admission import Admit, Gate, Skip, Verdict, admit
 from .message import Message
 
 if TYPE_CHECKING:
@@ -54,11 +54,11 @@ async def receive(client: BrokerClient, agent_id: str, timeout: float | None) ->
             incoming = await _take_one(queue, remaining)
             if incoming is None:
                 return None
-            message = await client.admit(incoming, agent_id)
-            if message is not None:
+            verdict = await client.admit(incoming, agent_id)
+            if isinstance(verdict, Admit):
                 await incoming.ack()
-                return message
-            # dead-lettered or not for this agent: keep waiting
+                return verdict.message
+            _log_refused(agent_id, verdict)  # and keep waiting
     finally:
         await channel.close()
 
@@ -71,10 +71,12 @@ async def receive_all(client: BrokerClient, agent_id: str) -> list[Message]:
     try:
         queue = await channel.get_queue(wire.inbox_name(client.namespace, agent_id), ensure=False)
         while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
-            message = await client.admit(incoming, agent_id)
-            if message is not None:
+            verdict = await client.admit(incoming, agent_id)
+            if isinstance(verdict, Admit):
                 await incoming.ack()
-                messages.append(message)
+                messages.append(verdict.message)
+            else:
+                _log_refused(agent_id, verdict)
     finally:
         await channel.close()
     return messages
@@ -103,6 +105,11 @@ async def subscribe(client: BrokerClient, agent_id: str, callback: Callback) -> 
 
     tag = await queue.consume(on_message)
     return Subscription(channel, queue, tag)
+
+
+def _log_refused(agent_id: str, verdict: Verdict) -> None:
+    if isinstance(verdict, Skip):
+        log.debug("%s: acknowledged unhandled: %s", agent_id, verdict.reason)
 
 
 async def _take_one(queue: AbstractQueue, timeout: float | None) -> AbstractIncomingMessage | None:

@@ -14,7 +14,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from amqp_agents import Message, MessageRouter, MessageType, wire
-from amqp_agents.admission import Admit, DeadLetter, Gate, Skip, Verdict, admit
+from amqp_agents.admission import Admit, DeadLetter, Gate, RecentIds, Skip, Verdict, admit
 
 NS = "ns"
 
@@ -210,3 +210,11 @@ def test_a_routed_message_is_admitted_as_its_route_presents_it() -> None:
 def test_a_raising_filter_is_dead_lettered_with_its_error() -> None:
     got = admit(delivery(task(recipient="")), Gate(NS, "bob", router=raising_router()))
     assert isinstance(got, DeadLetter) and isinstance(got.error, ValueError)
+
+
+@pytest.mark.parametrize(("size", "kept"), [(0, []), (2, ["b", "c"])])
+def test_the_dedup_window_keeps_the_latest_ids(size: int, kept: list[str]) -> None:
+    recent = RecentIds(size)
+    for message_id in "abc":
+        recent.add(message_id)
+    assert [i for i in "abc" if i in recent] == kept
