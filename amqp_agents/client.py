@@ -6,9 +6,10 @@ or dead letters (:mod:`redelivery`), deciding on a delivery (:mod:`admission`), 
 receive and taps (:mod:`pull`), requests and replies (:mod:`rpc`) and history
 (:mod:`history`).
 
-The publish path: :meth:`BrokerClient.send` -> ``wire.encode`` -> ``Publisher.publish``.
-The consume path: a delivery -> :meth:`BrokerClient.admit` -> a handler (agent.py) or
-the caller of :meth:`BrokerClient.receive`.
+The publish path: :meth:`BrokerClient.send` -> ``Publisher.send`` (``wire.encode``) ->
+``Publisher.publish`` (confirm, error table). The consume path: a delivery ->
+:meth:`BrokerClient.admit` (``admission.admit``) -> a handler (agent.py, then
+outcomes.py: reply, retry or dead letter) or the caller of :meth:`BrokerClient.receive`.
 """
 
 from __future__ import annotations
