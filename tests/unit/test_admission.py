@@ -6,7 +6,7 @@ verdict means a message handled that must not be, or one lost or stuck.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -16,22 +16,15 @@ from aio_pika.abc import AbstractIncomingMessage
 from amqp_agents import Message, MessageRouter, MessageType, wire
 from amqp_agents.admission import Admit, DeadLetter, Gate, RecentIds, Skip, Verdict, admit
 
+from .test_wire import FakeIncoming
+
 NS = "ns"
 
 
 @dataclass
-class Delivery:
-    """What admit() reads of an AMQP delivery."""
+class Delivery(FakeIncoming):
+    """What admit() reads of an AMQP delivery: a decodable one, and who sent it where."""
 
-    body: bytes
-    routing_key: str
-    headers: dict[str, Any] = field(default_factory=dict)
-    content_type: str | None = wire.CONTENT_TYPE
-    message_id: str | None = None
-    correlation_id: str | None = None
-    type: str | None = None
-    priority: int | None = None
-    timestamp: datetime | None = None
     reply_to: str | None = None
     user_id: str | None = None
 
