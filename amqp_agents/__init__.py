@@ -1,6 +1,7 @@
 """amqp_agents: agents that talk to each other through RabbitMQ."""
 
-from .agent import MessagePassingAgent, TaskHandle
+from .agent import MessagePassingAgent
+from .client import BrokerClient
 from .errors import (
     AgentsError,
     BrokerConnectionError,
@@ -25,13 +26,16 @@ from .message import (
     create_result_message,
     create_task_message,
 )
-from .queue import MessageQueue, PriorityMessageQueue, Subscription
+from .pull import Subscription
+from .queue import MessageQueue, PriorityMessageQueue
 from .retry import RetryPolicy
 from .routed_queue import RoutingMessageQueue
 from .routing import MessageRouter
+from .rpc import TaskHandle
 
 __all__ = [
     "AgentsError",
+    "BrokerClient",
     "BrokerConnectionError",
     "ConfigError",
     "DeliveryError",

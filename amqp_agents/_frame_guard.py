@@ -21,7 +21,8 @@ whose own decoding (:func:`amqp_agents.wire.decode`) then judges it:
     nested beyond MAX_NESTING     -> None in place of the deeper table or array
 
 Only outcomes that used to be exceptions change; every frame pamqp decoded before
-decodes to the same values. Importing :mod:`amqp_agents.connection` installs it.
+decodes to the same values. :func:`amqp_agents.connection.connect` installs it, before
+its first connection (importing amqp_agents patches nothing).
 """
 
 from __future__ import annotations

@@ -1,12 +1,10 @@
-"""MessagePassingAgent: consume an inbox, dispatch by message type, reply, retry.
+"""MessagePassingAgent: handlers for an inbox: dispatch by message type, reply, retry,
+and the consumer's lifecycle.
 
 The life of one delivery (``_on_delivery -> _handle_delivery``)::
 
-    decode ── undecodable ─────────────────────────────> {ns}.dead, ack
-      │
-    past its deadline? ── yes ──────────────────────────> {ns}.dead ("expired"), ack
-      │
-    duplicate (dedup window)? ── yes ───────────────────> ack, skip
+    admit (admission.py: decode, address, sender, routes, deadline, reply_to,
+      │    duplicate) ── refused ──────────────────────> {ns}.dead or ack, unhandled
       │
     handler(message) ── returns ──> reply (if any) ─────> ack
       │
@@ -33,10 +31,8 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import (
@@ -48,14 +44,14 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
 from . import wire
+from .admission import Admit, RecentIds, Skip
+from .client import BrokerClient
 from .errors import (
     AgentsError,
     HandlerError,
-    RemoteError,
-    RequestTimeoutError,
     TopologyError,
-    UnknownRecipientError,
 )
+from .llm import complete_task
 from .message import (
     Message,
     MessagePriority,
@@ -63,19 +59,13 @@ from .message import (
     create_task_message,
     validate_agent_id,
 )
-from .queue import MessageQueue
+from .outcomes import ack_handled, answer, handler_failed, result_reply, send_reply
 from .retry import RetryPolicy
 from .rpc import StatusCallback
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], Awaitable[Any]]
-
-_REPLY_TYPES = {
-    MessageType.TASK: MessageType.RESULT,
-    MessageType.REQUEST: MessageType.RESPONSE,
-}
-"""Requests that always get a reply (their requester may be waiting), and its type."""
 
 
 @dataclass(slots=True)
@@ -85,41 +75,6 @@ class _Context:
 
 
 _current: contextvars.ContextVar[_Context] = contextvars.ContextVar("amqp_agents_current")
-
-
-@dataclass(slots=True)
-class TaskHandle:
-    """A request sent with ``wait_for_result=False``; await :meth:`result` later."""
-
-    message: Message
-    _future: asyncio.Future[Message]
-    _timeout_s: float
-    _forget: Callable[[], None] = field(repr=False)
-
-    @property
-    def message_id(self) -> str:
-        """The id of the task message (the reply's correlation id)."""
-        return self.message.id
-
-    async def result(self, timeout: float | None = None) -> Any:
-        """Wait for the result's content.
-
-        Raises:
-            RequestTimeoutError: nothing arrived within ``timeout`` (default: the task's).
-            RemoteError: the handler failed for the last time.
-        """
-        limit = self._timeout_s if timeout is None else timeout
-        try:
-            # shield: a timed-out wait leaves the future alone, so result() can be retried.
-            async with asyncio.timeout(limit):
-                reply = await asyncio.shield(self._future)
-        except TimeoutError:
-            self._forget()
-            raise RequestTimeoutError(
-                f"no result for task {self.message.id} from {self.message.recipient!r} "
-                f"within {limit}s"
-            ) from None
-        return _content_or_raise(reply)
 
 
 class MessagePassingAgent:
@@ -144,7 +99,7 @@ class MessagePassingAgent:
     def __init__(
         self,
         agent_id: str,
-        message_queue: MessageQueue,
+        message_queue: BrokerClient,
         llm_client: Any = None,
         *,
         model: str = "gpt-4o-mini",
@@ -163,7 +118,7 @@ class MessagePassingAgent:
         self.dedup_window = dedup_window
         self.handlers: dict[MessageType, Handler] = {}
         self.running = False
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen = RecentIds(dedup_window)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
         self._inbox: AbstractQueue | None = None
@@ -216,21 +171,20 @@ class MessagePassingAgent:
         log.info("[%s] notification from %s: %r", self.id, message.sender, message.content)
 
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
-        """Complete a task with the LLM client; override for other work.
+        """Complete a task; override for your agent's work.
+
+        The default asks the ``llm_client`` given to the agent, if any (see
+        :func:`amqp_agents.llm.complete_task`).
 
         Raises:
-            HandlerError: no LLM client was given.
+            HandlerError: no ``llm_client`` was given and this was not overridden (the
+                requester gets it as a RemoteError, without retries).
         """
         if self.llm is None:
             raise HandlerError(
                 f"agent {self.id!r} has no llm_client; pass one or override _process_task"
             )
-        context_str = "\n".join(f"{k}: {v}" for k, v in context.items()) or "None"
-        prompt = f"Complete this task:\n{task}\n\nContext:\n{context_str}"
-        response = await self.llm.chat.completions.create(
-            model=self.model, messages=[{"role": "user", "content": prompt}]
-        )
-        return response.choices[0].message.content
+        return await complete_task(self.llm, self.model, task, context)
 
     async def _process_request(self, request: Any) -> Any:
         """Answer a request; override in a subclass."""
@@ -288,15 +242,7 @@ class MessagePassingAgent:
             message.conversation_id = conversation_id
         elif (current := _current.get(None)) is not None:
             message.conversation_id = current.message.conversation_id or message.conversation_id
-        replies = await self.queue.replies()
-        future = replies.expect(message.id, on_status, responder=recipient)
-        deadline = datetime.now(UTC) + timedelta(seconds=timeout)
-        try:
-            await self.queue.send(message, reply_to=replies.queue_name, deadline=deadline)
-        except BaseException:
-            replies.forget(message.id)
-            raise
-        handle = TaskHandle(message, future, timeout, lambda: replies.forget(message.id))
+        handle = await self.queue.request(message, timeout_s=timeout, on_status=on_status)
         if not wait_for_result:
             return handle
         return await handle.result()
@@ -309,8 +255,8 @@ class MessagePassingAgent:
         current = _current.get(None)
         if current is None:
             raise HandlerError("send_status() is only meaningful inside a handler")
-        status = self._reply_to(current.message, MessageType.STATUS, content)
-        await self._send_reply(status, current.reply_address)
+        status = answer(self.id, current.message, MessageType.STATUS, content)
+        await send_reply(self.queue, status, current.reply_address)
 
     # -- consuming --------------------------------------------------------------------
 
@@ -510,22 +456,13 @@ class MessagePassingAgent:
             self._in_flight.discard(task)
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        message = await self.queue.decode_delivery(incoming, self.id)
-        if message is None:
-            return
-        deadline = wire.deadline_of(incoming.headers)
-        if deadline is not None and deadline <= datetime.now(UTC):
-            await self.queue.dead_letter(incoming, reason="expired", agent_id=self.id)
-            return
-        if incoming.reply_to and not wire.may_reply_to(self.queue.namespace, incoming.reply_to):
-            # Answering would write into that queue with our permissions, for the sender.
-            reason = f"reply_to {incoming.reply_to!r} is not a reply queue"
-            await self.queue.dead_letter(incoming, reason=reason, agent_id=self.id)
-            return
-        if self.dedup_window and message.id in self._seen:
-            log.info("%s: duplicate of %s skipped", self.id, message.id)
-            await incoming.ack()
-            return
+        verdict = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
+        if not isinstance(verdict, Admit):
+            if isinstance(verdict, Skip):
+                level = logging.INFO if verdict.duplicate else logging.DEBUG
+                log.log(level, "%s: %s skipped", self.id, verdict.reason)
+            return  # dead-lettered or acknowledged
+        message = verdict.message
         handler = self.handlers.get(message.type)
         if handler is None:
             log.warning(
@@ -544,126 +481,11 @@ class MessagePassingAgent:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._handler_failed(incoming, message, exc)
+            await handler_failed(self.queue, self.retry, incoming, message, exc, agent_id=self.id)
             return
         finally:
             _current.reset(token)
-        await self._reply(message, result, reply_address)
-        self._remember(message.id)
-        await _ack(incoming)
-
-    async def _handler_failed(
-        self, incoming: AbstractIncomingMessage, message: Message, error: Exception
-    ) -> None:
-        attempt = wire.attempt_of(incoming.headers) + 1
-        permanent = isinstance(error, HandlerError)
-        if not permanent and attempt < self.retry.max_attempts:
-            delay = self.retry.delay_before(attempt + 1)
-            log.warning(
-                "%s: handler failed on %s (attempt %d/%d, retry in %.1fs): %s: %s",
-                self.id,
-                message.id,
-                attempt,
-                self.retry.max_attempts,
-                delay,
-                type(error).__name__,
-                error,
-            )
-            topology = await self.queue.topology()
-            retry_queue = await topology.declare_retry_queue(self.id, delay)
-            await self.queue.republish(
-                incoming,
-                exchange=wire.retry_exchange_name(self.queue.namespace, self.id),
-                routing_key=retry_queue,
-                headers={wire.H_ATTEMPT: attempt},
-            )
-            await incoming.ack()
-            return
-        if message.type in _REPLY_TYPES:
-            content = {
-                "error_type": type(error).__name__,
-                "error_message": str(error),
-                "attempts": attempt,
-            }
-            error_reply = self._reply_to(message, MessageType.ERROR, content)
-            await self._send_reply(error_reply, incoming.reply_to)
-        await self.queue.dead_letter(
-            incoming, reason="handler failed", agent_id=self.id, error=error, attempts=attempt
-        )
-
-    async def _reply(self, message: Message, result: Any, reply_address: str | None) -> None:
-        if isinstance(result, Message):
-            reply = result
-        elif message.type in _REPLY_TYPES:
-            reply = self._reply_to(message, _REPLY_TYPES[message.type], result)
-        elif result is not None:
-            reply = self._reply_to(message, MessageType.RESPONSE, result)
-        else:
-            return
-        await self._send_reply(reply, reply_address)
-
-    def _reply_to(self, message: Message, msg_type: MessageType, content: Any) -> Message:
-        return Message(
-            sender=self.id,
-            recipient=message.sender,
-            type=msg_type,
-            priority=message.priority,
-            content=content,
-            reply_to=message.id,
-            conversation_id=message.conversation_id,
-        )
-
-    async def _send_reply(self, reply: Message, reply_address: str | None) -> None:
-        """Replies go where the request said (AMQP reply_to), else to the sender's inbox."""
-        if reply_address:
-            try:
-                await self.queue.send_to_queue(reply, reply_address)
-            except AgentsError as exc:
-                log.warning(
-                    "%s: reply %s to %s not delivered: %s", self.id, reply.id, reply_address, exc
-                )
-            return
-        if not reply.recipient:
-            log.warning(
-                "%s: reply %s has nowhere to go (no sender, no reply_to)", self.id, reply.id
-            )
-            return
-        try:
-            await self.queue.send(reply)
-        except UnknownRecipientError:
-            log.warning(
-                "%s: reply %s not delivered: %s has no inbox", self.id, reply.id, reply.recipient
-            )
-
-    def _remember(self, message_id: str) -> None:
-        if not self.dedup_window:
-            return
-        self._seen[message_id] = None
-        while len(self._seen) > self.dedup_window:
-            self._seen.popitem(last=False)
-
-
-async def _ack(incoming: AbstractIncomingMessage) -> None:
-    """Acknowledge a handled delivery: queue the ack frame, without waiting for the socket.
-
-    aio-pika's ``ack()`` also waits until the writer has put the frame on the socket,
-    which costs every delivery a future and a trip through the event loop; the broker
-    learns of the ack no sooner for it. The connection's bounded write queue still
-    holds us back when the socket is slow, and an ack lost with the link means a
-    redelivery, as with any ack in flight (at least once).
-    """
-    if incoming.delivery_tag is None:  # pragma: no cover - consumed deliveries have one
-        await incoming.ack()
-        return
-    await incoming.channel.basic_ack(incoming.delivery_tag, wait=False)
-
-
-def _content_or_raise(reply: Message) -> Any:
-    if reply.type is MessageType.ERROR:
-        content = reply.content if isinstance(reply.content, dict) else {}
-        raise RemoteError(
-            str(content.get("error_type", "Error")),
-            str(content.get("error_message", reply.content)),
-            reply.sender,
-        )
-    return reply.content
+        if (reply := result_reply(self.id, message, result)) is not None:
+            await send_reply(self.queue, reply, reply_address)
+        self._seen.add(message.id)
+        await ack_handled(incoming)

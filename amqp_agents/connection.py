@@ -23,8 +23,6 @@ from aiormq.exceptions import AuthenticationError, ConnectionClosed, ProbableAut
 from . import _frame_guard
 from .errors import BrokerConnectionError
 
-_frame_guard.install()  # before any connection: a hostile frame must not drop one
-
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 MAX_REFUSED_RECONNECTS = 5
 """Reconnection attempts refused for our credentials or vhost, in a row, before giving up."""
@@ -152,6 +150,10 @@ async def connect(
     Raises:
         BrokerConnectionError: unreachable broker, refused credentials or vhost, timeout.
     """
+    # Before the first frame: a hostile one must not drop the connection (the why, and
+    # the tests: _frame_guard.py). Installed here, not on import, so that importing
+    # amqp_agents changes no other library (tests/unit/test_frame_guard.py).
+    _frame_guard.install()
     try:
         connection = await aio_pika.connect_robust(
             url,

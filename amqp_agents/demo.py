@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .agent import MessagePassingAgent
+from .llm import client_from_env, complete_task
 from .message import Message
 from .queue import MessageQueue
 
@@ -22,7 +23,7 @@ class ResearchAgent(MessagePassingAgent):
 
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
         if self.llm is not None:
-            return await super()._process_task(task, context)
+            return await complete_task(self.llm, self.model, task, context)
         await self.send_status({"step": "searching sources"})
         return f"Research completed on: {task}"
 
@@ -32,20 +33,9 @@ class WriterAgent(MessagePassingAgent):
 
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
         if self.llm is not None:
-            return await super()._process_task(task, context)
+            return await complete_task(self.llm, self.model, task, context)
         await self.send_status({"step": "drafting"})
         return f"Article written based on: {context.get('research', '')}"
-
-
-def llm_client_from_env() -> Any:
-    """An OpenAI-compatible async client if one is configured, else None."""
-    if not os.environ.get("OPENAI_API_KEY"):
-        return None
-    try:
-        from openai import AsyncOpenAI  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    return AsyncOpenAI()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +50,7 @@ class DemoResult:
 
 async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResult:
     """Run the scenario on a connected queue and read its conversation back from history."""
-    llm = llm_client_from_env()
+    llm = client_from_env()
     model = os.environ.get("AMQP_AGENTS_MODEL", "gpt-4o-mini")
     researcher = ResearchAgent("researcher", queue, llm, model=model)
     writer = WriterAgent("writer", queue, llm, model=model)

@@ -17,11 +17,25 @@ do", or one branch for the failure it knows how to handle::
     │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
     ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
     ├── RemoteError                 the handler on the other side raised; carries its error
-    └── HandlerError                no handler / no LLM client configured for a message
+    └── HandlerError                raise it in a handler to fail WITHOUT retry: the
+                                    message goes straight to {ns}.dead (the requester
+                                    gets a RemoteError at once); raised by the library
+                                    when no handler / no LLM client fits a message
+
+Broker failures become these through :func:`map_exceptions`, one table per call site
+(publish.py holds the publishing table), rather than through chains of ``except``.
 
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+Translate = Callable[[BaseException], BaseException | None]
+ErrorTable = Sequence[tuple[tuple[type[BaseException], ...], Translate]]
+"""Rows of (exception types, translate): the first row whose types match translates the
+exception; ``translate`` returns the error to raise instead, or None to let it through."""
 
 
 class AgentsError(Exception):
@@ -98,4 +112,28 @@ class RemoteError(AgentsError):
 
 
 class HandlerError(AgentsError):
-    """An agent cannot handle a message (no handler, no LLM client)."""
+    """A handler failed for good: raise it to fail WITHOUT retry.
+
+    Any other exception from a handler is retried by the agent's RetryPolicy; this one
+    dead-letters the message at once and sends the requester its ERROR reply. The
+    library raises it too when an agent cannot handle a message (no LLM client).
+    """
+
+
+@contextlib.contextmanager
+def map_exceptions(table: ErrorTable) -> Iterator[None]:
+    """Translate what the body raises through ``table`` (in the style of httpx's).
+
+    The translated error is raised ``from None``: the table's message carries what the
+    caller needs, and the library's internal frames would only hide it.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        for types, translate in table:
+            if isinstance(exc, types):
+                mapped = translate(exc)
+                if mapped is None:
+                    raise
+                raise mapped from None
+        raise

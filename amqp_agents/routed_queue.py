@@ -1,41 +1,29 @@
-"""RoutingMessageQueue: a MessageQueue whose recipient-less messages follow routes.
+"""RoutingMessageQueue: the earlier name of a broker client constructed with routes.
 
-The broker does the fan-out: on connect, every route's destination inbox (and the
-history stream) is bound with the route's key, so :meth:`RoutingMessageQueue.send`
-publishes a routed message once and each inbox gets one copy, however many routes
-match. Bindings are wider than some routes (a sender prefix, a filter), so every
-delivery of a routed message passes :meth:`MessageRouter.accept` before an agent sees
-it. The routes themselves live in the pure :mod:`amqp_agents.routing`.
+``RoutingMessageQueue(router, url, ...)`` is ``MessageQueue(url, router=router, ...)``:
+routes are composed into :class:`amqp_agents.client.BrokerClient`, which binds them on
+connect, checks recipient-less sends against them and lets :func:`admission.admit`
+apply them to every delivery. The routes themselves live in the pure
+:mod:`amqp_agents.routing`.
 """
 
 from __future__ import annotations
 
-import logging
-from datetime import datetime
 from typing import Any
 
-from . import wire
-from .errors import NoRouteError
-from .message import Message
-from .queue import MessageQueue
+from .client import BrokerClient
 from .routing import MessageRouter
 
-log = logging.getLogger(__name__)
 
+class RoutingMessageQueue(BrokerClient):
+    """A broker client whose recipient-less messages follow ``router``'s routes.
 
-class RoutingMessageQueue(MessageQueue):
-    """A MessageQueue that delivers recipient-less messages by ``router``'s routes.
-
-    Args:
-        router: the routes. Routes added after :meth:`connect` need
-            :meth:`bind_routes` to reach the broker.
-        url: broker URL, as for :class:`MessageQueue`.
-        namespace: name prefix, as for :class:`MessageQueue`.
-        **options: any other :class:`MessageQueue` keyword argument.
-
-    Every process that consumes a routed inbox should use the same routes: the
-    consumer's router decides what its agents see.
+    Kept for code written against the subclass; new code passes ``router=`` to
+    :class:`~amqp_agents.MessageQueue`. Routes added after :meth:`connect` need
+    :meth:`bind_routes` to reach the broker.
     """
+
+    router: MessageRouter
 
     def __init__(
         self,
@@ -45,80 +33,4 @@ class RoutingMessageQueue(MessageQueue):
         namespace: str = "agents",
         **options: Any,
     ) -> None:
-        super().__init__(url, namespace=namespace, **options)
-        self.router = router
-
-    def __repr__(self) -> str:
-        return f"Routing{super().__repr__()}"
-
-    async def connect(self) -> RoutingMessageQueue:
-        """Connect, declare the base topology, and bind every route (see :meth:`bind_routes`).
-
-        Raises:
-            BrokerConnectionError, TopologyError: as :meth:`MessageQueue.connect`.
-        """
-        if self._connection is not None:
-            return self
-        await super().connect()
-        try:
-            await self.bind_routes()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aenter__(self) -> RoutingMessageQueue:
-        return await self.connect()
-
-    async def bind_routes(self) -> None:
-        """Bind each route's destination inboxes and the history stream with its key.
-
-        Idempotent. Declares the destinations' inboxes, so a routed message is kept
-        even before its agent first starts. History gets the route keys too: routed
-        traffic is in history, and a message that reaches no inbox reaches no queue.
-        In passive mode nothing is bound: the bindings must already exist.
-        """
-        bindings = self.router.bindings()
-        topology = await self.topology()
-        async with self._topology_lock:
-            for key, destination in bindings:
-                await topology.bind_inbox(destination, key)
-            for key in dict.fromkeys(key for key, _ in bindings):
-                await topology.bind_history(key)
-        log.debug("%r: bound %d route bindings", self, len(bindings))
-
-    async def restore_inbox(self, agent_id: str) -> None:
-        """Declare the agent's inbox again, with its own and every route's bindings."""
-        await super().restore_inbox(agent_id)
-        await self.bind_routes()
-
-    async def send(
-        self,
-        message: Message,
-        *,
-        reply_to: str | None = None,
-        deadline: datetime | None = None,
-        extra_headers: dict[str, Any] | None = None,
-    ) -> None:
-        """Publish ``message``: to its recipient if it has one, else along the routes.
-
-        A recipient-less message is checked against the routes (filters included)
-        before publishing, because bindings are wider than routes: the broker would
-        take a message that no consumer then accepts. It is published once; the
-        bindings copy it into each destination's inbox.
-
-        Raises:
-            NoRouteError: no recipient, and no route takes the message.
-            The errors of :meth:`MessageQueue.send`.
-        """
-        if not message.recipient and not self.router.get_destinations(message):
-            raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
-        await super().send(
-            message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
-        )
-
-    def accept(self, message: Message, agent_id: str) -> Message | None:
-        """A routed message as ``agent_id``'s routes decide; any other one unchanged."""
-        if message.recipient:
-            return message
-        return self.router.accept(message, agent_id)
+        super().__init__(url, namespace=namespace, router=router, **options)

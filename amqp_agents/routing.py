@@ -14,8 +14,9 @@ prefix, a filter function), so :meth:`MessageRouter.accept` finishes the decisio
 each delivery and applies the route's transforms. :meth:`MessageRouter.get_destinations`
 predicts the outcome of both; the integration tests hold the broker to it.
 
-Pure: nothing here does IO. :class:`amqp_agents.routed_queue.RoutingMessageQueue`
-makes the bindings and calls :meth:`MessageRouter.accept`.
+Pure: nothing here does IO. A broker client given ``router=`` makes the bindings
+(:class:`amqp_agents.client.BrokerClient`), and :func:`amqp_agents.admission.admit`
+calls :meth:`MessageRouter.accept`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""The reply path of requests: one private reply queue per MessageQueue.
+"""The RPC client: requests that wait for their reply, over one private reply queue.
+
+:class:`RpcClient` sends a request and hands back a :class:`TaskHandle`; its
+:class:`ReplyListener`, one per broker connection, keeps the pending calls.
 
 Requests carry ``reply_to`` = this queue's name, which is bound to ``{ns}.replies`` with
 that name as key; replies (and STATUS progress reports) come back through that exchange
@@ -15,13 +18,22 @@ import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelAccessRefused
 
 from . import wire
-from .errors import BrokerConnectionError, InvalidMessageError, TopologyError
+from .errors import (
+    BrokerConnectionError,
+    InvalidMessageError,
+    RemoteError,
+    RequestTimeoutError,
+    TopologyError,
+    map_exceptions,
+)
 from .message import Message, MessageType
 
 log = logging.getLogger(__name__)
@@ -75,13 +87,15 @@ class ReplyListener:
         # Answers come through {ns}.replies with our name as routing key (a robust
         # channel binds again after a reconnect).
         exchange = wire.reply_exchange_name(self._namespace)
-        try:
-            await self._queue.bind(exchange, self.queue_name)
-        except ChannelAccessRefused as exc:
-            raise TopologyError(
+        refused = (
+            (ChannelAccessRefused,),
+            lambda exc: TopologyError(
                 f"not allowed to bind the reply queue {self.queue_name!r} to {exchange!r}:"
                 f" give the user the agent permissions of docs/deploy.md: {exc}"
-            ) from None
+            ),
+        )
+        with map_exceptions([refused]):
+            await self._queue.bind(exchange, self.queue_name)
         # No acks: a reply is only worth anything to this connection's waiters, and an
         # exclusive queue dies with the connection, so there is nothing to redeliver to.
         await self._queue.consume(self._on_reply, no_ack=True)
@@ -160,3 +174,127 @@ class ReplyListener:
                 # retrieved"; a waiter still gets the error.
                 pending.future.exception()
         self._pending.clear()
+
+
+@dataclass(slots=True)
+class TaskHandle:
+    """A request sent with ``wait_for_result=False``; await :meth:`result` later."""
+
+    message: Message
+    _future: asyncio.Future[Message]
+    _timeout_s: float
+    _forget: Callable[[], None] = field(repr=False)
+
+    @property
+    def message_id(self) -> str:
+        """The id of the task message (the reply's correlation id)."""
+        return self.message.id
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait for the result's content.
+
+        Raises:
+            RequestTimeoutError: nothing arrived within ``timeout`` (default: the task's).
+            RemoteError: the handler failed for the last time.
+        """
+        limit = self._timeout_s if timeout is None else timeout
+        try:
+            # shield: a timed-out wait leaves the future alone, so result() can be retried.
+            async with asyncio.timeout(limit):
+                reply = await asyncio.shield(self._future)
+        except TimeoutError:
+            self._forget()
+            raise RequestTimeoutError(
+                f"no result for task {self.message.id} from {self.message.recipient!r} "
+                f"within {limit}s"
+            ) from None
+        return content_or_raise(reply)
+
+
+def content_or_raise(reply: Message) -> Any:
+    """A reply's content, or the :class:`RemoteError` an ERROR reply stands for."""
+    if reply.type is MessageType.ERROR:
+        content = reply.content if isinstance(reply.content, dict) else {}
+        raise RemoteError(
+            str(content.get("error_type", "Error")),
+            str(content.get("error_message", reply.content)),
+            reply.sender,
+        )
+    return reply.content
+
+
+class _Send(Protocol):
+    async def __call__(
+        self, message: Message, *, reply_to: str | None = ..., deadline: datetime | None = ...
+    ) -> None: ...
+
+
+class RpcClient:
+    """Sends requests and keeps the reply listener they wait on (started on first use).
+
+    Args:
+        open_channel: opens a channel of the connection for the listener.
+        send: publishes a message with ``reply_to`` and ``deadline`` (confirmed).
+        namespace: the namespace.
+        owner: the agent id in the reply queue's name, if any.
+        authenticate: take only replies from their authenticated sender (see
+            :class:`ReplyListener`).
+    """
+
+    def __init__(
+        self,
+        open_channel: Callable[[], Awaitable[AbstractChannel]],
+        send: _Send,
+        namespace: str,
+        owner: str | None,
+        *,
+        authenticate: bool,
+    ) -> None:
+        self._open_channel = open_channel
+        self._send = send
+        self._namespace = namespace
+        self._owner = owner
+        self._authenticate = authenticate
+        self._listener: ReplyListener | None = None
+        self._lock = asyncio.Lock()
+
+    def reset(self) -> None:
+        """Forget the listener (its connection closed); the next request starts another."""
+        self._listener = None
+
+    async def listener(self) -> ReplyListener:
+        """The listener of this connection's private reply queue (started on first use)."""
+        if self._listener is not None:
+            return self._listener
+        async with self._lock:
+            if self._listener is None:
+                listener = ReplyListener(
+                    await self._open_channel(),
+                    self._namespace,
+                    self._owner,
+                    authenticate=self._authenticate,
+                )
+                await listener.start()
+                self._listener = listener
+            return self._listener
+
+    async def request(
+        self, message: Message, *, timeout_s: float, on_status: StatusCallback | None = None
+    ) -> TaskHandle:
+        """Send ``message`` with our reply queue and a deadline ``timeout_s`` from now.
+
+        The reply is expected before publishing, so even an instant one is not missed;
+        if publishing fails, nothing stays pending.
+
+        Raises:
+            The errors of the ``send`` given (UnknownRecipientError, ...).
+        """
+        replies = await self.listener()
+        future = replies.expect(message.id, on_status, responder=message.recipient)
+        deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+        try:
+            await self._send(message, reply_to=replies.queue_name, deadline=deadline)
+        except BaseException:
+            replies.forget(message.id)
+            raise
+        return TaskHandle(message, future, timeout_s, lambda: replies.forget(message.id))

@@ -23,11 +23,11 @@ from aio_pika.abc import (
     AbstractQueue,
     ExchangeType,
 )
-from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity, ChannelPreconditionFailed
+from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
 from . import wire
-from .errors import TopologyError
+from .errors import ErrorTable, TopologyError, map_exceptions
 from .layout import (
     BindingSpec,
     Check,
@@ -185,23 +185,23 @@ class Topology:
             )
 
     async def _exchange(self, spec: ExchangeSpec) -> AbstractExchange:
-        try:
+        with map_exceptions(self._errors("exchange", spec.name)):
             return await self.channel.declare_exchange(
                 spec.name, ExchangeType(spec.type), durable=True, passive=self.passive
             )
-        except (ChannelNotFoundEntity, ChannelPreconditionFailed, ChannelClosed) as exc:
-            raise self._error("exchange", spec.name, exc) from exc
 
     async def _queue(self, spec: QueueSpec) -> AbstractQueue:
         self.declared.add(spec.name)
-        try:
+        with map_exceptions(self._errors("queue", spec.name)):
             return await self.channel.declare_queue(
                 spec.name, durable=True, passive=self.passive, arguments=dict(spec.arguments)
             )
-        except (ChannelNotFoundEntity, ChannelPreconditionFailed, ChannelClosed) as exc:
-            raise self._error("queue", spec.name, exc) from exc
 
-    def _error(self, kind: str, name: str, exc: Exception) -> TopologyError:
+    def _errors(self, kind: str, name: str) -> ErrorTable:
+        """How a failed declaration of ``kind`` ``name`` maps to TopologyError."""
+        return [((ChannelClosed,), lambda exc: self._error(kind, name, exc))]
+
+    def _error(self, kind: str, name: str, exc: BaseException) -> TopologyError:
         if isinstance(exc, ChannelAccessRefused):
             return TopologyError(
                 f"not allowed to declare {kind} {name!r}: set `passive: true` for a user"

@@ -24,13 +24,12 @@ from amqp_agents import (
     MessageRouter,
     MessageType,
     NoRouteError,
-    RoutingMessageQueue,
     wire,
 )
 from amqp_agents.config import build_router, load_config
 from amqp_agents.routing import compile_rule
 
-MakeRoutingQueue = Callable[[MessageRouter], Awaitable[RoutingMessageQueue]]
+MakeRoutingQueue = Callable[[MessageRouter], Awaitable[MessageQueue]]
 
 ROUTES_YAML = """
 broker:
@@ -134,16 +133,19 @@ async def make_routing_queue(
     request: pytest.FixtureRequest,
     make_queue: Callable[..., Awaitable[MessageQueue]],
 ) -> AsyncIterator[MakeRoutingQueue]:
-    """Factory of connected RoutingMessageQueues; deletes every queue they declared.
+    """Factory of connected MessageQueues with routes; deletes every queue they declared.
 
     ``make_queue`` is requested for its teardown, which runs after this one and removes
     the namespace's exchanges, dead letters and history.
     """
-    made: list[RoutingMessageQueue] = []
+    made: list[MessageQueue] = []
 
-    async def factory(router: MessageRouter) -> RoutingMessageQueue:
-        queue = RoutingMessageQueue(
-            router, amqp_url, namespace=namespace, connection_name=f"test {request.node.nodeid}"
+    async def factory(router: MessageRouter) -> MessageQueue:
+        queue = MessageQueue(
+            amqp_url,
+            namespace=namespace,
+            router=router,
+            connection_name=f"test {request.node.nodeid}",
         )
         made.append(queue)
         return await queue.connect()

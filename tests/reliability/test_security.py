@@ -793,7 +793,7 @@ async def test_without_the_limit_the_broker_closes_the_channel_or_the_connection
     library = await make_queue(max_body_bytes=4 * broker_message_limit)
     await library.ensure_inbox(agent)
     watch = ConnectionWatch(library.connection)
-    publishing = library._publish_channel  # to see aio-pika reopen it
+    publishing = library.publisher.channel  # to see aio-pika reopen it
     assert isinstance(publishing, AbstractRobustChannel)
     reopened = asyncio.Event()
     publishing.reopen_callbacks.add(lambda *_: reopened.set())

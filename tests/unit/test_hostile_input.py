@@ -19,11 +19,12 @@ from hypothesis import strategies as st
 from pamqp import encode
 from pamqp.header import ContentHeader
 
-import amqp_agents.connection  # noqa: F401  (installs the frame guard)
-from amqp_agents import InvalidMessageError, Message, MessageTooLargeError, wire
+from amqp_agents import InvalidMessageError, Message, MessageTooLargeError, _frame_guard, wire
 from amqp_agents._frame_guard import MAX_NESTING
 
 from .test_wire import FakeIncoming
+
+_frame_guard.install()  # as connection.connect does before its first connection
 
 # -- wire.decode ---------------------------------------------------------------------------
 

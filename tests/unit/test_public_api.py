@@ -39,3 +39,19 @@ def test_every_error_is_drawn_in_the_tree() -> None:
 def test_timeouts_are_also_builtin_timeouts() -> None:
     assert issubclass(amqp_agents.RequestTimeoutError, TimeoutError)
     assert issubclass(amqp_agents.PublishTimeoutError, TimeoutError)
+
+
+def test_the_tutorials_names_still_import_the_broker_client() -> None:
+    from amqp_agents.queue import MessageQueue, PriorityMessageQueue, Subscription
+
+    assert MessageQueue is PriorityMessageQueue is amqp_agents.BrokerClient
+    assert amqp_agents.MessageQueue is MessageQueue
+    assert amqp_agents.Subscription is Subscription
+
+
+def test_routing_message_queue_is_a_broker_client_given_its_router() -> None:
+    router = amqp_agents.MessageRouter()
+    queue = amqp_agents.RoutingMessageQueue(router, "amqp://guest:guest@localhost/", namespace="t")
+    assert isinstance(queue, amqp_agents.BrokerClient)
+    assert (queue.router, queue.namespace) == (router, "t")
+    assert repr(queue).startswith("RoutingMessageQueue(")

@@ -21,6 +21,7 @@ from amqp_agents import (
     routing,
     wire,
 )
+from amqp_agents.admission import route_view
 from amqp_agents.routing import compile_rule
 
 # -- compiling patterns -----------------------------------------------------------------
@@ -389,8 +390,9 @@ def test_routing_queue_accepts_addressed_messages_unchanged() -> None:
 
     addressed = Message(sender="bobby", recipient="auditor", content="raw")
     routed = Message(sender="agent_1", content="raw")
-    assert queue.accept(addressed, "auditor") is addressed
-    assert queue.accept(routed.model_copy(update={"sender": "bobby"}), "auditor") is None
-    accepted = queue.accept(routed, "auditor")
+    assert queue.router is router
+    assert route_view(router, addressed, "auditor") is addressed
+    assert route_view(router, routed.model_copy(update={"sender": "bobby"}), "auditor") is None
+    accepted = route_view(router, routed, "auditor")
     assert accepted is not None and accepted.content == "[x]"
     assert "secret" not in repr(queue)

@@ -1,0 +1,131 @@
+"""Reading an inbox without an agent: pull ``receive``, ``receive_all``, and taps.
+
+Every delivery passes :func:`amqp_agents.admission.admit` first, as it does for an
+agent; a tap only looks, so what admission refuses is skipped there, not moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from . import wire
+from .admission import Admit, Gate, Skip, Verdict, admit
+from .message import Message
+
+if TYPE_CHECKING:
+    from .client import BrokerClient
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Message], Awaitable[None] | None]
+
+
+class Subscription:
+    """A tap on an agent's traffic; :meth:`cancel` removes it."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, tag: str) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._tag = tag
+
+    async def cancel(self) -> None:
+        """Stop the tap and delete its private queue."""
+        if not self._channel.is_closed:
+            await self._queue.cancel(self._tag)
+            await self._channel.close()
+
+
+async def receive(client: BrokerClient, agent_id: str, timeout: float | None) -> Message | None:
+    """Take the next admitted message from the agent's inbox (see ``BrokerClient.receive``)."""
+    await client.ensure_inbox(agent_id)
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    channel = await client.channel(prefetch=1)
+    try:
+        queue = await channel.get_queue(wire.inbox_name(client.namespace, agent_id), ensure=False)
+        while True:
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.0)
+            incoming = await _take_one(queue, remaining)
+            if incoming is None:
+                return None
+            verdict = await client.admit(incoming, agent_id)
+            if isinstance(verdict, Admit):
+                await incoming.ack()
+                return verdict.message
+            _log_refused(agent_id, verdict)  # and keep waiting
+    finally:
+        await channel.close()
+
+
+async def receive_all(client: BrokerClient, agent_id: str) -> list[Message]:
+    """Take every admitted message waiting in the agent's inbox, highest priority first."""
+    await client.ensure_inbox(agent_id)
+    channel = await client.channel()
+    messages: list[Message] = []
+    try:
+        queue = await channel.get_queue(wire.inbox_name(client.namespace, agent_id), ensure=False)
+        while (incoming := await queue.get(no_ack=False, fail=False)) is not None:
+            verdict = await client.admit(incoming, agent_id)
+            if isinstance(verdict, Admit):
+                await incoming.ack()
+                messages.append(verdict.message)
+            else:
+                _log_refused(agent_id, verdict)
+    finally:
+        await channel.close()
+    return messages
+
+
+async def subscribe(client: BrokerClient, agent_id: str, callback: Callback) -> Subscription:
+    """Tap the agent's directly addressed traffic (see ``BrokerClient.subscribe``)."""
+    await client.ensure_inbox(agent_id)
+    channel = await client.channel(prefetch=100)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(wire.exchange_name(client.namespace), wire.inbox_binding_key(agent_id))
+    gate = Gate(client.namespace, agent_id, user_id=client.user_id)
+
+    async def on_message(incoming: AbstractIncomingMessage) -> None:
+        async with incoming.process(ignore_processed=True):
+            verdict = admit(incoming, gate)
+            if not isinstance(verdict, Admit):
+                log.warning("tap on %s: message skipped: %s", agent_id, verdict.reason)
+                return
+            try:
+                result = callback(verdict.message)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("tap callback for %s raised", agent_id)
+
+    tag = await queue.consume(on_message)
+    return Subscription(channel, queue, tag)
+
+
+def _log_refused(agent_id: str, verdict: Verdict) -> None:
+    if isinstance(verdict, Skip):
+        log.debug("%s: acknowledged unhandled: %s", agent_id, verdict.reason)
+
+
+async def _take_one(queue: AbstractQueue, timeout: float | None) -> AbstractIncomingMessage | None:
+    """Consume exactly one delivery (prefetch 1), cancelling before it is acked."""
+    got: asyncio.Future[AbstractIncomingMessage] = asyncio.get_running_loop().create_future()
+
+    async def on_message(incoming: AbstractIncomingMessage) -> None:
+        if got.done():
+            await incoming.nack(requeue=True)
+        else:
+            got.set_result(incoming)
+
+    tag = await queue.consume(on_message)
+    try:
+        return await asyncio.wait_for(got, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        await queue.cancel(tag)
