@@ -48,6 +48,7 @@ from pamqp.commands import Basic
 
 from . import wire
 from ._properties import FastProperties
+from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .errors import (
     BrokerConnectionError,
@@ -94,7 +95,9 @@ class MessageQueue:
 
     Args:
         url: broker URL (vhost in the path, ``amqps://`` for TLS); default ``$AMQP_URL``,
-            else ``amqp://guest:guest@localhost:5672/``.
+            else ``amqp://guest:guest@localhost:5672/``. A cluster: its nodes in the
+            host part, ``amqp://u:p@h1:5672,h2:5672,h3:5672/vhost``, or a list of URLs;
+            the queue reconnects to the next node that answers (docs/deploy.md).
         namespace: prefix of every exchange and queue name (see docs/wire-format.md).
         publish_timeout_s: how long :meth:`send` waits for the broker's confirm.
         connect_timeout_s: how long connecting may take.
@@ -127,7 +130,7 @@ class MessageQueue:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: BrokerUrl | None = None,
         *,
         namespace: str = "agents",
         publish_timeout_s: float = 10.0,

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from . import wire
+from .broker_url import BrokerUrl
 from .errors import NoRouteError
 from .message import Message
 from .queue import MessageQueue
@@ -40,7 +41,7 @@ class RoutingMessageQueue(MessageQueue):
     def __init__(
         self,
         router: MessageRouter,
-        url: str | None = None,
+        url: BrokerUrl | None = None,
         *,
         namespace: str = "agents",
         **options: Any,
