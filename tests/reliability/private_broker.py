@@ -227,6 +227,9 @@ class PrivateBroker:
         disk_free_limit: str = "50MB",
         start_timeout: float = 60.0,
         node_prefix: str = "amqpagents",
+        epmd_port: int | None = None,
+        cookie: str | None = None,
+        extra_conf: Sequence[str] = (),
     ) -> None:
         """Prepare (not start) a node.
 
@@ -234,6 +237,9 @@ class PrivateBroker:
         disables it. ``channel_tick_interval_ms``: how often each channel checks it
         (RabbitMQ's default 60 s would make timeout tests take a minute).
         ``disk_free_limit``: the normal limit, which :meth:`clear_disk_alarm` restores.
+        ``epmd_port``: an epmd another node of a private cluster started (None: start
+        one of our own). ``cookie``: the Erlang cookie (a cluster's nodes share one;
+        None: a fresh random one). ``extra_conf``: more rabbitmq.conf lines.
         """
         if consumer_timeout_ms is not None and consumer_timeout_ms <= 0:
             raise ValueError("consumer_timeout_ms must be positive (or None to disable)")
@@ -244,7 +250,12 @@ class PrivateBroker:
         self._scripts = _find_scripts_dir()  # before mkdtemp: fail without leaving a dir
         self._epmd_binary = _find_epmd()
         self.node = f"{node_prefix}-{secrets.token_hex(4)}@localhost"
-        self.amqp_port, self.dist_port, self.epmd_port = _pick_ports(3)
+        self.amqp_port, self.dist_port, own_epmd_port = _pick_ports(3)
+        #: False when the epmd is another node's (a cluster): then it is never stopped here.
+        self.owns_epmd = epmd_port is None
+        self.epmd_port = own_epmd_port if epmd_port is None else epmd_port
+        self.cookie = cookie or secrets.token_hex(20).upper()
+        self.extra_conf = tuple(extra_conf)
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.home = self.workdir / "home"
         self.log_dir = self.workdir / "log"
@@ -275,7 +286,7 @@ class PrivateBroker:
         for sub in ("home", "log", "mnesia", "conf.d", "plugins-expand"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         cookie = self.home / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20).upper())
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie file others can read
         conf = [
             f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
@@ -283,6 +294,7 @@ class PrivateBroker:
             f"disk_free_limit.absolute = {self.disk_free_limit}",
             "log.file.level = info",
             "log.console = false",
+            *self.extra_conf,
         ]
         if self.consumer_timeout_ms is not None:
             conf.append(f"consumer_timeout = {self.consumer_timeout_ms}")
@@ -346,7 +358,18 @@ class PrivateBroker:
         )
         return env
 
+    def ensure_epmd(self, timeout: float = 30.0) -> None:
+        """Start this node's own epmd if it is not running (a cluster's first node
+        starts the epmd its peers share before any of them boots)."""
+        self._ensure_epmd(time.monotonic() + timeout)
+
     def _ensure_epmd(self, deadline: float) -> None:
+        if not self.owns_epmd:
+            while _epmd_names(self.epmd_port) is None:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the shared epmd on port {self.epmd_port} is not running")
+                time.sleep(0.05)
+            return
         if self._epmd is not None and self._epmd.poll() is None:
             return
         if self._epmd is not None:
@@ -454,9 +477,7 @@ class PrivateBroker:
         while short in (_epmd_names(self.epmd_port) or set()):
             if time.monotonic() > deadline:
                 raise BrokerError(f"{self.node} is still registered in epmd")
-            assert self._epmd is not None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._epmd.wait(timeout=0.02)
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Shut the node down cleanly (``rabbitmqctl stop``); a no-op if it is not running.
