@@ -71,8 +71,8 @@ async def test_a_node_list_connects_to_the_first_node_that_answers(
         assert _host(connection.node_url) == _host(amqp_url)
     finally:
         await queue.close()
-        async with await aio_pika.connect(amqp_url) as connection:
-            await delete_namespace(await connection.channel(), namespace)
+        async with await aio_pika.connect(amqp_url) as cleaning:
+            await delete_namespace(await cleaning.channel(), namespace)
 
 
 def test_every_node_down_names_each_node_once(namespace: str) -> None:

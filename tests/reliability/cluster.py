@@ -27,14 +27,26 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from netns import NetnsLink
 from private_broker import BrokerError, PrivateBroker
 
-__all__ = ["PrivateCluster", "QueuePlacement"]
+__all__ = ["PrivateCluster", "QueuePlacement", "record_timing"]
+
+TIMINGS_PATH = Path(__file__).parent / "results" / "cluster-timings.json"
 
 T = TypeVar("T")
+
+
+def record_timing(name: str, seconds: float, path: Path = TIMINGS_PATH) -> None:
+    """Merge one measurement (seconds, or a count) into results/cluster-timings.json."""
+    rows = json.loads(path.read_text()) if path.exists() else {}
+    rows[name] = round(seconds, 2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(rows.items())), indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -61,26 +73,39 @@ class PrivateCluster:
         *,
         partition_handling: str = "pause_minority",
         start_timeout: float = 120.0,
+        isolable_last: bool = False,
+        net_ticktime_s: int | None = None,
     ) -> None:
+        """Prepare (not start) the nodes.
+
+        ``isolable_last``: run the last node in a network namespace of its own
+        (:class:`NetnsLink`, needs root), so :meth:`cut` can partition it from the
+        others; the nodes then have long names on the link's addresses.
+        ``net_ticktime_s``: how soon a silent node is declared down (Erlang's default,
+        60 s, makes a partition take a minute to be noticed).
+        """
         if size < 2:
             raise ValueError("a cluster has at least two nodes")
-        cookie = secrets.token_hex(20).upper()
-        conf = [f"cluster_partition_handling = {partition_handling}"]
-        first = PrivateBroker(
-            node_prefix="amqpagents-c1", cookie=cookie, extra_conf=conf, start_timeout=start_timeout
-        )
+        self.link = NetnsLink() if isolable_last else None
+        """The cut-able link of the last node, if ``isolable_last``."""
+        host_ip = "127.0.0.1" if self.link is None else self.link.host_ip
+        common: dict[str, Any] = {
+            "cookie": secrets.token_hex(20).upper(),
+            "extra_conf": [f"cluster_partition_handling = {partition_handling}"],
+            "start_timeout": start_timeout,
+            "net_ticktime_s": net_ticktime_s,
+            "ip": host_ip,
+            "node_host": "localhost" if self.link is None else host_ip,
+        }
+        first = PrivateBroker(node_prefix="amqpagents-c1", **common)
         self.nodes: list[PrivateBroker] = [first]
-        """The nodes, in the order of :attr:`urls`; ``nodes[0]`` owns the epmd."""
+        """The nodes, in the order of :attr:`urls`; ``nodes[0]`` owns the shared epmd."""
         for number in range(2, size + 1):
-            self.nodes.append(
-                PrivateBroker(
-                    node_prefix=f"amqpagents-c{number}",
-                    cookie=cookie,
-                    extra_conf=conf,
-                    epmd_port=first.epmd_port,
-                    start_timeout=start_timeout,
-                )
-            )
+            options = {**common, "epmd_port": first.epmd_port}
+            if self.link is not None and number == size:
+                ip = self.link.netns_ip
+                options.update(ip=ip, node_host=ip, netns=self.link.name, own_epmd=True)
+            self.nodes.append(PrivateBroker(node_prefix=f"amqpagents-c{number}", **options))
         self.start_timeout = start_timeout
         #: Seconds the last :meth:`start` took, boot and join included.
         self.last_start_seconds: float | None = None
@@ -96,7 +121,7 @@ class PrivateCluster:
         """The cluster as one URL with a node list in its host part
         (``amqp://guest:guest@127.0.0.1:P1,127.0.0.1:P2,.../``), nodes in ``order``."""
         indexes = range(len(self.nodes)) if order is None else order
-        hosts = ",".join(f"127.0.0.1:{self.nodes[i].amqp_port}" for i in indexes)
+        hosts = ",".join(f"{self.nodes[i].ip}:{self.nodes[i].amqp_port}" for i in indexes)
         return f"amqp://guest:guest@{hosts}/"
 
     def node(self, name: str) -> PrivateBroker:
@@ -118,7 +143,11 @@ class PrivateCluster:
         Raises :class:`BrokerError` if a node does not boot or join in time.
         """
         started = time.monotonic()
-        self.nodes[0].ensure_epmd()
+        if self.link is not None and not self.link.created:
+            self.link.create()
+        for node in self.nodes:
+            if node.owns_epmd:
+                node.ensure_epmd()
         self._each(lambda node: node.start())
         first = self.nodes[0].node
         for node in self.nodes[1:]:
@@ -131,8 +160,12 @@ class PrivateCluster:
 
     def cleanup(self) -> None:
         """Stop every node (in parallel), then the epmd, and delete all files."""
-        self._each(lambda node: node.cleanup(), nodes=self.nodes[1:])
-        self.nodes[0].cleanup()
+        try:
+            self._each(lambda node: node.cleanup(), nodes=self.nodes[1:])
+            self.nodes[0].cleanup()
+        finally:
+            if self.link is not None:
+                self.link.remove()
 
     def __enter__(self) -> PrivateCluster:
         try:
@@ -175,6 +208,36 @@ class PrivateCluster:
         """Stop one node cleanly (it leaves the cluster's running set, not the cluster)."""
         node.stop()
 
+    def cut(self) -> None:
+        """Partition the last node from the others (and from every client here)."""
+        if self.link is None:
+            raise BrokerError("this cluster was made without isolable_last=True")
+        self.link.cut()
+
+    def heal(self) -> None:
+        """End the partition made by :meth:`cut`."""
+        if self.link is None:
+            raise BrokerError("this cluster was made without isolable_last=True")
+        self.link.heal()
+
+    def serving(self, node: PrivateBroker) -> bool:
+        """True while ``node``'s RabbitMQ application runs (False when paused by
+        pause_minority, or stopped; the VM must be alive to be asked)."""
+        return node.eval("rabbit:is_running().") == "true"
+
+    def wait_until(
+        self, condition: Callable[[], bool], what: str, timeout: float | None = None
+    ) -> float:
+        """Poll ``condition`` (a rabbitmqctl call each time) until true; return the
+        seconds it took. Raises :class:`BrokerError` naming ``what`` on timeout."""
+        started = time.monotonic()
+        deadline = started + (self.start_timeout if timeout is None else timeout)
+        while not condition():
+            if time.monotonic() > deadline:
+                raise BrokerError(f"{what}: not within {deadline - started:.0f}s")
+            time.sleep(0.2)
+        return time.monotonic() - started
+
     def running_count(self) -> int:
         """How many of our nodes have a live VM."""
         return sum(node.is_running() for node in self.nodes)
@@ -194,19 +257,16 @@ class PrivateCluster:
         status = json.loads(asker.ctl("cluster_status", "--formatter", "json"))
         return set(status["running_nodes"])
 
-    def wait_running(self, count: int, timeout: float | None = None) -> None:
-        """Wait until the cluster reports ``count`` running nodes (polling rabbitmqctl)."""
-        deadline = time.monotonic() + (self.start_timeout if timeout is None else timeout)
-        while True:
+    def wait_running(self, count: int, timeout: float | None = None) -> float:
+        """Wait until the cluster reports ``count`` running nodes; returns the seconds."""
+
+        def reached() -> bool:
             try:
-                running = self.running_nodes()
-            except BrokerError:
-                running = set()
-            if len(running) == count:
-                return
-            if time.monotonic() > deadline:
-                raise BrokerError(f"cluster has {sorted(running)} running, expected {count}")
-            time.sleep(0.2)
+                return len(self.running_nodes()) == count
+            except BrokerError:  # the node asked went down meanwhile
+                return False
+
+        return self.wait_until(reached, f"{count} running nodes", timeout)
 
     def placement(self, queue: str, vhost: str = "/") -> QueuePlacement:
         """Type, leader and members of ``queue``, as a running node reports them.

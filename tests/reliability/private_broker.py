@@ -147,21 +147,21 @@ def _pick_ports(count: int) -> list[int]:
     raise BrokerError("found no free port for a private RabbitMQ node")
 
 
-def _port_accepts(port: int) -> bool:
+def _port_accepts(ip: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+        with socket.create_connection((ip, port), timeout=1.0):
             return True
     except OSError:
         return False
 
 
-def _epmd_names(epmd_port: int) -> set[str] | None:
+def _epmd_names(ip: str, epmd_port: int) -> set[str] | None:
     """The short node names registered in the epmd on ``epmd_port``; None if it's down.
 
     Speaks EPMD's NAMES_REQ directly: cheaper than spawning ``epmd -names``.
     """
     try:
-        with socket.create_connection(("127.0.0.1", epmd_port), timeout=2.0) as sock:
+        with socket.create_connection((ip, epmd_port), timeout=2.0) as sock:
             sock.sendall(b"\x00\x01n")
             chunks = []
             while chunk := sock.recv(4096):
@@ -228,8 +228,13 @@ class PrivateBroker:
         start_timeout: float = 60.0,
         node_prefix: str = "amqpagents",
         epmd_port: int | None = None,
+        own_epmd: bool | None = None,
         cookie: str | None = None,
         extra_conf: Sequence[str] = (),
+        ip: str = "127.0.0.1",
+        node_host: str = "localhost",
+        netns: str | None = None,
+        net_ticktime_s: int | None = None,
     ) -> None:
         """Prepare (not start) a node.
 
@@ -237,9 +242,18 @@ class PrivateBroker:
         disables it. ``channel_tick_interval_ms``: how often each channel checks it
         (RabbitMQ's default 60 s would make timeout tests take a minute).
         ``disk_free_limit``: the normal limit, which :meth:`clear_disk_alarm` restores.
-        ``epmd_port``: an epmd another node of a private cluster started (None: start
-        one of our own). ``cookie``: the Erlang cookie (a cluster's nodes share one;
-        None: a fresh random one). ``extra_conf``: more rabbitmq.conf lines.
+        ``epmd_port``: the epmd port of a private cluster (None: a port of our own);
+        ``own_epmd``: start that epmd ourselves (default: when ``epmd_port`` is None;
+        a cluster's first node starts the one its peers share, a node in its own
+        network namespace starts one there). ``cookie``: the Erlang cookie (a
+        cluster's nodes share one; None: a fresh random one). ``extra_conf``: more
+        rabbitmq.conf lines. ``ip``: the address the node's AMQP listener, Erlang
+        distribution and own epmd listen on. ``node_host``: the host part of the
+        node name; an IP address makes it a long name (``-name``), which is how
+        nodes on different addresses of one machine find each other. ``netns``: run
+        the node, its epmd and its rabbitmqctl inside this network namespace (see
+        netns.py), so that its link can be cut. ``net_ticktime_s``: how soon Erlang
+        declares a silent peer node down (default 60 s; a partition test wants ~10).
         """
         if consumer_timeout_ms is not None and consumer_timeout_ms <= 0:
             raise ValueError("consumer_timeout_ms must be positive (or None to disable)")
@@ -249,13 +263,17 @@ class PrivateBroker:
         self.start_timeout = start_timeout
         self._scripts = _find_scripts_dir()  # before mkdtemp: fail without leaving a dir
         self._epmd_binary = _find_epmd()
-        self.node = f"{node_prefix}-{secrets.token_hex(4)}@localhost"
+        self.node = f"{node_prefix}-{secrets.token_hex(4)}@{node_host}"
+        self.ip = ip
+        self.netns = netns
+        self.long_name = "." in node_host or ":" in node_host
         self.amqp_port, self.dist_port, own_epmd_port = _pick_ports(3)
         #: False when the epmd is another node's (a cluster): then it is never stopped here.
-        self.owns_epmd = epmd_port is None
+        self.owns_epmd = epmd_port is None if own_epmd is None else own_epmd
         self.epmd_port = own_epmd_port if epmd_port is None else epmd_port
         self.cookie = cookie or secrets.token_hex(20).upper()
         self.extra_conf = tuple(extra_conf)
+        self.net_ticktime_s = net_ticktime_s
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.home = self.workdir / "home"
         self.log_dir = self.workdir / "log"
@@ -273,7 +291,7 @@ class PrivateBroker:
     @property
     def url(self) -> str:
         """AMQP URL of the node, as guest (allowed from anywhere: loopback_users = none)."""
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        return f"amqp://guest:guest@{self.ip}:{self.amqp_port}/"
 
     @property
     def log_file(self) -> Path:
@@ -289,7 +307,7 @@ class PrivateBroker:
         cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie file others can read
         conf = [
-            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
+            f"listeners.tcp.1 = {self.ip}:{self.amqp_port}",
             "loopback_users = none",
             f"disk_free_limit.absolute = {self.disk_free_limit}",
             "log.file.level = info",
@@ -305,8 +323,13 @@ class PrivateBroker:
         rabbit_env = [f"{{channel_tick_interval, {self.channel_tick_interval_ms}}}"]
         if self.consumer_timeout_ms is None:
             rabbit_env.append("{consumer_timeout, undefined}")
+        kernel_env = (
+            ""
+            if self.net_ticktime_s is None
+            else (f", {{kernel, [{{net_ticktime, {self.net_ticktime_s}}}]}}")
+        )
         (self.workdir / "advanced.config").write_text(
-            "[{rabbit, [" + ", ".join(rabbit_env) + "]}].\n"
+            "[{rabbit, [" + ", ".join(rabbit_env) + "]}" + kernel_env + "].\n"
         )
         (self.workdir / "enabled_plugins").write_text("[].\n")
         (self.workdir / "rabbitmq-env.conf").write_text("")
@@ -337,7 +360,7 @@ class PrivateBroker:
                 "LANG": "C.UTF-8",
                 "LC_ALL": "C.UTF-8",
                 "ERL_EPMD_PORT": str(self.epmd_port),
-                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "ERL_EPMD_ADDRESS": ",".join(sorted({"127.0.0.1", self.ip})),
                 "RABBITMQ_NODENAME": self.node,
                 "RABBITMQ_DIST_PORT": str(self.dist_port),
                 "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
@@ -350,13 +373,20 @@ class PrivateBroker:
                 "RABBITMQ_LOG_BASE": str(self.log_dir),
                 "RABBITMQ_PID_FILE": str(self.pid_file),
                 "RABBITMQ_MOTD_FILE": str(w / "motd"),
-                # Distribution on loopback only; never start an epmd we don't own.
+                # Distribution on our address only; never start an epmd we don't own.
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
-                    "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+                    f"-kernel inet_dist_use_interface {{{self.ip.replace('.', ',')}}}"
+                    " -start_epmd false"
                 ),
             }
         )
+        if self.long_name:
+            env["RABBITMQ_USE_LONGNAME"] = "true"
         return env
+
+    def _argv(self, *argv: str) -> list[str]:
+        """``argv``, run inside this node's network namespace if it has one."""
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
 
     def ensure_epmd(self, timeout: float = 30.0) -> None:
         """Start this node's own epmd if it is not running (a cluster's first node
@@ -365,7 +395,7 @@ class PrivateBroker:
 
     def _ensure_epmd(self, deadline: float) -> None:
         if not self.owns_epmd:
-            while _epmd_names(self.epmd_port) is None:
+            while _epmd_names(self.ip, self.epmd_port) is None:
                 if time.monotonic() > deadline:
                     raise BrokerError(f"the shared epmd on port {self.epmd_port} is not running")
                 time.sleep(0.05)
@@ -375,7 +405,7 @@ class PrivateBroker:
         if self._epmd is not None:
             self._epmd.wait()
         self._epmd = subprocess.Popen(
-            [self._epmd_binary, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            self._argv(self._epmd_binary, "-port", str(self.epmd_port)),
             env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -383,7 +413,7 @@ class PrivateBroker:
             start_new_session=True,
         )
         self._record_owner(epmd_pid=self._epmd.pid)
-        while _epmd_names(self.epmd_port) is None:
+        while _epmd_names(self.ip, self.epmd_port) is None:
             if self._epmd.poll() is not None:
                 raise BrokerError(f"epmd on port {self.epmd_port} exited ({self._epmd.returncode})")
             if time.monotonic() > deadline:
@@ -418,7 +448,7 @@ class PrivateBroker:
         self.pid_file.unlink(missing_ok=True)
         with self.startup_log.open("ab") as out:
             self._server = subprocess.Popen(
-                [str(self._scripts / "rabbitmq-server")],
+                self._argv(str(self._scripts / "rabbitmq-server")),
                 env=self._env(),
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
@@ -463,7 +493,7 @@ class PrivateBroker:
                     if ctl.poll() is None:
                         ctl.kill()
                     ctl.wait()
-                if ctl.returncode == 0 and _port_accepts(self.amqp_port):
+                if ctl.returncode == 0 and _port_accepts(self.ip, self.amqp_port):
                     return
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=0.05)
@@ -474,7 +504,7 @@ class PrivateBroker:
     def _wait_name_released(self, deadline: float) -> None:
         """After a kill, wait until epmd has dropped the old registration."""
         short = self.node.partition("@")[0]
-        while short in (_epmd_names(self.epmd_port) or set()):
+        while short in (_epmd_names(self.ip, self.epmd_port) or set()):
             if time.monotonic() > deadline:
                 raise BrokerError(f"{self.node} is still registered in epmd")
             time.sleep(0.02)
@@ -627,7 +657,8 @@ class PrivateBroker:
     # ------------------------------------------------------------------ rabbitmqctl
 
     def _ctl_argv(self, *args: str) -> list[str]:
-        return [str(self._scripts / "rabbitmqctl"), "-n", self.node, "-q", *args]
+        names = ("--longnames",) if self.long_name else ()
+        return self._argv(str(self._scripts / "rabbitmqctl"), "-n", self.node, *names, "-q", *args)
 
     def ctl(self, *args: str, timeout: float = 30.0) -> str:
         """Run ``rabbitmqctl -n NODE -q ARGS`` and return its stdout."""

@@ -16,15 +16,13 @@ results/cluster-timings.json.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import aio_pika
 import pytest
-from cluster import PrivateCluster
+from cluster import PrivateCluster, record_timing
 from private_broker import PrivateBroker
 
 from amqp_agents import AgentsError, Message, MessagePassingAgent, MessageQueue, MessageType, wire
@@ -33,17 +31,8 @@ from amqp_agents.topology import delete_namespace
 
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
 
-TIMINGS_PATH = Path(__file__).parent / "results" / "cluster-timings.json"
 WAIT_S = 60.0
 """Upper bound for anything awaited here; a failover measured above it is a failure."""
-
-
-def record_timing(name: str, seconds: float) -> None:
-    """Merge one measurement into results/cluster-timings.json."""
-    rows = json.loads(TIMINGS_PATH.read_text()) if TIMINGS_PATH.exists() else {}
-    rows[name] = round(seconds, 2)
-    TIMINGS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    TIMINGS_PATH.write_text(json.dumps(dict(sorted(rows.items())), indent=2) + "\n")
 
 
 @pytest.fixture(scope="module")
