@@ -161,7 +161,7 @@ class AgentConnection(aio_pika.RobustConnection):
     def _give_up(self, exc: BaseException) -> None:
         error = BrokerConnectionError(
             f"the broker at {redact_url(','.join(self.nodes))} refused our credentials or"
-            f" vhost {self.refusals} times in a row; stopped reconnecting: {describe(exc)}"
+            f" vhost {self.refusals} times in a row; stopped reconnecting: {_describe(exc)}"
         )
         self.given_up.set_result(error)
         # Not awaited here: close() cancels the reconnect loop this runs in.
@@ -174,7 +174,7 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionClosed) and bool(exc.args) and exc.args[0] == _NOT_ALLOWED
 
 
-def describe(exc: BaseException) -> str:
+def _describe(exc: BaseException) -> str:
     """One line for a connection failure, with the broker's reason when it gave one."""
     if isinstance(exc, ConnectionClosed) and len(exc.args) >= 2:
         code, text = exc.args[0], exc.args[1]
@@ -192,8 +192,10 @@ def _keep_close_reason_at_open() -> None:
 
     aiormq checks the answer against the expected methods before it looks for a close,
     so the broker's reason is lost in an ``InvalidFrameError``. Wrapping the frame
-    reader of the handshake (``Connection._rpc``, pinned: aiormq < 7.3) raises the
-    close first, exactly as aiormq does for a close that it does expect. Idempotent.
+    reader of the handshake (``Connection._rpc``, private to aiormq 7, which aio-pika
+    < 11 requires) raises the close first, exactly as aiormq does for a close that it
+    does expect; tests/integration/test_connection.py notices if that changes.
+    Idempotent.
     """
     connection_class = aiormq.connection.Connection
     original: Any = connection_class._rpc
@@ -274,6 +276,6 @@ def _cannot_connect(url: str, connection: AgentConnection, exc: BaseException) -
     failed = connection.failed_nodes or [(redact_url(url), exc)]
     if len(failed) == 1:
         node, error = failed[0]
-        return f"cannot connect to {node}: {describe(error)}"
-    each = "; ".join(f"{node}: {describe(error)}" for node, error in failed)
+        return f"cannot connect to {node}: {_describe(error)}"
+    each = "; ".join(f"{node}: {_describe(error)}" for node, error in failed)
     return f"cannot connect to any of {len(failed)} broker nodes ({each})"
