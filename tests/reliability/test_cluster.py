@@ -19,6 +19,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -210,6 +211,72 @@ async def test_message_queue_fails_over_to_another_node(whole_cluster: PrivateCl
         declared |= queue.declared_queues
         await queue.close()
         await _delete(home_node, ns, declared)
+
+
+class HeldWorker(MessagePassingAgent):
+    """Answers each task once released; ``started`` is set when it holds one."""
+
+    def __init__(self, agent_id: str, queue: MessageQueue) -> None:
+        super().__init__(agent_id, queue)
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        self.started.set()
+        await asyncio.wait_for(self.release.wait(), WAIT_S)
+        return f"done {task}"
+
+
+async def test_pending_send_task_ends_typed_and_the_next_one_completes(
+    whole_cluster: PrivateCluster,
+) -> None:
+    """A requester's node is killed -9 while its task is being handled elsewhere: the
+    pending ``send_task`` completes or raises a typed error (never hangs), and the
+    next ``send_task``, made after the requester moved to another node, completes.
+
+    The worker and every classic queue of the namespace are on node 2, as above; the
+    requester's reply queue is on node 1, which is killed.
+    """
+    cluster = whole_cluster
+    ns = f"rel-rpc-{uuid.uuid4().hex[:6]}"
+    worker_queue = MessageQueue(cluster.url(order=[1]), namespace=ns)
+    requester_queue = MessageQueue(cluster.url(order=[0, 1, 2]), namespace=ns)
+    worker = HeldWorker("worker", worker_queue)
+    requester = MessagePassingAgent("req", requester_queue)
+    declared: set[str] = set()
+    try:
+        await worker_queue.connect()
+        await worker.start_consuming()
+        await requester_queue.connect()
+        pending = await requester.send_task("worker", "first", wait_for_result=False, timeout=30)
+        await asyncio.wait_for(worker.started.wait(), WAIT_S)
+
+        killed_at = time.monotonic()
+        await asyncio.to_thread(cluster.kill9, cluster.nodes[0])
+        worker.release.set()
+        try:
+            outcome: object = await asyncio.wait_for(pending.result(), WAIT_S)
+        except AgentsError as exc:  # typed: the reply queue went with node 1
+            outcome = exc
+        record_timing("pending_task_outcome_s", time.monotonic() - killed_at)
+        record_timing("pending_task_raised", isinstance(outcome, AgentsError))
+        assert outcome == "done first" or isinstance(outcome, AgentsError)
+
+        async with asyncio.timeout(WAIT_S):
+            while True:  # retry pacing while the requester moves to another node
+                try:
+                    result = await requester.send_task("worker", "second", timeout=10)
+                    break
+                except AgentsError:
+                    await asyncio.sleep(0.1)
+        assert result == "done second"
+        record_timing("next_task_after_kill_s", time.monotonic() - killed_at)
+    finally:
+        await worker.stop()
+        for queue in (worker_queue, requester_queue):
+            declared |= queue.declared_queues
+            await queue.close()
+        await _delete(cluster.nodes[1], ns, declared)
 
 
 async def _delete(node: PrivateBroker, ns: str, queues: set[str]) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from amqp_agents import MessageQueue
 from amqp_agents.broker_url import DEFAULT_URL, node_urls, redact_url, resolve_url
+from amqp_agents.config import load_config
 from amqp_agents.errors import ConfigError
 
 PASSWORD = "s3cret-pw"
@@ -111,3 +114,11 @@ def test_default_url_without_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_message_queue_refuses_a_bad_url_at_once(url: str | list[str]) -> None:
     with pytest.raises(ConfigError):
         MessageQueue(url)
+
+
+def test_the_yaml_broker_url_takes_a_node_list(tmp_path: Path) -> None:
+    path = tmp_path / "agents.yaml"
+    path.write_text("broker:\n  url: ${AMQP_URL}\n")
+    config = load_config(path, env={"AMQP_URL": "amqp://u:p@h1:5672,h2:5672/v"})
+    url = resolve_url(config.broker.secret_url())
+    assert node_urls(url) == ("amqp://u:p@h1:5672/v", "amqp://u:p@h2:5672/v")
