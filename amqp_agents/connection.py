@@ -105,7 +105,7 @@ class AgentConnection(aio_pika.RobustConnection):
         self.nodes: tuple[str, ...] = tuple(nodes) or (str(url),)
         """One URL per broker node, in the order given (passwords included)."""
         self.node_index = 0
-        """Index in :attr:`nodes` of the node connected to (or last connected to)."""
+        """Index in :attr:`nodes` of the node in use (or being tried, or tried last)."""
         self.failed_nodes: list[tuple[str, BaseException]] = []
         """The redacted nodes that failed in the latest round, with their errors."""
         self.refusals = 0
@@ -116,7 +116,7 @@ class AgentConnection(aio_pika.RobustConnection):
 
     @property
     def node_url(self) -> str:
-        """The (redacted) URL of the node this connection uses or last used."""
+        """The (redacted) URL of the node in use (or being tried, or tried last)."""
         return redact_url(self.nodes[self.node_index])
 
     async def _RobustConnection__connect_transport(self) -> None:
@@ -128,7 +128,9 @@ class AgentConnection(aio_pika.RobustConnection):
         start = lost if first_round else lost + 1  # a lost node is tried last
         for step in range(len(self.nodes)):
             index = (start + step) % len(self.nodes)
-            self.url = URL(self.nodes[index])
+            # Set together, before the attempt: channels may already work on this node
+            # while the attempt still restores others.
+            self.node_index, self.url = index, URL(self.nodes[index])
             try:
                 await super()._RobustConnection__connect_transport()  # type: ignore[misc]
             except asyncio.CancelledError:
@@ -136,7 +138,7 @@ class AgentConnection(aio_pika.RobustConnection):
             except Exception as exc:
                 self.failed_nodes.append((redact_url(self.nodes[index]), exc))
                 continue
-            self.node_index, self.refusals = index, 0
+            self.refusals = 0
             if not first_round and index != lost:
                 log.warning(
                     "connected to broker node %s (lost %s)",

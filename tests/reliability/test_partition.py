@@ -22,6 +22,10 @@ import pytest
 from cluster import PrivateCluster, record_timing
 from netns import netns_supported, reap_orphans
 
+from amqp_agents import AgentsError, Message, MessageQueue
+from amqp_agents.connection import AgentConnection
+from amqp_agents.topology import delete_namespace
+
 pytestmark = [pytest.mark.reliability, pytest.mark.timeout(600)]
 
 NET_TICKTIME_S = 10
@@ -98,3 +102,52 @@ async def test_cut_node_pauses_and_the_majority_keeps_confirmed_messages(
 
         assert sorted(await _get_all(channel, name)) == list(range(900))
         await channel.queue_delete(name)
+
+
+HEARTBEAT_S = 2
+"""The library's heartbeat here: a silent link is dropped after (2 + 1) x 3 = 9 s."""
+
+
+async def test_message_queue_on_the_cut_node_moves_to_the_majority(
+    cluster: PrivateCluster,
+) -> None:
+    """The library is connected to the node that gets cut off. A cut link sends no
+    reset: only the heartbeat notices it. It then reconnects to a node of the majority,
+    and a send succeeds. (The namespace's classic queues are on the first node, which
+    stays in the majority.)"""
+    majority, isolated = cluster.nodes[0], cluster.nodes[2]
+    ns = f"rel-part-{uuid.uuid4().hex[:6]}"
+    declarer = MessageQueue(cluster.url(order=[0]), namespace=ns)
+    await declarer.connect()
+    await declarer.ensure_inbox("sink")
+    declared = set(declarer.declared_queues)
+    await declarer.close()
+    url = cluster.url(order=[2, 0, 1]) + f"?heartbeat={HEARTBEAT_S}"
+    queue = MessageQueue(url, namespace=ns, publish_timeout_s=5)
+    try:
+        await queue.connect()
+        connection = queue.connection
+        assert isinstance(connection, AgentConnection) and connection.node_index == 0
+        cut_at = time.monotonic()
+        await asyncio.to_thread(cluster.cut)
+        try:
+            message = Message(sender="load", recipient="sink", content="after the cut")
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    try:
+                        await queue.send(message)
+                        break
+                    except AgentsError:
+                        await asyncio.sleep(0.2)  # retry pacing while the link is dead
+            record_timing("library_partition_failover_s", time.monotonic() - cut_at)
+            assert connection.node_index != 0
+            assert isolated.ip not in connection.node_url
+        finally:
+            await asyncio.to_thread(cluster.heal)
+            await asyncio.to_thread(cluster.wait_running, 3, WAIT_S)
+    finally:
+        declared |= queue.declared_queues
+        await queue.close()
+        async with await aio_pika.connect(majority.url) as cleaning:
+            channel = await cleaning.channel()
+            await asyncio.wait_for(delete_namespace(channel, ns, sorted(declared)), WAIT_S)
