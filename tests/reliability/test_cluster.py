@@ -128,6 +128,30 @@ async def test_quorum_queue_keeps_confirmed_messages_when_its_leader_is_killed(
         await channel.queue_delete(name)
 
 
+async def test_rolling_restart_keeps_a_quorum_queue_and_the_cluster(
+    whole_cluster: PrivateCluster,
+) -> None:
+    """Each node in turn is stopped cleanly and started again (the tool C3 needs): it
+    rejoins, and the quorum queue keeps every confirmed message."""
+    cluster = whole_cluster
+    name = f"qq-{uuid.uuid4().hex[:8]}"
+    async with await aio_pika.connect(cluster.nodes[0].url) as connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum"})
+        await _publish_confirmed(channel, name, range(300))
+    started = time.monotonic()
+    for node in cluster.nodes:
+        await asyncio.to_thread(cluster.stop, node)
+        assert not node.is_running()
+        await asyncio.to_thread(cluster.restart, node)
+        assert len(await asyncio.to_thread(cluster.running_nodes, node)) == 3
+    record_timing("rolling_restart_s", time.monotonic() - started)
+    async with await aio_pika.connect(cluster.nodes[0].url) as connection:
+        channel = await connection.channel()
+        assert sorted(await _drain(channel, name, 300)) == list(range(300))
+        await channel.queue_delete(name)
+
+
 class Collector(MessagePassingAgent):
     """An agent that resolves a future per notification it handles."""
 
