@@ -13,6 +13,11 @@ nodes share, and only among themselves:
 The shared broker (5672, 25672, epmd 4369) is never touched: every ``rabbitmqctl``
 here runs with ``-n`` set to one of our nodes and with our epmd port and cookie.
 
+With ``isolable_last=True`` the last node runs in a network namespace of its own
+(netns.py), reached over a veth link that :meth:`PrivateCluster.cut` takes down: a
+real partition. The nodes then have long names on the link's two addresses, and the
+isolated node runs its own epmd (same private port) inside its namespace.
+
 Forming it: the nodes boot in parallel as three single-node clusters, then the second
 and third ``stop_app``, ``join_cluster`` the first and ``start_app``. As with
 :class:`PrivateBroker`, everything is synchronous: async tests call the slow methods
