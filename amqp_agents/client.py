@@ -34,6 +34,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from . import pull, redelivery, wire
 from .admission import DeadLetter, Gate, Skip, Verdict, admit
+from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
 from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
@@ -52,7 +53,9 @@ class BrokerClient:
 
     Args:
         url: broker URL (vhost in the path, ``amqps://`` for TLS); default ``$AMQP_URL``,
-            else ``amqp://guest:guest@localhost:5672/``.
+            else ``amqp://guest:guest@localhost:5672/``. A cluster: its nodes in the
+            host part, ``amqp://u:p@h1:5672,h2:5672,h3:5672/vhost``, or a list of URLs;
+            the client reconnects to the next node that answers (docs/deploy.md).
         namespace: prefix of every exchange and queue name (see docs/wire-format.md).
         router: routes for messages sent without a recipient. On :meth:`connect` every
             route's key is bound to its destinations' inboxes (and history), so the
@@ -91,7 +94,7 @@ class BrokerClient:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: BrokerUrl | None = None,
         *,
         namespace: str = "agents",
         router: MessageRouter | None = None,

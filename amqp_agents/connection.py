@@ -1,52 +1,56 @@
-"""Opening a connection to RabbitMQ, with the URL's password kept out of every message.
+"""Opening a connection to RabbitMQ (one node or any node of a cluster), with the
+URL's password kept out of every message.
 
-A connection reconnects by itself (aio-pika's robust connection), except when the
-broker keeps refusing who we are: aio-pika would retry a deleted user, a changed
-password or a revoked vhost for ever, so :class:`AgentConnection` gives up after
-``max_refused_reconnects`` refusals in a row, closes, and resolves
-:attr:`AgentConnection.given_up` with a :class:`BrokerConnectionError`.
+A connection reconnects by itself (aio-pika's robust connection), with two additions
+in :class:`AgentConnection`:
+
+* **Several nodes.** aio-pika reconnects to its one URL only. Given a cluster
+  (``amqp://u:p@h1,h2,h3/vhost``, see :mod:`amqp_agents.broker_url`), each connection
+  attempt tries the nodes in turn, starting after the node just lost, and stays on the
+  first that answers; a round where none answers waits ``reconnect_interval_s``.
+* **Refusals end it.** aio-pika would retry a deleted user, a changed password or a
+  revoked vhost for ever, so after ``max_refused_reconnects`` refused rounds in a row
+  the connection closes and resolves :attr:`AgentConnection.given_up` with a
+  :class:`BrokerConnectionError`.
+
+A vhost that does not exist is reported with the broker's own reason: aiormq drops
+the ``connection.close`` that refuses ``connection.open`` and raises a bare
+``InvalidFrameError`` (:func:`_keep_close_reason_at_open` fixes that).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import logging
 import ssl
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
-from aio_pika.exceptions import AMQPConnectionError
-from aiormq.exceptions import AuthenticationError, ConnectionClosed, ProbableAuthenticationError
+import aiormq.connection
+from aiormq.exceptions import (
+    AMQPError,
+    AuthenticationError,
+    ConnectionClosed,
+    ProbableAuthenticationError,
+)
+from pamqp import commands as spec
+from yarl import URL
 
 from . import _frame_guard
+from .broker_url import DEFAULT_URL as DEFAULT_URL
+from .broker_url import node_urls
+from .broker_url import redact_url as redact_url
+from .broker_url import resolve_url as resolve_url
 from .errors import BrokerConnectionError
 
-DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+log = logging.getLogger(__name__)
+
 MAX_REFUSED_RECONNECTS = 5
-"""Reconnection attempts refused for our credentials or vhost, in a row, before giving up."""
+"""Reconnection rounds refused for our credentials or vhost, in a row, before giving up."""
 _NOT_ALLOWED = 530
 """connection.close reply code for a vhost the user may not (or no longer) use."""
-
-
-def resolve_url(url: str | None) -> str:
-    """``url`` if given, else ``$AMQP_URL``, else the local broker's default URL."""
-    return url or os.environ.get("AMQP_URL") or DEFAULT_URL
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password replaced, safe for logs and errors.
-
-    >>> redact_url("amqps://agent:s3cret@mq.example:5671/prod")
-    'amqps://agent:***@mq.example:5671/prod'
-    """
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def tls_context(
@@ -77,41 +81,87 @@ def tls_context(
 
 
 class AgentConnection(aio_pika.RobustConnection):
-    """A robust connection that stops reconnecting when the broker keeps refusing us.
+    """A robust connection that moves between the nodes of a cluster and stops
+    reconnecting when the broker keeps refusing us.
 
-    Any other failure (unreachable broker, reset, timeout) is retried for ever, as
-    aio-pika does: those end when the broker comes back; a refusal of our
+    Any failure other than a refusal (unreachable node, reset, timeout) is retried for
+    ever, as aio-pika does: those end when a node comes back; a refusal of our
     credentials or vhost does not end by waiting.
     """
 
     max_refused_reconnects = MAX_REFUSED_RECONNECTS
 
-    def __init__(self, url: Any, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        url: Any,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        nodes: Sequence[str] = (),
+        **kwargs: Any,
+    ):
         super().__init__(url, loop=loop, **kwargs)
+        self.nodes: tuple[str, ...] = tuple(nodes) or (str(url),)
+        """One URL per broker node, in the order given (passwords included)."""
+        self.node_index = 0
+        """Index in :attr:`nodes` of the node in use (or being tried, or tried last)."""
+        self.failed_nodes: list[tuple[str, BaseException]] = []
+        """The redacted nodes that failed in the latest round, with their errors."""
         self.refusals = 0
-        """Reconnection attempts refused in a row so far."""
+        """Connection rounds refused in a row so far."""
         self.given_up: asyncio.Future[BrokerConnectionError] = self.loop.create_future()
         """Resolved, with the error, once this connection stopped reconnecting for good."""
         self._closing: asyncio.Task[None] | None = None
 
+    @property
+    def node_url(self) -> str:
+        """The (redacted) URL of the node in use (or being tried, or tried last)."""
+        return redact_url(self.nodes[self.node_index])
+
     async def _RobustConnection__connect_transport(self) -> None:
-        # One reconnection attempt: aio-pika's reconnect loop calls this private method
-        # (pinned: aio-pika < 11), so it is where refusals can be counted.
-        try:
-            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
-        except (AuthenticationError, ProbableAuthenticationError, ConnectionClosed) as exc:
-            if not _refused(exc) or not self.connection_attempt:
-                raise  # not a refusal, or the first connect (connect() reports it)
-            self.refusals += 1
-            if self.refusals >= self.max_refused_reconnects and not self.given_up.done():
-                self._give_up(exc)
-            raise
-        self.refusals = 0
+        # One connection round: aio-pika's reconnect loop calls this private method
+        # (pinned: aio-pika < 11), so it is where nodes rotate and refusals are counted.
+        lost = self.node_index
+        self.failed_nodes = []
+        first_round = not self.connection_attempt
+        start = lost if first_round else lost + 1  # a lost node is tried last
+        for step in range(len(self.nodes)):
+            index = (start + step) % len(self.nodes)
+            # Set together, before the attempt: channels may already work on this node
+            # while the attempt still restores others.
+            self.node_index, self.url = index, URL(self.nodes[index])
+            try:
+                await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failed_nodes.append((redact_url(self.nodes[index]), exc))
+                continue
+            self.refusals = 0
+            if not first_round and index != lost:
+                log.warning(
+                    "connected to broker node %s (lost %s)",
+                    self.node_url,
+                    redact_url(self.nodes[lost]),
+                )
+            return
+        self._round_failed(first_round)
+
+    def _round_failed(self, first_round: bool) -> None:
+        """Count a refused round (give up after too many) and raise the round's error:
+        a refusal if any node refused us, else the last node's error."""
+        errors = [exc for _, exc in self.failed_nodes]
+        refusal = next((exc for exc in errors if _refused(exc)), None)
+        if refusal is None or first_round:  # the first round: connect() reports it
+            raise errors[-1]
+        self.refusals += 1
+        if self.refusals >= self.max_refused_reconnects and not self.given_up.done():
+            self._give_up(refusal)
+        raise refusal
 
     def _give_up(self, exc: BaseException) -> None:
         error = BrokerConnectionError(
-            f"the broker at {self} refused our credentials or vhost {self.refusals} times"
-            f" in a row; stopped reconnecting: {exc}"
+            f"the broker at {redact_url(','.join(self.nodes))} refused our credentials or"
+            f" vhost {self.refusals} times in a row; stopped reconnecting: {_describe(exc)}"
         )
         self.given_up.set_result(error)
         # Not awaited here: close() cancels the reconnect loop this runs in.
@@ -124,6 +174,59 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionClosed) and bool(exc.args) and exc.args[0] == _NOT_ALLOWED
 
 
+def _describe(exc: BaseException) -> str:
+    """One line for a connection failure, with the broker's reason when it gave one."""
+    if isinstance(exc, ConnectionClosed) and len(exc.args) >= 2:
+        code, text = exc.args[0], exc.args[1]
+        if code == _NOT_ALLOWED:
+            return f"the vhost does not exist or this user may not use it ({text})"
+        return f"the broker closed the connection: {text} ({code})"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _keep_close_reason_at_open() -> None:
+    """Make aiormq raise ``ConnectionClosed(code, reason)`` when the broker answers a
+    handshake step (``connection.open`` for a missing vhost) with ``connection.close``.
+
+    aiormq checks the answer against the expected methods before it looks for a close,
+    so the broker's reason is lost in an ``InvalidFrameError``. Wrapping the frame
+    reader of the handshake (``Connection._rpc``, private to aiormq 7, which aio-pika
+    < 11 requires) raises the close first, exactly as aiormq does for a close that it
+    does expect; tests/integration/test_connection.py notices if that changes.
+    Idempotent.
+    """
+    connection_class = aiormq.connection.Connection
+    original: Any = connection_class._rpc
+    if getattr(original, "_amqp_agents_close_reason", False):
+        return
+
+    class CloseRaisingReceiver:
+        def __init__(self, receiver: Any) -> None:
+            self._receiver = receiver
+
+        async def get_frame(self) -> Any:
+            received = await self._receiver.get_frame()
+            frame = received[2]
+            if isinstance(frame, spec.Connection.Close):
+                if frame.reply_code == 403:
+                    raise ProbableAuthenticationError(frame.reply_text)
+                raise ConnectionClosed(frame.reply_code, frame.reply_text)
+            return received
+
+    async def rpc(
+        request: Any, writer: Any, frame_receiver: Any, wait_response: bool = True
+    ) -> Any:
+        return await original(request, writer, CloseRaisingReceiver(frame_receiver), wait_response)
+
+    rpc._amqp_agents_close_reason = True  # type: ignore[attr-defined]
+    connection_class._rpc = staticmethod(rpc)  # type: ignore[method-assign]
+
+
+_keep_close_reason_at_open()
+
+
 async def connect(
     url: str,
     *,
@@ -133,39 +236,50 @@ async def connect(
     reconnect_interval_s: float = 1.0,
     max_refused_reconnects: int = MAX_REFUSED_RECONNECTS,
 ) -> AgentConnection:
-    """Open a robust connection (it reconnects and replays declarations by itself).
+    """Open a robust connection to the first node of ``url`` that answers (it
+    reconnects, to any node, and replays declarations by itself).
 
     Args:
-        url: the broker URL; ``amqps://`` uses ``ssl_context`` (default: system CAs).
+        url: the broker URL, one node or several (:mod:`amqp_agents.broker_url`);
+            ``amqps://`` uses ``ssl_context`` (default: system CAs).
         name: the connection name the broker shows.
-        timeout_s: how long connecting may take.
+        timeout_s: how long connecting to one node may take.
         ssl_context: TLS settings (see :func:`tls_context`); ignored for ``amqp://``.
-        reconnect_interval_s: pause between reconnection attempts after the link is
-            lost (aio-pika's default, 5 s, would keep agents deaf for up to 5 s after
-            the broker is back).
-        max_refused_reconnects: reconnection attempts the broker may refuse (deleted
+        reconnect_interval_s: pause after a round in which no node answered (aio-pika's
+            default, 5 s, would keep agents deaf for up to 5 s after the broker is back).
+        max_refused_reconnects: reconnection rounds the broker may refuse (deleted
             user, changed password, revoked vhost) in a row before the connection
             closes for good and resolves :attr:`AgentConnection.given_up`.
 
     Raises:
-        BrokerConnectionError: unreachable broker, refused credentials or vhost, timeout.
+        ConfigError: the URL is malformed or not amqp:// / amqps://.
+        BrokerConnectionError: no node answered, refused credentials or vhost, timeout.
     """
     # Before the first frame: a hostile one must not drop the connection (the why, and
     # the tests: _frame_guard.py). Installed here, not on import, so that importing
     # amqp_agents changes no other library (tests/unit/test_frame_guard.py).
     _frame_guard.install()
-    try:
-        connection = await aio_pika.connect_robust(
-            url,
-            timeout=timeout_s,
-            client_properties={"connection_name": name},
-            ssl_context=ssl_context,
-            reconnect_interval=reconnect_interval_s,
-            connection_class=AgentConnection,
-        )
-    except (TimeoutError, AMQPConnectionError, OSError) as exc:
-        detail = str(exc).replace(url, redact_url(url)) or type(exc).__name__
-        raise BrokerConnectionError(f"cannot connect to {redact_url(url)}: {detail}") from None
-    assert isinstance(connection, AgentConnection)
+    nodes = node_urls(url)
+    connection = AgentConnection(
+        URL(nodes[0]),
+        nodes=nodes,
+        ssl_context=ssl_context,
+        client_properties={"connection_name": name},
+        reconnect_interval=reconnect_interval_s,
+    )
     connection.max_refused_reconnects = max_refused_reconnects
+    try:
+        await connection.connect(timeout=timeout_s)
+    except (TimeoutError, AMQPError, OSError) as exc:
+        await connection.close()
+        raise BrokerConnectionError(_cannot_connect(url, connection, exc)) from None
     return connection
+
+
+def _cannot_connect(url: str, connection: AgentConnection, exc: BaseException) -> str:
+    failed = connection.failed_nodes or [(redact_url(url), exc)]
+    if len(failed) == 1:
+        node, error = failed[0]
+        return f"cannot connect to {node}: {_describe(error)}"
+    each = "; ".join(f"{node}: {_describe(error)}" for node, error in failed)
+    return f"cannot connect to any of {len(failed)} broker nodes ({each})"

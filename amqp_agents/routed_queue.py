@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .broker_url import BrokerUrl
 from .client import BrokerClient
 from .routing import MessageRouter
 
@@ -28,7 +29,7 @@ class RoutingMessageQueue(BrokerClient):
     def __init__(
         self,
         router: MessageRouter,
-        url: str | None = None,
+        url: BrokerUrl | None = None,
         *,
         namespace: str = "agents",
         **options: Any,

@@ -20,16 +20,6 @@ user and uses ``/var/lib/rabbitmq``), in the foreground of a child process we ow
 Everything here is synchronous: a node takes seconds to start, and async tests
 should call the slow methods through ``asyncio.to_thread`` so their event loop (and
 the heartbeats of their connections) keeps running meanwhile.
-
-RabbitMQ 3.10 facts this relies on (checked against the 3.10.8 beams):
-
-* ``consumer_timeout`` (ms, rabbitmq.conf) is read once when a channel opens; the
-  check runs on the channel's ``tick``, every ``channel_tick_interval`` ms (default
-  60000, settable only in advanced.config). So a timeout fires between
-  ``consumer_timeout`` and ``consumer_timeout + channel_tick_interval`` after the
-  oldest unacked delivery, and closes the channel with 406 PRECONDITION_FAILED.
-* ``rabbitmqctl set_disk_free_limit`` re-checks the disk at once, so the alarm is
-  raised (or cleared) right away.
 """
 
 from __future__ import annotations
@@ -37,17 +27,31 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+
+from broker_admin import BrokerAdmin
+from host_probe import (
+    UNPREFIXED_RABBIT_VARS,
+    BrokerError,
+    epmd_names,
+    find_epmd,
+    find_scripts_dir,
+    is_beam_of,
+    pick_ports,
+    port_accepts,
+    process_alive,
+    process_start_ticks,
+    reap_orphan_nodes,
+    tail,
+)
 
 __all__ = ["BrokerError", "PrivateBroker"]
 
@@ -55,162 +59,8 @@ __all__ = ["BrokerError", "PrivateBroker"]
 #: for it.
 WORKDIR_PREFIX = "amqpagents-broker-"
 
-#: Ports never to pick: the shared broker's AMQP, epmd, distribution and management
-#: ports, and the range rabbitmqctl's own hidden node listens in.
-_RESERVED_PORTS = frozenset({4369, 5671, 5672, 15672, 25672, *range(35672, 35683)})
 
-#: Environment variables rabbit_env also reads *without* their ``RABBITMQ_`` prefix;
-#: a stray one in the caller's environment must not reach our node.
-_UNPREFIXED_RABBIT_VARS = frozenset(
-    {
-        "ADVANCED_CONFIG_FILE",
-        "CONFIG_FILE",
-        "CONFIG_FILES",
-        "CONF_ENV_FILE",
-        "DEFAULT_PASS",
-        "DEFAULT_USER",
-        "DEFAULT_VHOST",
-        "DIST_PORT",
-        "ENABLED_PLUGINS",
-        "ENABLED_PLUGINS_FILE",
-        "FEATURE_FLAGS",
-        "FEATURE_FLAGS_FILE",
-        "KEEP_PID_FILE_ON_EXIT",
-        "LOGS",
-        "LOG_BASE",
-        "MNESIA_BASE",
-        "MNESIA_DIR",
-        "MOTD_FILE",
-        "NODENAME",
-        "NODE_IP_ADDRESS",
-        "NODE_PORT",
-        "PID_FILE",
-        "PLUGINS_DIR",
-        "PLUGINS_EXPAND_DIR",
-        "QUORUM_DIR",
-        "STREAM_DIR",
-        "USE_LONGNAME",
-    }
-)
-
-
-class BrokerError(RuntimeError):
-    """A private node did not do what was asked (start, stop, a rabbitmqctl command)."""
-
-
-def _find_scripts_dir() -> Path:
-    """Where the real (not ``su``-wrapping) rabbitmq-server and rabbitmqctl live."""
-    debian = Path("/usr/lib/rabbitmq/bin")
-    if (debian / "rabbitmq-server").exists():
-        return debian
-    found = shutil.which("rabbitmq-server")
-    if found is None:
-        raise BrokerError("rabbitmq-server is not installed (apt-get install rabbitmq-server)")
-    return Path(found).resolve().parent
-
-
-def _find_epmd() -> str:
-    found = shutil.which("epmd") or "/usr/lib/erlang/bin/epmd"
-    if not Path(found).exists():
-        raise BrokerError("epmd (Erlang) is not installed")
-    return found
-
-
-def _ephemeral_low() -> int:
-    """Lowest port the kernel hands out to outgoing connections."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _pick_ports(count: int) -> list[int]:
-    """``count`` distinct free ports in [20000, ephemeral range)."""
-    high = max(_ephemeral_low(), 20100)
-    chosen: list[int] = []
-    for _ in range(2000):
-        port = random.randrange(20000, high)
-        if port in _RESERVED_PORTS or port in chosen or not _port_is_free(port):
-            continue
-        chosen.append(port)
-        if len(chosen) == count:
-            return chosen
-    raise BrokerError("found no free port for a private RabbitMQ node")
-
-
-def _port_accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _epmd_names(epmd_port: int) -> set[str] | None:
-    """The short node names registered in the epmd on ``epmd_port``; None if it's down.
-
-    Speaks EPMD's NAMES_REQ directly: cheaper than spawning ``epmd -names``.
-    """
-    try:
-        with socket.create_connection(("127.0.0.1", epmd_port), timeout=2.0) as sock:
-            sock.sendall(b"\x00\x01n")
-            chunks = []
-            while chunk := sock.recv(4096):
-                chunks.append(chunk)
-    except OSError:
-        return None
-    text = b"".join(chunks)[4:].decode("utf-8", "replace")
-    return {line.split()[1] for line in text.splitlines() if line.startswith("name ")}
-
-
-def _process_environ(pid: int) -> dict[str, str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    env: dict[str, str] = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-    return env
-
-
-def _process_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    # The state is the first field after the parenthesised command name.
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
-def _process_start_ticks(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"({path} missing)"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-class PrivateBroker:
+class PrivateBroker(BrokerAdmin):
     """One private RabbitMQ node: start it, break it, restart it, throw it away.
 
     The AMQP port stays the same across restarts, so :attr:`url` stays valid after
@@ -227,6 +77,14 @@ class PrivateBroker:
         disk_free_limit: str = "50MB",
         start_timeout: float = 60.0,
         node_prefix: str = "amqpagents",
+        epmd_port: int | None = None,
+        own_epmd: bool | None = None,
+        cookie: str | None = None,
+        extra_conf: Sequence[str] = (),
+        ip: str = "127.0.0.1",
+        node_host: str = "localhost",
+        netns: str | None = None,
+        net_ticktime_s: int | None = None,
     ) -> None:
         """Prepare (not start) a node.
 
@@ -234,6 +92,14 @@ class PrivateBroker:
         disables it. ``channel_tick_interval_ms``: how often each channel checks it
         (RabbitMQ's default 60 s would make timeout tests take a minute).
         ``disk_free_limit``: the normal limit, which :meth:`clear_disk_alarm` restores.
+
+        For a private cluster (cluster.py): ``epmd_port`` of the epmd the nodes share
+        (None: a port of our own), ``own_epmd`` to start it here (default: when
+        ``epmd_port`` is None), the shared ``cookie`` (None: a random one),
+        ``extra_conf`` lines for rabbitmq.conf, the ``ip`` every listener of the node
+        uses, ``node_host`` (an IP address makes a long node name), ``netns`` to run
+        node, epmd and rabbitmqctl in that network namespace (netns.py), and
+        ``net_ticktime_s`` (how soon a silent peer is declared down; Erlang: 60 s).
         """
         if consumer_timeout_ms is not None and consumer_timeout_ms <= 0:
             raise ValueError("consumer_timeout_ms must be positive (or None to disable)")
@@ -241,10 +107,19 @@ class PrivateBroker:
         self.channel_tick_interval_ms = channel_tick_interval_ms
         self.disk_free_limit = disk_free_limit
         self.start_timeout = start_timeout
-        self._scripts = _find_scripts_dir()  # before mkdtemp: fail without leaving a dir
-        self._epmd_binary = _find_epmd()
-        self.node = f"{node_prefix}-{secrets.token_hex(4)}@localhost"
-        self.amqp_port, self.dist_port, self.epmd_port = _pick_ports(3)
+        self._scripts = find_scripts_dir()  # before mkdtemp: fail without leaving a dir
+        self._epmd_binary = find_epmd()
+        self.node = f"{node_prefix}-{secrets.token_hex(4)}@{node_host}"
+        self.ip = ip
+        self.netns = netns
+        self.long_name = "." in node_host or ":" in node_host
+        self.amqp_port, self.dist_port, own_epmd_port = pick_ports(3)
+        #: False when the epmd is another node's (a cluster): then it is never stopped here.
+        self.owns_epmd = epmd_port is None if own_epmd is None else own_epmd
+        self.epmd_port = own_epmd_port if epmd_port is None else epmd_port
+        self.cookie = cookie or secrets.token_hex(20).upper()
+        self.extra_conf = tuple(extra_conf)
+        self.net_ticktime_s = net_ticktime_s
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         self.home = self.workdir / "home"
         self.log_dir = self.workdir / "log"
@@ -262,7 +137,7 @@ class PrivateBroker:
     @property
     def url(self) -> str:
         """AMQP URL of the node, as guest (allowed from anywhere: loopback_users = none)."""
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        return f"amqp://guest:guest@{self.ip}:{self.amqp_port}/"
 
     @property
     def log_file(self) -> Path:
@@ -275,14 +150,15 @@ class PrivateBroker:
         for sub in ("home", "log", "mnesia", "conf.d", "plugins-expand"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         cookie = self.home / ".erlang.cookie"
-        cookie.write_text(secrets.token_hex(20).upper())
+        cookie.write_text(self.cookie)
         cookie.chmod(0o400)  # Erlang refuses a cookie file others can read
         conf = [
-            f"listeners.tcp.1 = 127.0.0.1:{self.amqp_port}",
+            f"listeners.tcp.1 = {self.ip}:{self.amqp_port}",
             "loopback_users = none",
             f"disk_free_limit.absolute = {self.disk_free_limit}",
             "log.file.level = info",
             "log.console = false",
+            *self.extra_conf,
         ]
         if self.consumer_timeout_ms is not None:
             conf.append(f"consumer_timeout = {self.consumer_timeout_ms}")
@@ -293,8 +169,13 @@ class PrivateBroker:
         rabbit_env = [f"{{channel_tick_interval, {self.channel_tick_interval_ms}}}"]
         if self.consumer_timeout_ms is None:
             rabbit_env.append("{consumer_timeout, undefined}")
+        kernel_env = (
+            ""
+            if self.net_ticktime_s is None
+            else (f", {{kernel, [{{net_ticktime, {self.net_ticktime_s}}}]}}")
+        )
         (self.workdir / "advanced.config").write_text(
-            "[{rabbit, [" + ", ".join(rabbit_env) + "]}].\n"
+            "[{rabbit, [" + ", ".join(rabbit_env) + "]}" + kernel_env + "].\n"
         )
         (self.workdir / "enabled_plugins").write_text("[].\n")
         (self.workdir / "rabbitmq-env.conf").write_text("")
@@ -302,7 +183,7 @@ class PrivateBroker:
             json.dumps(
                 {
                     "owner_pid": os.getpid(),
-                    "owner_start": _process_start_ticks(os.getpid()),
+                    "owner_start": process_start_ticks(os.getpid()),
                     "node": self.node,
                     "epmd_port": self.epmd_port,
                 }
@@ -314,7 +195,7 @@ class PrivateBroker:
         env = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("RABBITMQ_", "ERL_")) and key not in _UNPREFIXED_RABBIT_VARS
+            if not key.startswith(("RABBITMQ_", "ERL_")) and key not in UNPREFIXED_RABBIT_VARS
         }
         w = self.workdir
         env.update(
@@ -325,7 +206,7 @@ class PrivateBroker:
                 "LANG": "C.UTF-8",
                 "LC_ALL": "C.UTF-8",
                 "ERL_EPMD_PORT": str(self.epmd_port),
-                "ERL_EPMD_ADDRESS": "127.0.0.1",
+                "ERL_EPMD_ADDRESS": ",".join(sorted({"127.0.0.1", self.ip})),
                 "RABBITMQ_NODENAME": self.node,
                 "RABBITMQ_DIST_PORT": str(self.dist_port),
                 "RABBITMQ_CONF_ENV_FILE": str(w / "rabbitmq-env.conf"),
@@ -338,21 +219,39 @@ class PrivateBroker:
                 "RABBITMQ_LOG_BASE": str(self.log_dir),
                 "RABBITMQ_PID_FILE": str(self.pid_file),
                 "RABBITMQ_MOTD_FILE": str(w / "motd"),
-                # Distribution on loopback only; never start an epmd we don't own.
+                # Distribution on our address only; never start an epmd we don't own.
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": (
-                    "-kernel inet_dist_use_interface {127,0,0,1} -start_epmd false"
+                    f"-kernel inet_dist_use_interface {{{self.ip.replace('.', ',')}}}"
+                    " -start_epmd false"
                 ),
             }
         )
+        if self.long_name:
+            env["RABBITMQ_USE_LONGNAME"] = "true"
         return env
 
+    def _argv(self, *argv: str) -> list[str]:
+        """``argv``, run inside this node's network namespace if it has one."""
+        return ["ip", "netns", "exec", self.netns, *argv] if self.netns else list(argv)
+
+    def ensure_epmd(self, timeout: float = 30.0) -> None:
+        """Start this node's own epmd if it is not running (a cluster's first node
+        starts the epmd its peers share before any of them boots)."""
+        self._ensure_epmd(time.monotonic() + timeout)
+
     def _ensure_epmd(self, deadline: float) -> None:
+        if not self.owns_epmd:
+            while epmd_names(self.ip, self.epmd_port) is None:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the shared epmd on port {self.epmd_port} is not running")
+                time.sleep(0.05)
+            return
         if self._epmd is not None and self._epmd.poll() is None:
             return
         if self._epmd is not None:
             self._epmd.wait()
         self._epmd = subprocess.Popen(
-            [self._epmd_binary, "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+            self._argv(self._epmd_binary, "-port", str(self.epmd_port)),
             env=self._env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -360,7 +259,7 @@ class PrivateBroker:
             start_new_session=True,
         )
         self._record_owner(epmd_pid=self._epmd.pid)
-        while _epmd_names(self.epmd_port) is None:
+        while epmd_names(self.ip, self.epmd_port) is None:
             if self._epmd.poll() is not None:
                 raise BrokerError(f"epmd on port {self.epmd_port} exited ({self._epmd.returncode})")
             if time.monotonic() > deadline:
@@ -395,7 +294,7 @@ class PrivateBroker:
         self.pid_file.unlink(missing_ok=True)
         with self.startup_log.open("ab") as out:
             self._server = subprocess.Popen(
-                [str(self._scripts / "rabbitmq-server")],
+                self._argv(str(self._scripts / "rabbitmq-server")),
                 env=self._env(),
                 cwd=self.workdir,
                 stdin=subprocess.DEVNULL,
@@ -440,7 +339,7 @@ class PrivateBroker:
                     if ctl.poll() is None:
                         ctl.kill()
                     ctl.wait()
-                if ctl.returncode == 0 and _port_accepts(self.amqp_port):
+                if ctl.returncode == 0 and port_accepts(self.ip, self.amqp_port):
                     return
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.wait(timeout=0.05)
@@ -451,12 +350,10 @@ class PrivateBroker:
     def _wait_name_released(self, deadline: float) -> None:
         """After a kill, wait until epmd has dropped the old registration."""
         short = self.node.partition("@")[0]
-        while short in (_epmd_names(self.epmd_port) or set()):
+        while short in (epmd_names(self.ip, self.epmd_port) or set()):
             if time.monotonic() > deadline:
                 raise BrokerError(f"{self.node} is still registered in epmd")
-            assert self._epmd is not None
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._epmd.wait(timeout=0.02)
+            time.sleep(0.02)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Shut the node down cleanly (``rabbitmqctl stop``); a no-op if it is not running.
@@ -492,7 +389,7 @@ class PrivateBroker:
             server.wait(timeout=timeout)  # the launcher script exits once the VM is dead
         except subprocess.TimeoutExpired:
             raise BrokerError(f"{self.node}'s launcher did not exit after kill -9") from None
-        while _process_alive(pid):
+        while process_alive(pid):
             if time.monotonic() > deadline:
                 raise BrokerError(f"pid {pid} survived kill -9")
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -567,22 +464,9 @@ class PrivateBroker:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             raise BrokerError(f"{self.node} has no pid file; is it running?") from None
-        if not self._is_our_beam(pid):
+        if not is_beam_of(pid, self.node):
             raise BrokerError(f"pid {pid} in {self.pid_file} is not {self.node}'s VM")
         return pid
-
-    def _is_our_beam(self, pid: int) -> bool:
-        env = _process_environ(pid)
-        try:
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            return False
-        return (
-            comm.startswith("beam")
-            and env is not None
-            and env.get("RABBITMQ_NODENAME") == self.node
-            and _process_alive(pid)
-        )
 
     def is_running(self) -> bool:
         """True while the node's VM process is alive (even with the app stopped)."""
@@ -599,172 +483,14 @@ class PrivateBroker:
     def log_tail(self, lines: int = 60) -> str:
         """The last lines of the node's startup output and of its log."""
         return (
-            f"--- {self.startup_log} ---\n{_tail(self.startup_log, lines)}\n"
-            f"--- {self.log_file} ---\n{_tail(self.log_file, lines)}"
+            f"--- {self.startup_log} ---\n{tail(self.startup_log, lines)}\n"
+            f"--- {self.log_file} ---\n{tail(self.log_file, lines)}"
         )
-
-    # ------------------------------------------------------------------ rabbitmqctl
-
-    def _ctl_argv(self, *args: str) -> list[str]:
-        return [str(self._scripts / "rabbitmqctl"), "-n", self.node, "-q", *args]
-
-    def ctl(self, *args: str, timeout: float = 30.0) -> str:
-        """Run ``rabbitmqctl -n NODE -q ARGS`` and return its stdout."""
-        try:
-            done = subprocess.run(
-                self._ctl_argv(*args),
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise BrokerError(f"rabbitmqctl {' '.join(args)} timed out after {timeout}s") from None
-        if done.returncode != 0:
-            raise BrokerError(
-                f"rabbitmqctl {' '.join(args)} failed ({done.returncode}): "
-                f"{done.stderr.strip() or done.stdout.strip()}"
-            )
-        return done.stdout
-
-    def eval(self, expression: str, timeout: float = 30.0) -> str:
-        """Evaluate an Erlang expression on the node; returns the printed result."""
-        return self.ctl("eval", expression, timeout=timeout).strip()
-
-    def stop_app(self) -> None:
-        """Stop the RabbitMQ application (closes every connection and the listener).
-
-        The VM stays up, so ``rabbitmqctl`` still answers.
-        """
-        self.ctl("stop_app", timeout=60)
-
-    def start_app(self) -> None:
-        """Start the RabbitMQ application again after :meth:`stop_app`."""
-        self.ctl("start_app", timeout=60)
-
-    def close_all_connections(self, reason: str = "closed by a reliability test") -> None:
-        """Close every client connection (all vhosts) with a connection.close."""
-        self.ctl("close_all_connections", "--global", reason)
-
-    def set_disk_free_limit(self, limit: int | str) -> None:
-        """Set the disk free limit: bytes, or a string with units ("1GB", "50MB").
-
-        A limit above the free space raises the disk alarm at once: publishing
-        connections get ``connection.blocked`` and the broker stops reading from them,
-        so publishes stall (no confirm) until the alarm clears.
-        """
-        self.ctl("set_disk_free_limit", str(limit))
-
-    def disk_alarm_active(self) -> bool:
-        """True while this node has a disk resource alarm."""
-        out = self.eval(
-            "lists:any(fun({{resource_limit, disk, _}, _}) -> true; (_) -> false end, "
-            "rabbit_alarm:get_alarms())."
-        )
-        return out == "true"
-
-    def trigger_disk_alarm(self, timeout: float = 10.0) -> None:
-        """Raise the disk alarm (limit far above any disk) and wait until it is on."""
-        self.set_disk_free_limit(2**62)
-        self._wait_disk_alarm(True, timeout)
-
-    def clear_disk_alarm(self, timeout: float = 10.0) -> None:
-        """Restore the configured disk limit and wait until the alarm is off."""
-        self.set_disk_free_limit(self.disk_free_limit)
-        self._wait_disk_alarm(False, timeout)
-
-    def _wait_disk_alarm(self, wanted: bool, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self.disk_alarm_active() != wanted:  # each check is a ~0.4 s CLI call
-            if time.monotonic() > deadline:
-                state = "on" if wanted else "off"
-                raise BrokerError(f"disk alarm of {self.node} did not turn {state}")
-
-    def set_consumer_timeout(self, milliseconds: int | None) -> None:
-        """Change consumer_timeout at run time. Applies to channels opened afterwards only."""
-        value = "undefined" if milliseconds is None else str(int(milliseconds))
-        self.eval(f"application:set_env(rabbit, consumer_timeout, {value}).")
-
-    def add_user(self, name: str, password: str, tags: Sequence[str] = ()) -> None:
-        """Create a user (no permissions yet); ``tags`` e.g. ("administrator",)."""
-        self.ctl("add_user", name, password)
-        if tags:
-            self.ctl("set_user_tags", name, *tags)
-
-    def set_permissions(
-        self,
-        user: str,
-        configure: str = ".*",
-        write: str = ".*",
-        read: str = ".*",
-        *,
-        vhost: str = "/",
-    ) -> None:
-        """Grant ``user`` configure/write/read regexes on ``vhost``."""
-        self.ctl("set_permissions", "-p", vhost, user, configure, write, read)
-
-    def set_topic_permissions(
-        self,
-        user: str,
-        exchange: str,
-        write: str = ".*",
-        read: str = ".*",
-        *,
-        vhost: str = "/",
-    ) -> None:
-        """Limit which routing keys ``user`` may publish (write) / bind (read) on a topic
-        exchange."""
-        self.ctl("set_topic_permissions", "-p", vhost, user, exchange, write, read)
-
-    def delete_user(self, name: str) -> None:
-        """Delete a user; its open connections are closed by the broker."""
-        self.ctl("delete_user", name)
-
-    def list_queues(self, vhost: str = "/") -> dict[str, int]:
-        """Queue name -> number of messages (ready + unacked) on ``vhost``."""
-        out = self.ctl("list_queues", "-p", vhost, "name", "messages", "--formatter", "json")
-        rows: list[dict[str, object]] = json.loads(out or "[]")
-        return {str(row["name"]): int(str(row["messages"])) for row in rows}
 
     # ------------------------------------------------------------------ orphans
 
     @classmethod
     def reap_orphans(cls) -> list[Path]:
-        """Kill and delete private nodes whose owning process died without cleanup.
-
-        Only touches ``amqpagents-broker-*`` temp dirs whose recorded owner process is
-        gone, and only kills pids that /proc shows to be that dir's own VM or epmd.
-        Returns the dirs removed.
-        """
-        removed: list[Path] = []
-        for workdir in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
-            try:
-                owner = json.loads((workdir / "owner.json").read_text())
-            except (OSError, ValueError):
-                continue
-            owner_start = _process_start_ticks(int(owner.get("owner_pid", 0)))
-            if owner_start is not None and owner_start == owner.get("owner_start"):
-                continue  # its owner is alive (same pid, same start time: not a reuse)
-            for pid in _orphan_pids(workdir, owner):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
-            shutil.rmtree(workdir, ignore_errors=True)
-            removed.append(workdir)
-        return removed
-
-
-def _orphan_pids(workdir: Path, owner: dict[str, object]) -> Iterator[int]:
-    node = str(owner.get("node", ""))
-    with contextlib.suppress(OSError, ValueError):
-        pid = int((workdir / "rabbit.pid").read_text().strip())
-        env = _process_environ(pid)
-        if node and env is not None and env.get("RABBITMQ_NODENAME") == node:
-            yield pid
-    epmd_pid = owner.get("epmd_pid")
-    if isinstance(epmd_pid, int):
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{epmd_pid}/cmdline").read_bytes().split(b"\0")
-            if cmdline[0].endswith(b"epmd") and str(owner.get("epmd_port")).encode() in cmdline:
-                yield epmd_pid
+        """Kill and delete private nodes whose owning process died without cleanup
+        (see :func:`host_probe.reap_orphan_nodes`); returns the dirs removed."""
+        return reap_orphan_nodes(WORKDIR_PREFIX)
