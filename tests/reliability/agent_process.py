@@ -1,7 +1,9 @@
-"""An agent in a process of its own, for scenario 7 (the agent's process dies mid-handler).
+"""An agent in a process of its own: scenario 7 (the agent's process dies mid-handler)
+and the cluster scenarios C4 (a process starts while a node is down) and C5 (a message
+that kills its agent's process).
 
     python agent_process.py URL NAMESPACE AGENT_ID [--concurrency N] [--dedup-window N]
-                            [--work-ms M]
+                            [--work-ms M] [--queue-type T] [--exit-on MESSAGE_ID]
 
 Each event is one line on stdout, flushed at once: a line written before a SIGKILL is
 in the pipe, so the parent reading it misses nothing::
@@ -11,18 +13,25 @@ in the pipe, so the parent reading it misses nothing::
     effect <message id>   the handler's side effect happened; it returns, then the ack
 
 The handler "works" ``--work-ms`` between the two, so a kill finds handlers in flight.
-SIGTERM stops the agent gracefully.
+``--exit-on``: the handler of that message ends the process at once (``os._exit``,
+exit status :data:`POISONED`) after its ``start`` line, every time it is delivered: a
+message that crashes its agent. SIGTERM stops the agent gracefully.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from typing import Any
 
 from amqp_agents import Message, MessageQueue, MessageType
 from amqp_agents.agent import MessagePassingAgent
+
+POISONED = 86
+"""Exit status of a process ended by the ``--exit-on`` message."""
 
 
 def emit(line: str) -> None:
@@ -31,8 +40,14 @@ def emit(line: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {}
+    if args.queue_type is not None:
+        options["queue_type"] = args.queue_type
     async with MessageQueue(
-        args.url, namespace=args.namespace, connection_name=f"agent_process {args.agent_id}"
+        args.url,
+        namespace=args.namespace,
+        connection_name=f"agent_process {args.agent_id}",
+        **options,
     ) as queue:
         agent = MessagePassingAgent(
             args.agent_id,
@@ -44,6 +59,8 @@ async def main(args: argparse.Namespace) -> None:
         @agent.on(MessageType.NOTIFICATION)
         async def handle(message: Message) -> None:
             emit(f"start {message.id}")
+            if message.id == args.exit_on:
+                os._exit(POISONED)  # a crash: no ack, no clean-up, the link just drops
             await asyncio.sleep(args.work_ms / 1000)  # the handler's work
             emit(f"effect {message.id}")
 
@@ -63,4 +80,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dedup-window", type=int, default=0)
     parser.add_argument("--work-ms", type=float, default=20.0)
+    parser.add_argument("--queue-type", default=None, help="the MessageQueue option")
+    parser.add_argument("--exit-on", default=None, help="a message id that ends the process")
     asyncio.run(main(parser.parse_args()))

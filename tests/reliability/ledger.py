@@ -15,6 +15,8 @@ Then :meth:`Ledger.report` checks the history against the guarantees::
     duplicated  extra deliveries of a delivered id  (allowed: at-least-once; counted)
     recovery    first confirm of a publish *begun* after the fault, minus the fault
                 time (or, for faults on the consumer side, the first delivery after it)
+    stall       the longest gap between consecutive confirms, or between consecutive
+                deliveries, whichever is longer: how long one side made no progress
 
 Pure bookkeeping: no broker, no sleeping. Waiting for a condition (``wait_for``) is
 event-driven: every record wakes the waiters, who re-check their predicate.
@@ -28,6 +30,7 @@ git: a test run leaves the checkout clean, and the page's table is the committed
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
@@ -67,6 +70,9 @@ class Report:
     """Exception class name -> how many publish calls raised it."""
     max_send_s: float
     """The longest single publish call, confirmed or raised."""
+    stall_s: float | None = None
+    """The longest gap between consecutive confirms or between consecutive deliveries
+    (:meth:`Ledger.longest_stall`); None with fewer than two of each."""
     lost_ids: list[str] = field(default_factory=list)
     unexpected_ids: list[str] = field(default_factory=list)
     note: str = ""
@@ -80,6 +86,7 @@ class Report:
             f"dead_lettered={self.dead_lettered} lost={self.lost} "
             f"unexpected={self.unexpected} duplicated={self.duplicated} recovery={rec} "
             f"errors={self.send_errors} max_send={self.max_send_s:.2f}s "
+            f"stall={'-' if self.stall_s is None else f'{self.stall_s:.2f}s'} "
             f"lost_ids={self.lost_ids[:5]} unexpected_ids={self.unexpected_ids[:5]}"
         )
 
@@ -175,6 +182,27 @@ class Ledger:
         """How many publish calls had been confirmed by ``at``."""
         return sum(1 for _, end in self._confirm_calls if end <= at)
 
+    def longest_stall(self, until: float | None = None) -> float | None:
+        """The longest gap between consecutive confirms or consecutive deliveries.
+
+        Both sides separately: a sender whose sends keep being confirmed does not hide
+        an agent that stopped handling, and the reverse. ``until`` ends the window:
+        later events do not count (a canary sent after an idle pause is no stall), and
+        the time from the last delivery to it does (an agent that stopped for good).
+        None until one side has two events.
+        """
+        confirms = sorted(end for _, end in self._confirm_calls)
+        deliveries = list(self._delivery_times)
+        if until is not None:
+            confirms = [at for at in confirms if at <= until]
+            deliveries = [at for at in deliveries if at <= until] + [until]
+        gaps = [
+            later - earlier
+            for times in (confirms, deliveries)
+            for earlier, later in itertools.pairwise(times)
+        ]
+        return max(gaps, default=None)
+
     def undelivered(self) -> set[str]:
         """Confirmed ids neither delivered nor dead-lettered (yet)."""
         return self.confirms.keys() - self.deliveries.keys() - self.dead_letters.keys()
@@ -189,13 +217,15 @@ class Ledger:
         note: str = "",
         recovery_of: Literal["publish", "delivery", "consumer"] = "publish",
         recovery_ms: float | None = None,
+        stall_until: float | None = None,
     ) -> Report:
         """Check the recorded history; ``n`` is the scenario's workload size.
 
         ``recovery_of="delivery"`` measures recovery to the first delivery after the
         fault, for faults that do not touch publishing (an agent's process, channel or
         inbox); ``"consumer"`` takes ``recovery_ms`` as measured by the caller (from the
-        agent noticing to the agent consuming again).
+        agent noticing to the agent consuming again). ``stall_until``: see
+        :meth:`longest_stall`.
         """
         lost = sorted(self.undelivered())
         seen = self.deliveries.keys() | self.dead_letters.keys()
@@ -228,6 +258,7 @@ class Ledger:
             canary_ms=canary_ms,
             send_errors=dict(sorted(self.send_errors.items())),
             max_send_s=self.max_send_s,
+            stall_s=self.longest_stall(stall_until),
             lost_ids=lost[:20],
             unexpected_ids=unexpected[:20],
             note=note,
@@ -254,10 +285,10 @@ def write_result(report: Report, path: Path = RESULTS_PATH) -> None:
             rows = {}
     row = asdict(report)
     row["recorded_at"] = datetime.now(UTC).isoformat(timespec="seconds")
-    for key in ("recovery_ms", "canary_ms", "max_send_s"):
+    for key in ("recovery_ms", "canary_ms", "max_send_s", "stall_s"):
         value = row[key]
         if isinstance(value, float) and math.isfinite(value):
-            row[key] = round(value, 3 if key == "max_send_s" else 1)
+            row[key] = round(value, 3 if key in ("max_send_s", "stall_s") else 1)
     rows[report.scenario] = row
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -57,6 +57,7 @@ def _row(row: dict[str, Any]) -> str:
         recovery,
         _ms(row.get("canary_ms")),
         f"{row['max_send_s']:.2f}",
+        "-" if row.get("stall_s") is None else f"{row['stall_s']:.2f}",
         notes,
     ]
     return "| " + " | ".join(cells) + " |"
@@ -66,8 +67,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
     """The markdown table of every row, in scenario order."""
     header = (
         "| scenario | N | lost | unexpected | duplicated | recovery (ms) | canary (ms) "
-        "| longest send (s) | notes |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|"
+        "| longest send (s) | longest stall (s) | notes |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
     )
     dates = sorted({row.get("recorded_at", "")[:10] for row in rows.values()} - {""})
     body = "\n".join(_row(rows[name]) for name in sorted(rows, key=_order))
@@ -76,7 +77,9 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         f"{when} (`tests/reliability/results/latest.json`):\n\n{header}\n{body}\n\n"
         "Recovery: from the fault to the first confirmed publish begun after it; "
         "ᵈ to the first delivery after it; ᶜ from the agent noticing to the agent "
-        "consuming again. Canary: from the end of the fault to the canary's delivery."
+        "consuming again. Canary: from the end of the fault to the canary's delivery. "
+        "Longest stall: the longest gap between consecutive confirms or between "
+        "consecutive deliveries (- in rows recorded before it was measured)."
     )
 
 

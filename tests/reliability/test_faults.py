@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -604,11 +604,25 @@ KILLED_WORK_MS = 10
 class AgentProcess:
     """The sink agent in a child process (agent_process.py); its stdout feeds the ledger."""
 
-    def __init__(self, rig: Rig, url: str, log_path: Path, dedup_window: int) -> None:
+    def __init__(
+        self,
+        rig: Rig,
+        url: str,
+        log_path: Path,
+        dedup_window: int,
+        *,
+        concurrency: int = KILLED_CONCURRENCY,
+        work_ms: float = KILLED_WORK_MS,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """``extra_args``: more options of agent_process.py (``--queue-type``, ``--exit-on``)."""
         self.rig = rig
         self.url = url
         self.log_path = log_path
         self.dedup_window = dedup_window
+        self.concurrency = concurrency
+        self.work_ms = work_ms
+        self.extra_args = tuple(extra_args)
         self.started: set[str] = set()
         self.effects: Counter[str] = Counter()
         self.ready = asyncio.Event()
@@ -624,17 +638,23 @@ class AgentProcess:
                 self.rig.ns,
                 SINK,
                 "--concurrency",
-                str(KILLED_CONCURRENCY),
+                str(self.concurrency),
                 "--dedup-window",
                 str(self.dedup_window),
                 "--work-ms",
-                str(KILLED_WORK_MS),
+                str(self.work_ms),
+                *self.extra_args,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=stderr,
             )
         self._reader = asyncio.create_task(self._read())
-        async with asyncio.timeout(timeout):
-            await self.ready.wait()
+        ready = asyncio.create_task(self.ready.wait())
+        try:
+            # Ready, or gone before it (a message that ends it can come first: C5).
+            async with asyncio.timeout(timeout):
+                await asyncio.wait((ready, self._reader), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
 
     async def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -652,6 +672,14 @@ class AgentProcess:
     def in_flight(self) -> set[str]:
         """Messages whose handler started and has not had its side effect (yet)."""
         return self.started - self.effects.keys()
+
+    async def exited(self) -> int:
+        """Wait until the process has ended by itself and its last lines are read;
+        returns its exit status."""
+        assert self._proc is not None and self._reader is not None
+        status = await self._proc.wait()
+        await asyncio.wait_for(self._reader, 10)
+        return status
 
     async def kill(self) -> None:
         """SIGKILL, then wait until it is gone and its last lines are read."""
