@@ -61,11 +61,13 @@ def quorum_available() -> bool:
     return _TAKES_QUEUE_TYPE
 
 
-def client_node(queue: MessageQueue) -> int:
-    """The index of the node ``queue`` is connected to now."""
+def client_node(queue: MessageQueue, cluster: PrivateCluster) -> int:
+    """The index in ``cluster.nodes`` of the node ``queue`` is connected to now."""
     connection = queue.connection
     assert isinstance(connection, AgentConnection)
-    return connection.node_index
+    port = connection.url.port
+    assert port is not None
+    return cluster.index_of_port(port)
 
 
 async def persist_declarations(node: PrivateBroker) -> None:

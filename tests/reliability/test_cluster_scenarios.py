@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import aio_pika
 import pytest
@@ -65,9 +66,10 @@ NET_TICKTIME_S = 10
 FAULT_RATE = 300.0
 """Sends per second around a node's death: the load lasts 10 s, so it spans the kill,
 the failover and the node's restart."""
-ROLLING_RATE = 60.0
-"""Sends per second in C3: 50 s of load, longer than a rolling restart (21 s measured
-on an idle machine), so every node's stop and start happens under traffic."""
+ROLLING_RATE = 50.0
+"""Sends per second in C3: 60 s of load, longer than a rolling restart (21 s measured
+on an idle machine, 46 s on a loaded one), so every node's stop and start happens
+under traffic."""
 SETTLE_S = 30.0
 """How long every confirmed message may take to be delivered once the load is done."""
 CANARY_S = 5.0
@@ -116,6 +118,13 @@ Inject = Callable[[], Awaitable[str]]
 """Breaks the cluster and returns once the fault is over, with a note on it."""
 
 
+class Outcome(NamedTuple):
+    report: Report
+    agent_served_on: bool
+    """The agent was still running when the load had been delivered (before the drain
+    stopped it)."""
+
+
 async def run_scenario(
     rig: Rig,
     cluster: PrivateCluster,
@@ -125,7 +134,7 @@ async def run_scenario(
     fault_after: int = N // 3,
     canary: bool = True,
     settle: bool = True,
-) -> Report:
+) -> Outcome:
     """Load at ``rate``, ``inject`` after ``fault_after`` confirms, canary, drain, report.
 
     ``canary``: a message sent when the fault is over must be handled within
@@ -151,10 +160,12 @@ async def run_scenario(
         with contextlib.suppress(TimeoutError):  # the report counts what is missing
             await rig.ledger.wait_for(lambda: not rig.ledger.undelivered(), SETTLE_S)
     settled_at = time.monotonic()
-    await drain(rig, cluster.nodes[0], settle=False)
+    served_on = rig.agent.running
     if rig.agent.error is not None:
         note += f"; the agent stopped: {type(rig.agent.error).__name__}"
-    return rig.ledger.report(N, canary=canary_id, note=note, stall_until=settled_at)
+    await drain(rig, cluster.nodes[0], settle=False)
+    report = record(rig.ledger.report(N, canary=canary_id, note=note, stall_until=settled_at))
+    return Outcome(report, served_on)
 
 
 def record(report: Report) -> Report:
@@ -168,7 +179,7 @@ def record(report: Report) -> Report:
 
 async def c1_kill_inbox_leader(
     make_rig: MakeClusterRig, cluster: PrivateCluster, queue_type: str, name: str
-) -> tuple[Rig, Report]:
+) -> Outcome:
     """Inbox (lanes) declared through node 2, clients on node 1; node 2 killed -9 at
     one third of the load and started again at once."""
     rig = await make_rig(name, queue_type, inbox_via=1, clients=[0, 2, 1])
@@ -183,19 +194,18 @@ async def c1_kill_inbox_leader(
         return f"inbox leader killed -9, back after {took:.1f}s"
 
     control = queue_type == "classic"
-    report = await run_scenario(rig, cluster, inject, canary=not control, settle=not control)
-    return rig, record(report)
+    return await run_scenario(rig, cluster, inject, canary=not control, settle=not control)
 
 
 @pytest.mark.parametrize("queue_type", [QUORUM])
 async def test_c1_inbox_leader_killed_nothing_lost_agent_serves_on(
     make_rig: MakeClusterRig, whole_cluster: PrivateCluster, queue_type: str
 ) -> None:
-    rig, report = await c1_kill_inbox_leader(
+    report, served_on = await c1_kill_inbox_leader(
         make_rig, whole_cluster, queue_type, f"C1-inbox-leader-kill9-{queue_type}"
     )
     assert report.lost == 0 and report.unexpected == 0, report.summary()
-    assert rig.agent.running, f"the agent stopped: {rig.agent.error!r}"
+    assert served_on, report.note
     assert report.stall_s is not None and report.stall_s < 5.0, report.summary()
     assert report.canary_ms is not None, report.summary()
 
@@ -204,7 +214,7 @@ async def test_c1_negative_control_classic_inbox_loses_confirmed_messages(
     make_rig: MakeClusterRig, whole_cluster: PrivateCluster
 ) -> None:
     """C1 on a classic namespace: the checker must see loss."""
-    _, report = await c1_kill_inbox_leader(
+    report, _ = await c1_kill_inbox_leader(
         make_rig, whole_cluster, "classic", "C1-control-classic-inbox-kill9"
     )
     assert report.lost > 0, report.summary()
@@ -226,7 +236,7 @@ async def test_c2_clients_node_killed_both_sides_move_nothing_lost(
         f"C2-client-node-kill9-{queue_type}", queue_type, inbox_via=0, clients=[0, 1, 2]
     )
     victim = cluster.nodes[0]
-    assert client_node(rig.sender) == client_node(rig.receiver) == 0
+    assert client_node(rig.sender, cluster) == client_node(rig.receiver, cluster) == 0
     await persist_declarations(victim)
 
     async def inject() -> str:
@@ -234,10 +244,10 @@ async def test_c2_clients_node_killed_both_sides_move_nothing_lost(
         took = await asyncio.to_thread(cluster.restart, victim)
         return f"clients' node killed -9, back after {took:.1f}s"
 
-    report = record(await run_scenario(rig, cluster, inject))
+    report, served_on = await run_scenario(rig, cluster, inject)
     assert report.lost == 0 and report.unexpected == 0, report.summary()
-    assert client_node(rig.sender) != 0 and client_node(rig.receiver) != 0
-    assert rig.agent.running, f"the agent stopped: {rig.agent.error!r}"
+    assert client_node(rig.sender, cluster) != 0 and client_node(rig.receiver, cluster) != 0
+    assert served_on, report.note
     assert report.stall_s is not None and report.stall_s < 10.0, report.summary()
 
 
@@ -261,13 +271,13 @@ async def test_c3_rolling_restart_under_traffic_nothing_lost(
             await asyncio.to_thread(cluster.restart, node)
         return f"each node stopped and started in turn ({time.monotonic() - started:.0f}s)"
 
-    report = record(
-        await run_scenario(rig, cluster, inject, rate=ROLLING_RATE, fault_after=N // 20)
+    report, served_on = await run_scenario(
+        rig, cluster, inject, rate=ROLLING_RATE, fault_after=N // 20
     )
     assert rig.ledger.fault_end is not None
     assert rig.ledger.confirmed_before(rig.ledger.fault_end) < N, "traffic ended before the restart"
     assert report.lost == 0 and report.unexpected == 0, report.summary()
-    assert rig.agent.running, f"the agent stopped: {rig.agent.error!r}"
+    assert served_on, report.note
 
 
 # -- C4: a new process while a node is down ------------------------------------------
@@ -401,7 +411,7 @@ async def test_c5_message_killing_its_agent_is_dead_lettered_after_the_limit(
     assert report.lost == 0 and report.unexpected == 0, report.summary()
     assert dict(rig.ledger.dead_letters) == {poison: 1}, dict(rig.ledger.dead_letters)
     assert reasons == {poison: "delivery_limit"}
-    assert DELIVERY_LIMIT <= deaths <= DELIVERY_LIMIT + 1, deaths
+    assert deaths == DELIVERY_LIMIT, report.note
     assert set(rig.ledger.deliveries) == set(rig.ledger.confirms) - {poison}
     assert poison not in processes[-1].started, "the poison reached the last process"
 
@@ -434,7 +444,7 @@ async def test_c6_node_cut_off_nothing_confirmed_lost(
     rig = await make_rig(
         f"C6-partition-{queue_type}", queue_type, inbox_via=2, clients=[2, 0, 1], heartbeat=True
     )
-    assert client_node(rig.sender) == client_node(rig.receiver) == 2
+    assert client_node(rig.sender, cluster) == client_node(rig.receiver, cluster) == 2
 
     async def inject() -> str:
         cut_at = time.monotonic()
@@ -455,7 +465,7 @@ async def test_c6_node_cut_off_nothing_confirmed_lost(
             f"clients moved (heartbeat {HEARTBEAT_S}s)"
         )
 
-    report = record(await run_scenario(rig, cluster, inject))
+    report, served_on = await run_scenario(rig, cluster, inject)
     assert report.lost == 0 and report.unexpected == 0, report.summary()
-    assert client_node(rig.sender) != 2 and client_node(rig.receiver) != 2
-    assert rig.agent.running, f"the agent stopped: {rig.agent.error!r}"
+    assert client_node(rig.sender, cluster) != 2 and client_node(rig.receiver, cluster) != 2
+    assert served_on, report.note
