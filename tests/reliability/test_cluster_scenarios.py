@@ -30,9 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-import aio_pika
 import pytest
-from agent_process import POISONED
 from cluster import PrivateCluster, record_timing
 from cluster_rig import (
     HEARTBEAT_S,
@@ -42,6 +40,7 @@ from cluster_rig import (
     quorum_available,
     rigs,
 )
+from crash_loop import CrashLoop, watch_dead_letters
 from ledger import Report, write_result
 from netns import netns_supported, reap_orphans
 from test_faults import (
@@ -336,95 +335,84 @@ async def test_c4_new_process_starts_and_serves_while_a_node_is_down(
 # -- C5: a message that kills its agent's process ------------------------------------
 
 
+@pytest.mark.parametrize("concurrency", [1, 16])
 @pytest.mark.parametrize("queue_type", [QUORUM])
 async def test_c5_message_killing_its_agent_is_dead_lettered_after_the_limit(
-    make_rig: MakeClusterRig, whole_cluster: PrivateCluster, queue_type: str, tmp_path: Path
+    make_rig: MakeClusterRig,
+    whole_cluster: PrivateCluster,
+    queue_type: str,
+    concurrency: int,
+    tmp_path: Path,
 ) -> None:
-    """The handler ends the process (``os._exit``) whenever it gets one message; the
-    test starts a new process each time. After the lanes' delivery limit the broker
-    moves it to ``{ns}.dead`` with its reason, and the messages after it are served.
+    """The handler ends the process (``os._exit``) whenever it gets one message (the
+    poison); the test starts a new process each time. After the lanes' delivery limit
+    the broker moves it to ``{ns}.dead`` with its reason; the messages after it are
+    served.
 
-    One handler at a time (``concurrency=1``): every message a dying process holds
-    unacknowledged comes back with its delivery count raised, so with more in hand
-    the poison's neighbours would reach the limit with it.
+    Every message a dying process holds unacknowledged comes back with its delivery
+    count raised, the poison's neighbours too: with ``concurrency=1`` there are none;
+    with 16, those that were in hand at every crash reach the limit with it (dead-
+    lettered with the same reason, never lost).
     """
     cluster = whole_cluster
+    suffix = "" if concurrency == 1 else f"-concurrency{concurrency}"
     rig = await make_rig(
-        f"C5-poison-kills-agent-{queue_type}",
+        f"C5-poison-kills-agent-{queue_type}{suffix}",
         queue_type,
         inbox_via=0,
         clients=[0, 1, 2],
         start=False,
     )
     poison = message_id(rig, N // 3)
-    reasons: dict[str, str] = {}
-    processes: list[AgentProcess] = []
-
-    async def supervise() -> None:
-        """Start the agent, and again each time the poison ends it."""
-        while True:
-            process = AgentProcess(
-                rig,
-                cluster.url(),
-                tmp_path / f"agent{len(processes)}.log",
-                dedup_window=0,
-                concurrency=1,
-                work_ms=0,
-                extra_args=["--queue-type", queue_type, "--exit-on", poison],
-            )
-            processes.append(process)
-            await process.start(timeout=WAIT_S)
-            status = await process.exited()
-            assert status == POISONED, f"agent exited with {status}: {process.log_path}"
-            rig.ledger.touch()
-
-    async with await aio_pika.connect(cluster.nodes[0].url, timeout=10) as connection:
-        channel = await connection.channel()
-        dead = await channel.get_queue(wire.dead_queue_name(rig.ns))
-
-        async def on_dead(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
-            reasons[incoming.message_id or "?"] = _dead_reason(incoming)
-            rig.ledger.dead_lettered(incoming.message_id or "?")
-            await incoming.ack()
-
-        await dead.consume(on_dead)
-        supervisor = asyncio.create_task(supervise())
+    loop = CrashLoop(
+        lambda number: AgentProcess(
+            rig,
+            cluster.url(),
+            tmp_path / f"agent{number}.log",
+            dedup_window=0,
+            concurrency=concurrency,
+            work_ms=0 if concurrency == 1 else 10,
+            extra_args=["--queue-type", queue_type, "--exit-on", poison],
+        ),
+        rig.ledger,
+    )
+    async with watch_dead_letters(cluster.nodes[0].url, rig.ns, rig.ledger) as reasons:
+        running = asyncio.create_task(loop.run(start_timeout=WAIT_S))
         try:
             await run_load(rig)
-            await rig.ledger.wait_for(lambda: not rig.ledger.undelivered(), WAIT_S)
+            settled = asyncio.create_task(
+                rig.ledger.wait_for(lambda: not rig.ledger.undelivered(), WAIT_S)
+            )
+            await asyncio.wait((settled, running), return_when=asyncio.FIRST_COMPLETED)
+            if running.done():
+                running.result()  # a process died otherwise: raise its failure
+            await settled
         finally:
-            supervisor.cancel()
-            await asyncio.gather(supervisor, return_exceptions=True)
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
         settled_at = time.monotonic()
-    await drain(rig, cluster.nodes[0], stop=processes[-1].terminate, settle=False)
-    deaths = sum(poison in process.started for process in processes[:-1])
+    await drain(rig, cluster.nodes[0], stop=loop.processes[-1].terminate, settle=False)
+    deaths = loop.died_on(poison)
+    dead = dict(rig.ledger.dead_letters)
     report = record(
         rig.ledger.report(
             N,
             stall_until=settled_at,
             note=(
-                f"one message ends its agent's process: {deaths} processes died on it, "
-                f"then dead-lettered ({reasons.get(poison)}); delivery limit {DELIVERY_LIMIT}"
+                f"one message ends its agent's process (concurrency {concurrency}): "
+                f"{deaths} processes died on it, then it and {len(dead) - 1} neighbours "
+                f"dead-lettered ({', '.join(sorted(set(reasons.values())))}); "
+                f"delivery limit {DELIVERY_LIMIT}"
             ),
         )
     )
     assert report.lost == 0 and report.unexpected == 0, report.summary()
-    assert dict(rig.ledger.dead_letters) == {poison: 1}, dict(rig.ledger.dead_letters)
-    assert reasons == {poison: "delivery_limit"}
     assert deaths == DELIVERY_LIMIT, report.note
-    assert set(rig.ledger.deliveries) == set(rig.ledger.confirms) - {poison}
-    assert poison not in processes[-1].started, "the poison reached the last process"
-
-
-def _dead_reason(incoming: aio_pika.abc.AbstractIncomingMessage) -> str:
-    """The library's ``x-dead-reason``, or the broker's own (``x-death``)."""
-    headers = incoming.headers or {}
-    if (reason := headers.get(wire.H_DEAD_REASON)) is not None:
-        return str(reason)
-    deaths = headers.get("x-death")
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        return str(deaths[0].get("reason"))
-    return "?"
+    assert set(reasons.values()) == {"delivery_limit"} and poison in dead, reasons
+    assert set(dead.values()) == {1}, dead
+    assert len(dead) <= concurrency, report.note
+    assert not rig.ledger.deliveries.keys() & dead.keys(), "handled and dead-lettered"
+    assert poison not in loop.processes[-1].started, "the poison reached the last process"
 
 
 # -- C6: a network partition -------------------------------------------------------------
