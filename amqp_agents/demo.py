@@ -42,7 +42,7 @@ def llm_client_from_env() -> Any:
     if not os.environ.get("OPENAI_API_KEY"):
         return None
     try:
-        from openai import AsyncOpenAI  # type: ignore[import-not-found]
+        from openai import AsyncOpenAI
     except ImportError:
         return None
     return AsyncOpenAI()
@@ -50,12 +50,16 @@ def llm_client_from_env() -> Any:
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    """What the demo produced: the research, the article and the conversation."""
+    """What the demo produced: the research, the article and the conversation.
+
+    ``model`` is the LLM that answered; None when the answers are canned.
+    """
 
     research: str
     article: str
     conversation_id: str
     timeline: list[Message]
+    model: str | None = None
 
 
 async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResult:
@@ -87,4 +91,5 @@ async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResul
         await researcher.stop()
         await writer.stop()
     timeline = await queue.get_conversation(conversation_id)
-    return DemoResult(str(research), str(article), conversation_id, timeline)
+    used = model if llm is not None else None
+    return DemoResult(str(research), str(article), conversation_id, timeline, used)
