@@ -32,7 +32,7 @@ from .errors import AgentsError
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
-__all__ = ["build_parser", "format_timeline", "main"]
+__all__ = ["build_parser", "format_timeline", "main", "parse_args"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the exit status (the console script exits with it)."""
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; exits 2 with one line on a usage error."""
     args = build_parser().parse_args(argv)
     options.resolve_config_argument(args.parser, args)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status (the console script exits with it)."""
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -277,6 +277,12 @@ class AgentsConfig(_Section):
         """``"agents.yaml:12: agents[0].class"``: the place of a field, for error messages."""
         return _place(self._source, self._lines, loc)
 
+    @property
+    def agent_ids(self) -> tuple[str, ...]:
+        """Every agent the file knows, run here or elsewhere: the senders a sender-prefix
+        route can name."""
+        return tuple(dict.fromkeys([*(a.id for a in self.agents), *self.external_agents]))
+
 
 # -- loading ----------------------------------------------------------------------------
 
@@ -453,6 +459,13 @@ def _cross_check(config: AgentsConfig) -> Iterator[tuple[Loc, str]]:
                 " give one route all its destinations",
             )
         patterns.setdefault(route.pattern, i)
+        rule = compile_rule(route.pattern, config.agent_ids)
+        if rule.senders == ():
+            yield (
+                ("routes", i, "pattern"),
+                f"no agent id in agents or external_agents starts with {rule.value!r}:"
+                " a sender prefix matches only the agents the file knows",
+            )
         for j, dest in enumerate(route.destinations):
             if dest not in known:
                 yield (
@@ -539,7 +552,7 @@ def build_router(config: AgentsConfig) -> MessageRouter:
         ConfigError: a filter or transform cannot be imported or is not callable; the
             message names the file, line and field.
     """
-    router = MessageRouter()
+    router = MessageRouter(senders=config.agent_ids)
     for i, route in enumerate(config.routes):
         router.add_route(route.pattern, route.destinations)
         if route.filter is not None:

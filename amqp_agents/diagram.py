@@ -20,7 +20,6 @@ from __future__ import annotations
 from . import wire
 from .config import AgentsConfig
 from .layout import retry_delays
-from .routing import compile_rule
 
 
 class _Ids:
@@ -91,11 +90,10 @@ def mermaid(config: AgentsConfig) -> str:
         add(f"{node(wire.inbox_name(ns, agent_id))} --> {agent_node}")
 
     for route in config.routes:
-        rule = compile_rule(route.pattern)
         notes = [
             note
             for note, present in (
-                ("filtered", route.filter is not None or not rule.exact),
+                ("filtered", route.filter is not None),
                 ("transformed", route.transform is not None),
             )
             if present

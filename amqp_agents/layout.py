@@ -164,10 +164,10 @@ def layout_of(config: AgentsConfig) -> Layout:
             )
             bindings.append(BindingSpec(retry, name, name))
     for route in config.routes:
-        key = compile_rule(route.pattern).binding_key
-        for dest in route.destinations:
-            bindings.append(BindingSpec(traffic, wire.inbox_name(ns, dest), key))
-        bindings.append(BindingSpec(traffic, history, key))
+        for key in compile_rule(route.pattern, config.agent_ids).binding_keys:
+            for dest in route.destinations:
+                bindings.append(BindingSpec(traffic, wire.inbox_name(ns, dest), key))
+            bindings.append(BindingSpec(traffic, history, key))
     queues.append(QueueSpec(wire.topology_record_name(ns), RECORD_ARGUMENTS, "apply record"))
     return Layout(ns, tuple(exchanges), tuple(queues), tuple(dict.fromkeys(bindings)))
 

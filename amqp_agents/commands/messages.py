@@ -148,21 +148,21 @@ def _message(args: argparse.Namespace) -> Message:
     if args.type != MessageType.TASK.value:
         return Message(
             sender=args.sender,
-            recipient=args.to,
+            recipient=args.to or "",
             type=MessageType(args.type),
             priority=args.priority,
             content=content,
             conversation_id=str(uuid.uuid4()),
         )
     if not args.json:
-        return create_task_message(args.sender, args.to, text, priority=args.priority)
+        return create_task_message(args.sender, args.to or "", text, priority=args.priority)
     description = content.get("description") if isinstance(content, dict) else None
     context = content.get("context", {}) if isinstance(content, dict) else None
     if not isinstance(description, str) or not isinstance(context, dict):
         options.usage_error(
             args, '--json: a task is {"description": "text", "context": {...}} (context optional)'
         )
-    return create_task_message(args.sender, args.to, description, context, args.priority)
+    return create_task_message(args.sender, args.to or "", description, context, args.priority)
 
 
 async def _consumers(queue: MessageQueue, agent_id: str) -> int | None:
@@ -303,7 +303,6 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
     send.add_argument(
         "--to",
         type=options.agent_id,
-        default="",
         metavar="ID",
         help="recipient agent id (default: none, the routes decide)",
     )

@@ -36,7 +36,7 @@ async def cmd_routes_explain(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"--metadata is not JSON: {exc}") from None
     message = Message(
-        sender=args.sender,
+        sender=args.sender or "",
         type=MessageType(args.type),
         priority=args.priority,
         content=_content(args.content),
@@ -92,7 +92,6 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
     explain.add_argument(
         "--sender",
         type=options.agent_id,
-        default="",
         metavar="ID",
         help="sender agent id (default: none)",
     )
