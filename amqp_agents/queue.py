@@ -803,12 +803,15 @@ class MessageQueue:
         """Call ``callback`` with a copy of every message addressed to ``agent_id``.
 
         A tap: the messages stay in the inbox for the agent. The copies come through a
-        private queue that lives as long as the subscription (or the connection).
+        private queue that lives as long as the subscription (or the connection), bound
+        as the inbox is (:meth:`tap_binding_keys`), and the tap sees what the agent
+        would (:meth:`accept`).
         """
         await self.ensure_inbox(agent_id)
         channel = await self.channel(prefetch=100)
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(wire.exchange_name(self.namespace), wire.inbox_binding_key(agent_id))
+        for key in self.tap_binding_keys(agent_id):
+            await queue.bind(wire.exchange_name(self.namespace), key)
 
         async def on_message(incoming: AbstractIncomingMessage) -> None:
             async with incoming.process(ignore_processed=True):
@@ -821,7 +824,10 @@ class MessageQueue:
                     log.warning("tap on %s: message skipped: %s", agent_id, refused)
                     return
                 try:
-                    result = callback(message)
+                    accepted = self.accept(message, agent_id)
+                    if accepted is None:
+                        return  # a route's filter refused it: the agent skips it too
+                    result = callback(accepted)
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
@@ -829,6 +835,10 @@ class MessageQueue:
 
         tag = await queue.consume(on_message)
         return Subscription(channel, queue, tag)
+
+    def tap_binding_keys(self, agent_id: str) -> list[str]:
+        """The keys that put a message into ``agent_id``'s inbox (a tap binds them too)."""
+        return [wire.inbox_binding_key(agent_id)]
 
     # -- history ----------------------------------------------------------------------
 

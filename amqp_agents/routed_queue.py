@@ -117,6 +117,11 @@ class RoutingMessageQueue(MessageQueue):
             message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
         )
 
+    def tap_binding_keys(self, agent_id: str) -> list[str]:
+        """The inbox's own key and the keys of the routes that name ``agent_id``."""
+        routed = (key for key, destination in self.router.bindings() if destination == agent_id)
+        return [*super().tap_binding_keys(agent_id), *dict.fromkeys(routed)]
+
     def accept(self, message: Message, agent_id: str) -> Message | None:
         """A routed message as ``agent_id``'s routes decide; any other one unchanged."""
         if message.recipient:
