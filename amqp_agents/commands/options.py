@@ -163,9 +163,10 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
 def resolve_config_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Merge ``CONFIG`` and ``--config`` into ``args.config`` (a usage error if neither)."""
     positional = getattr(args, "config_file", None)
-    if positional and args.config and positional != args.config:
-        parser.error(f"CONFIG {positional!r} and --config {args.config!r} disagree; give one")
-    args.config = args.config or positional
+    option = getattr(args, "config", None)
+    if positional and option and positional != option:
+        parser.error(f"CONFIG {positional!r} and --config {option!r} disagree; give one")
+    args.config = option or positional
     if getattr(args, "config_required", False) and not args.config:
         parser.error("the following arguments are required: config (CONFIG or --config)")
 
