@@ -31,7 +31,7 @@ IMPORT_HINT = "add the module's directory with --path DIR (or PYTHONPATH)"
 
 def _config(args: argparse.Namespace) -> AgentsConfig:
     """The command's configuration, its modules importable from ``--path``."""
-    for directory in reversed(args.path or []):
+    for directory in reversed(getattr(args, "path", None) or []):
         sys.path.insert(0, str(Path(directory).resolve()))
     config = options.load(args)
     assert config is not None, "resolve_config_argument makes CONFIG required"
@@ -293,7 +293,9 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         " file (everything its layout names) or a bare namespace (its fixed names and the"
         " inboxes `topology apply` recorded).",
     )
-    delete.add_argument("target", metavar="CONFIG_OR_NAMESPACE")
+    delete.add_argument(
+        "target", metavar="CONFIG_OR_NAMESPACE", help="a configuration file, or a namespace"
+    )
     options.add_broker_options(delete)
     delete.add_argument("--yes", action="store_true", help="delete without asking")
     delete.set_defaults(func=cmd_topology_delete, parser=delete)
