@@ -160,8 +160,10 @@ async def cmd_topology_graph(args: argparse.Namespace) -> int:
 
 async def cmd_topology_delete(args: argparse.Namespace) -> int:
     """Show what a namespace has on the broker, and delete it once confirmed."""
-    target: str = args.target
-    is_file = _is_config_file(target)
+    if bool(args.target) == bool(args.config):
+        options.usage_error(args, "give CONFIG_OR_NAMESPACE or --config FILE (one of them)")
+    target: str = args.target or args.config
+    is_file = bool(args.config) or _is_config_file(target)
     if is_file:
         args.config = target
         config = options.load(args)
@@ -294,8 +296,12 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         " inboxes `topology apply` recorded).",
     )
     delete.add_argument(
-        "target", metavar="CONFIG_OR_NAMESPACE", help="a configuration file, or a namespace"
+        "target",
+        nargs="?",
+        metavar="CONFIG_OR_NAMESPACE",
+        help="a configuration file, or a namespace",
     )
+    options.add_config_option(delete, required=False)
     options.add_broker_options(delete)
     delete.add_argument("--yes", action="store_true", help="delete without asking")
     delete.set_defaults(func=cmd_topology_delete, parser=delete)
