@@ -63,18 +63,18 @@ LLM_VARIABLES = (
 )
 
 
-def _canned_reason() -> str | None:
-    """Why the demo's agents answer without an LLM, or None when one is configured."""
+def _canned_reason() -> str:
+    """Why the demo's agents answered without an LLM."""
     if not os.environ.get("OPENAI_API_KEY"):
         return "OPENAI_API_KEY is unset"
     if importlib.util.find_spec("openai") is None:
         return "OPENAI_API_KEY is set, but the openai package is not installed"
-    return None
+    return "the openai client could not be created"
 
 
 async def _namespace_exists(args: argparse.Namespace, namespace: str) -> bool:
     try:
-        async with options.message_queue(args, passive=True, namespace=namespace):
+        async with options.message_queue(args, passive=True, namespace=namespace, routes=False):
             return True
     except TopologyError:
         return False
@@ -84,7 +84,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     """Run the researcher/writer demo in its own namespace, then delete it."""
     namespace = args.namespace or f"demo-{uuid.uuid4().hex[:8]}"
     delete = not args.keep and not (args.namespace and await _namespace_exists(args, namespace))
-    async with options.message_queue(args, passive=False, namespace=namespace) as queue:
+    demo_queue = options.message_queue(args, passive=False, namespace=namespace, routes=False)
+    async with demo_queue as queue:
         fate = "deleted at the end; --keep keeps it" if delete else "kept"
         print(f"Namespace {namespace!r} on {redact_url(queue.url)} ({fate}).")
         print("Starting researcher and writer...", flush=True)
@@ -97,8 +98,8 @@ async def cmd_demo(args: argparse.Namespace) -> int:
                 await channel.close()
     print(f"\nResearch: {result.research}")
     print(f"Article:  {result.article}")
-    if (reason := _canned_reason()) is not None:
-        print(f"\nThese answers are canned: no LLM is configured ({reason}).")
+    if result.model is None:
+        print(f"\nThese answers are canned: no LLM is configured ({_canned_reason()}).")
         print(f"To have a model answer, {LLM_VARIABLES}.")
     else:
         endpoint = os.environ.get("OPENAI_BASE_URL") or "the OpenAI API"

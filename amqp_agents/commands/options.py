@@ -205,11 +205,13 @@ def message_queue(
     passive: bool,
     namespace: str | None = None,
     reply_owner: str | None = None,
+    routes: bool = True,
 ) -> MessageQueue:
     """The (unconnected) queue a command talks through, as the rule above says.
 
     ``passive``: only check that the namespace exists, never declare (read-only
-    commands). ``namespace`` overrides the rule (the demo's own namespace).
+    commands). ``namespace`` overrides the rule (the demo's own namespace). ``routes``:
+    route as the file says (False: the demo, whose agents are not the file's).
     """
     config = load(args)
     name = f"amqp-agents {args.command}"
@@ -223,5 +225,5 @@ def message_queue(
             reply_owner=reply_owner,
         )
     broker = config.broker.model_copy(update={"passive": passive, "namespace": ns})
-    config = config.model_copy(update={"broker": broker})
+    config = config.model_copy(update={"broker": broker, **({} if routes else {"routes": ()})})
     return runner.queue_from_config(config, connection_name=name, reply_owner=reply_owner)
