@@ -164,6 +164,8 @@ def layout_of(config: AgentsConfig) -> Layout:
             )
             bindings.append(BindingSpec(retry, name, name))
     for route in config.routes:
+        if route.filter is not None:
+            continue  # the broker cannot filter: the sender addresses the copies (BCC)
         for key in compile_rule(route.pattern, config.agent_ids).binding_keys:
             for dest in route.destinations:
                 bindings.append(BindingSpec(traffic, wire.inbox_name(ns, dest), key))

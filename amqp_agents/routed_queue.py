@@ -81,6 +81,8 @@ class RoutingMessageQueue(MessageQueue):
         bindings = self.router.bindings()
         topology = await self.topology()
         async with self._topology_lock:
+            for destination in self.router.destinations:  # filtered routes' too
+                await topology.declare_inbox(destination)
             for key, destination in bindings:
                 await topology.bind_inbox(destination, key)
             for key in dict.fromkeys(key for key, _ in bindings):
@@ -103,16 +105,26 @@ class RoutingMessageQueue(MessageQueue):
         """Publish ``message``: to its recipient if it has one, else along the routes.
 
         A recipient-less message is checked against the routes (filters included)
-        before publishing, because bindings are wider than routes: the broker would
-        take a message that no consumer then accepts. It is published once; the
-        bindings copy it into each destination's inbox.
+        before publishing: no route taking it is an error here, not a message that
+        nobody reads. It is published once; the bindings copy it into the inboxes of
+        the unfiltered routes, and a ``BCC`` into those of the filtered routes that
+        keep it (the broker cannot run a filter).
 
         Raises:
             NoRouteError: no recipient, and no route takes the message.
             The errors of :meth:`MessageQueue.send`.
         """
-        if not message.recipient and not self.router.get_destinations(message):
-            raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
+        if not message.recipient:
+            if not self.router.get_destinations(message):
+                key = wire.routing_key(message)
+                raise NoRouteError(f"no route takes message {message.id} ({key})")
+            if filtered := self.router.filtered_destinations(message):
+                # Each copy is delivered under the routed key (recipient word "-").
+                bcc = [
+                    wire.routing_key(message.model_copy(update={"recipient": dest}))
+                    for dest in filtered
+                ]
+                extra_headers = {**(extra_headers or {}), "BCC": bcc}
         await super().send(
             message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
         )

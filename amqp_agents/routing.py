@@ -13,8 +13,10 @@ every inbox the route names, and no other: a pattern's bindings are exact, whoev
 reads the inbox. A sender prefix has no topic form (``*`` is a whole word), so it
 binds one key per known agent id that starts with it (the configuration's agents and
 external agents): a prefix route matches only known senders. The consumer: a filter
-is a function the broker cannot run, so :meth:`MessageRouter.accept` drops what a
-filter refuses and applies the route's transforms. :meth:`MessageRouter.get_destinations`
+is a function the broker cannot run, so a filtered route has no binding: the sending
+RoutingMessageQueue runs the filter and addresses a copy to each of the route's
+destinations (``BCC``). :meth:`MessageRouter.accept` applies the transforms (and drops
+what bindings left from older routes deliver). :meth:`MessageRouter.get_destinations`
 predicts the outcome of both; the integration tests hold the broker to it.
 
 Pure: nothing here does IO. :class:`amqp_agents.routed_queue.RoutingMessageQueue`
@@ -275,8 +277,18 @@ class MessageRouter:
         """The compiled patterns, in route order."""
         return [route.rule for route in self._routes.values()]
 
+    @property
+    def destinations(self) -> list[str]:
+        """Every agent some route sends to, each once, in route order."""
+        return list(
+            dict.fromkeys(dest for route in self._routes.values() for dest in route.destinations)
+        )
+
     def bindings(self) -> list[tuple[str, str]]:
         """``(binding_key, destination)`` pairs the broker needs, without repeats.
+
+        A route with a filter has none: the broker cannot run the filter, so the sender
+        runs it and addresses the copies itself (:meth:`filtered_destinations`).
 
         >>> router = MessageRouter()
         >>> router.add_route("type:task", ["researcher", "writer"])
@@ -286,10 +298,25 @@ class MessageRouter:
         pairs = (
             (key, dest)
             for route in self._routes.values()
+            if route.filter is None
             for key in route.rule.binding_keys
             for dest in route.destinations
         )
         return list(dict.fromkeys(pairs))
+
+    def filtered_destinations(self, message: Message) -> list[str]:
+        """The destinations of the filtered routes that take ``message``.
+
+        No binding delivers to them; the sender adds a ``BCC`` for each (the
+        RoutingMessageQueue does), so their inboxes get exactly what the filters keep.
+        """
+        found = (
+            dest
+            for route in self._routes.values()
+            if route.filter is not None and route.takes(message)
+            for dest in route.destinations
+        )
+        return list(dict.fromkeys(found))
 
     def get_destinations(self, message: Message) -> list[str]:
         """The agents that receive ``message`` if it is sent without a recipient.

@@ -1,10 +1,10 @@
 """An inbox holds exactly what its routes send there, whoever reads it (issue 12, item 11).
 
-One destination per pattern form, so each inbox's rules are one pattern. Every
-combination of type, priority and sender is sent without recipient; then each reader
-(a RoutingMessageQueue's receive, a plain MessageQueue's receive_all, a tap, a raw
-AMQP consumer) must get exactly the messages the pattern matches: the broker's
-bindings alone are exact, no consumer-side sorting involved.
+One destination per pattern form (and one for a filtered route), so each inbox's rules
+are one route. Every combination of type, priority and sender is sent without
+recipient; then each reader (a RoutingMessageQueue's receive, a plain MessageQueue's
+receive_all, a tap, a raw AMQP consumer) must get exactly the messages the route
+takes: what is in the inbox is exact, no consumer-side sorting involved.
 """
 
 from __future__ import annotations
@@ -36,7 +36,16 @@ RULES = {
     "priority:4": "urgent-reader",
     "sender:bob": "bob-reader",
     "sender:writer*": "writers-reader",
+    "type:notification": "filtered-reader",
 }
+
+
+def from_a_writer(message: Message) -> bool:
+    """The filter of the ``type:notification`` route: the broker cannot run it."""
+    return message.sender.startswith("w")
+
+
+FILTERS = {"type:notification": from_a_writer}
 SENDERS = [*KNOWN, "writer-3"]
 """writer-3 is unknown: the prefix route neither binds nor predicts its messages."""
 TRAFFIC = [
@@ -56,6 +65,8 @@ async def routing_queue(
     router = MessageRouter(senders=KNOWN)
     for pattern, destination in RULES.items():
         router.add_route(pattern, [destination])
+    for pattern, keep in FILTERS.items():
+        router.add_filter(pattern, keep)
     queue = RoutingMessageQueue(
         router, amqp_url, namespace=namespace, connection_name=f"test {request.node.nodeid}"
     )
@@ -157,10 +168,11 @@ async def test_an_inbox_holds_exactly_what_its_route_sends_there(
 ) -> None:
     inbox = RULES[pattern]
     rule = compile_rule(pattern, KNOWN)
+    keep = FILTERS.get(pattern, lambda message: True)
     expected = sorted(
         (t.value, int(p), s)
         for t, p, s in TRAFFIC
-        if rule.matches(Message(sender=s, type=t, priority=p))
+        if rule.matches(m := Message(sender=s, type=t, priority=p)) and keep(m)
     )
     assert expected, "the traffic must exercise the pattern"
     read = READERS[reader]

@@ -243,7 +243,7 @@ async def test_receive_skips_deliveries_no_route_accepts(
     raw_channel: aio_pika.abc.AbstractChannel,
     namespace: str,
 ) -> None:
-    """A filter is the consumer's to run: what it refuses is acked unhandled."""
+    """What a filter refuses never reaches the inbox (the sender runs the filter)."""
     queue = await make_routing_queue(router_from_yaml)
     draft = Message(sender="agent_3", type=MessageType.STATUS, metadata={"draft": True})
     await queue.send(draft)  # the archive's route takes it, the auditor's filter refuses it
@@ -341,7 +341,11 @@ async def test_a_raising_filter_parks_the_message_in_dead_letters(
     router.add_route("type:notification", ["archive"])
     router.add_filter("type:notification", explode)
     queue = await make_routing_queue(router)
-    # get_destinations runs the filter at send time too: publish as a foreign client.
+    # A filtered route has no binding and the sender runs the filter, so only a binding
+    # left from before the route had its filter delivers unfiltered: make one, and
+    # publish as a foreign client.
+    inbox = await raw_channel.get_queue(wire.inbox_name(namespace, "archive"))
+    await inbox.bind(namespace, "notification.*.*.-")
     exchange = await raw_channel.get_exchange(namespace)
     await exchange.publish(
         aio_pika.Message(b'"x"', content_type="application/json", priority=2),

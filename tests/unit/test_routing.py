@@ -406,3 +406,16 @@ def test_routing_queue_accepts_addressed_messages_unchanged() -> None:
     accepted = queue.accept(routed, "auditor")
     assert accepted is not None and accepted.content == "[x]"
     assert "secret" not in repr(queue)
+
+
+def test_a_filtered_route_is_not_bound_and_its_destinations_are_named_per_message() -> None:
+    """The broker cannot run a filter: the sender addresses those copies (BCC)."""
+    router = MessageRouter(senders=KNOWN)
+    router.add_route("type:task", ["researcher"])
+    router.add_route("*", ["archive", "auditor"])
+    router.add_filter("*", lambda m: m.priority >= MessagePriority.HIGH)
+    assert router.bindings() == [("task.*.*.-", "researcher")]
+    assert router.destinations == ["researcher", "archive", "auditor"]
+    urgent = Message(sender="bob", type=MessageType.TASK, priority=MessagePriority.URGENT)
+    assert router.filtered_destinations(urgent) == ["archive", "auditor"]
+    assert router.filtered_destinations(Message(sender="bob", type=MessageType.TASK)) == []
