@@ -196,7 +196,8 @@ async def cmd_send(args: argparse.Namespace) -> int:
         options.usage_error(
             args, "--wait needs --type task and --to: only an addressed task answers"
         )
-    async with options.message_queue(args, passive=True, reply_owner=args.sender) as queue:
+    sending = options.message_queue(args, passive=True, reply_owner=args.sender)
+    async with options.existing_namespace(sending) as queue:
         consumers = await _consumers(queue, message.recipient) if message.recipient else None
         if args.wait and consumers == 0:
             return options.fail(
@@ -246,7 +247,7 @@ async def _send_task(args: argparse.Namespace, queue: MessageQueue, task: Messag
 
 async def cmd_history(args: argparse.Namespace) -> int:
     """Print a conversation or an agent's history as a timeline."""
-    async with options.message_queue(args, passive=True) as queue:
+    async with options.existing_namespace(options.message_queue(args, passive=True)) as queue:
         if args.conversation:
             messages = await queue.get_conversation(args.conversation)
         else:

@@ -18,13 +18,16 @@ import argparse
 import math
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import NoReturn
 
 from pydantic import SecretStr
 
 from amqp_agents import runner
 from amqp_agents.config import AgentsConfig, load_config
-from amqp_agents.errors import InvalidMessageError
+from amqp_agents.connection import redact_url
+from amqp_agents.errors import InvalidMessageError, TopologyError
 from amqp_agents.message import MessagePriority, validate_agent_id
 from amqp_agents.queue import MessageQueue
 from amqp_agents.wire import validate_namespace
@@ -227,3 +230,27 @@ def message_queue(
     broker = config.broker.model_copy(update={"passive": passive, "namespace": ns})
     config = config.model_copy(update={"broker": broker, **({} if routes else {"routes": ()})})
     return runner.queue_from_config(config, connection_name=name, reply_owner=reply_owner)
+
+
+@asynccontextmanager
+async def existing_namespace(queue: MessageQueue) -> AsyncIterator[MessageQueue]:
+    """``queue`` (passive) connected; a missing namespace is one line saying where its
+    name came from, instead of naming the first missing exchange.
+
+    Raises:
+        TopologyError: the namespace does not exist on the broker.
+    """
+    try:
+        await queue.connect()
+    except TopologyError as exc:
+        if f"exchange {queue.namespace!r} does not exist" not in str(exc):
+            raise  # the namespace exists, something in it is missing: that error says what
+        raise TopologyError(
+            f"namespace {queue.namespace!r} does not exist on {redact_url(queue.url)}"
+            f" (it comes from --namespace, else the --config file, else ${NAMESPACE_VARIABLE});"
+            " create it with `amqp-agents topology apply CONFIG`"
+        ) from exc
+    try:
+        yield queue
+    finally:
+        await queue.close()
