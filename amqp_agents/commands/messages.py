@@ -213,8 +213,10 @@ async def cmd_send(args: argparse.Namespace) -> int:
             await queue.send(message)
         out = sys.stderr if args.wait else sys.stdout
         print(f"sent {message.type.value} to {_where(queue, message)}", file=out)
-        print(f"  conversation {message.conversation_id}  (see: amqp-agents history", file=out)
-        print(f"  message      {message.id}   --conversation ID)", file=out, flush=True)
+        cid = message.conversation_id
+        print(f"  conversation {cid}  (amqp-agents history --conversation {cid})", file=out)
+        print(f"  message      {message.id}  (this {message.type.value}'s own id)", file=out)
+        out.flush()
         if consumers == 0:
             print(f"no agent consumes {message.recipient!r} now: it waits in the inbox", file=out)
         if args.wait and handle is not None:
