@@ -45,6 +45,10 @@ def from_a_writer(message: Message) -> bool:
     return message.sender.startswith("w")
 
 
+def _keep_all(message: Message) -> bool:
+    return True
+
+
 FILTERS = {"type:notification": from_a_writer}
 SENDERS = [*KNOWN, "writer-3"]
 """writer-3 is unknown: the prefix route neither binds nor predicts its messages."""
@@ -98,7 +102,7 @@ async def _routing_receive(
     queue: RoutingMessageQueue, inbox: str, ns: str, raw: Raw, expected: int
 ) -> list[Message]:
     await _send_traffic(queue)
-    got = []
+    got: list[Message] = []
     for _ in range(expected):
         message = await queue.receive(inbox, timeout=10)
         assert message is not None, f"only {len(got)} of {expected} arrived"
@@ -143,7 +147,7 @@ async def _raw_consumer(
 ) -> list[Message]:
     await _send_traffic(queue)
     amqp_queue = await raw.declare_queue(wire.inbox_name(ns, inbox), passive=True)
-    got = []
+    got: list[Message] = []
     while (incoming := await amqp_queue.get(no_ack=True, fail=False)) is not None:
         got.append(wire.decode(incoming))
     return got
@@ -168,7 +172,7 @@ async def test_an_inbox_holds_exactly_what_its_route_sends_there(
 ) -> None:
     inbox = RULES[pattern]
     rule = compile_rule(pattern, KNOWN)
-    keep = FILTERS.get(pattern, lambda message: True)
+    keep = FILTERS.get(pattern, _keep_all)
     expected = sorted(
         (t.value, int(p), s)
         for t, p, s in TRAFFIC
