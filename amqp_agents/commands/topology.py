@@ -8,7 +8,6 @@ names before they touch the broker, so a file that ``run`` would refuse is refus
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -159,7 +158,11 @@ async def cmd_topology_graph(args: argparse.Namespace) -> int:
 
 
 async def cmd_topology_delete(args: argparse.Namespace) -> int:
-    """Show what a namespace has on the broker, and delete it once confirmed."""
+    """Show what a namespace has on the broker, and delete it once confirmed.
+
+    The connection is closed while the question waits for an answer, so a slow answer
+    cannot outlive its heartbeats, and a Ctrl-C there ends at once.
+    """
     if bool(args.target) == bool(args.config):
         options.usage_error(args, "give CONFIG_OR_NAMESPACE or --config FILE (one of them)")
     target: str = args.target or args.config
@@ -172,21 +175,31 @@ async def cmd_topology_delete(args: argparse.Namespace) -> int:
         ssl_context, timeout_s = runner.ssl_context_of(config), config.broker.connect_timeout_s
         layout = layout_of(config)
     else:
-        namespace = options.namespace(target) if not args.namespace else args.namespace
+        try:
+            namespace = options.namespace(target)
+        except argparse.ArgumentTypeError as exc:
+            options.usage_error(args, str(exc))
         url, ssl_context, timeout_s, layout = resolve_url(args.url), None, 10.0, None
-    connection = await connect(
-        url, name="amqp-agents topology delete", timeout_s=timeout_s, ssl_context=ssl_context
-    )
+
+    async def connected() -> AbstractRobustConnection:
+        name = "amqp-agents topology delete"
+        return await connect(url, name=name, timeout_s=timeout_s, ssl_context=ssl_context)
+
+    connection = await connected()
     try:
         found = await find_namespace(connection, namespace, layout)
-        print(f"namespace {namespace!r} on {redact_url(url)}:")
-        if not found.exchanges and not found.queues:
-            print("nothing to delete: none of its exchanges and queues exist")
-            return 0
-        _show(found, from_file=is_file)
-        if not args.yes and not await _confirmed(found):
-            print("nothing deleted")
-            return 1
+    finally:
+        await connection.close()
+    print(f"namespace {namespace!r} on {redact_url(url)}:")
+    if not found.exchanges and not found.queues:
+        print("nothing to delete: none of its exchanges and queues exist")
+        return 0
+    _show(found, from_file=is_file)
+    if not args.yes and not _confirmed(found):
+        print("nothing deleted")
+        return 1
+    connection = await connected()
+    try:
         await remove(connection, found)
     finally:
         await connection.close()
@@ -211,15 +224,15 @@ def _show(found: Found, *, from_file: bool) -> None:
         )
 
 
-async def _confirmed(found: Found) -> bool:
+def _confirmed(found: Found) -> bool:
+    """Ask on stdin; anything but y/yes (EOF included) is no."""
     messages = sum(q.messages for q in found.queues)
     question = (
         f"delete these {len(found.queues)} queue(s) with {messages} message(s) and"
         f" {len(found.exchanges)} exchange(s)? [y/N] "
     )
     print(question, end="", flush=True)
-    answer = await asyncio.to_thread(sys.stdin.readline)
-    return answer.strip().lower() in ("y", "yes")
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 # -- parsers ----------------------------------------------------------------------------
