@@ -150,8 +150,9 @@ def route_view(router: MessageRouter, message: Message, agent_id: str) -> Messag
     """What ``agent_id`` sees of a message: an addressed one unchanged, a routed one as
     its routes decide (None: not meant for it; see :meth:`MessageRouter.accept`).
 
-    Bindings are wider than routes (sender prefixes, filters), so this finishes on the
-    consumer side what a topic binding cannot express.
+    Bindings deliver what the patterns match, and a filtered route's copies come by
+    ``BCC``; this applies the transforms, and drops what a filter refuses or what
+    bindings of routes since removed still deliver.
     """
     if message.recipient:
         return message

@@ -58,11 +58,12 @@ class BrokerClient:
             the client reconnects to the next node that answers (docs/deploy.md).
         namespace: prefix of every exchange and queue name (see docs/wire-format.md).
         router: routes for messages sent without a recipient. On :meth:`connect` every
-            route's key is bound to its destinations' inboxes (and history), so the
-            broker fans a routed message out; each consumer then lets a delivery
-            through only if one of its agent's routes takes it (filters, sender
-            prefixes, transforms: :func:`admission.admit`). Every process consuming a
-            routed inbox should use the same routes.
+            unfiltered route's keys are bound to its destinations' inboxes (and
+            history), so the broker fans a routed message out to exactly those; a
+            filtered route is not bound: :meth:`send` runs the filter and adds a
+            ``BCC`` per destination that keeps the message. Each consumer applies the
+            transforms (:func:`admission.admit`). Every process consuming a routed
+            inbox should use the same routes.
         publish_timeout_s: how long :meth:`send` waits for the broker's confirm.
         connect_timeout_s: how long connecting may take.
         reconnect_interval_s: pause between reconnection attempts after the link to
@@ -330,8 +331,11 @@ class BrokerClient:
 
         Args:
             message: the envelope; an empty recipient lets routes distribute it. It is
-                checked against the routes (filters included) before publishing,
-                because bindings are wider than routes, and published once.
+                checked against the routes (filters included) before publishing (no
+                route taking it is an error here, not a message nobody reads) and
+                published once: the bindings copy it into the inboxes of the
+                unfiltered routes, a ``BCC`` into those of the filtered routes that
+                keep it (the broker cannot run a filter).
             reply_to: the queue where answers must go (AMQP ``reply_to``).
             deadline: the requester gives up then; the broker expires the message.
             extra_headers: more flat header values.
@@ -345,8 +349,16 @@ class BrokerClient:
             BrokerConnectionError: the connection is down.
         """
         router = self.router
-        if router is not None and not message.recipient and not router.get_destinations(message):
-            raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
+        if router is not None and not message.recipient:
+            if not router.get_destinations(message):
+                key = wire.routing_key(message)
+                raise NoRouteError(f"no route takes message {message.id} ({key})")
+            if filtered := router.filtered_destinations(message):
+                # A filtered route has no binding: a BCC copy per destination it keeps,
+                # delivered under the routed key (recipient word "-").
+                copies = (message.model_copy(update={"recipient": d}) for d in filtered)
+                bcc = [wire.routing_key(copy) for copy in copies]
+                extra_headers = {**(extra_headers or {}), "BCC": bcc}
         await self.publisher.send(
             message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
         )
@@ -444,7 +456,9 @@ class BrokerClient:
         """Call ``callback`` with a copy of every message addressed to ``agent_id``.
 
         A tap: the messages stay in the inbox for the agent. The copies come through a
-        private queue that lives as long as the subscription (or the connection).
+        private queue that lives as long as the subscription (or the connection), bound
+        as the inbox is (its own key and its routes' keys), and the tap sees what the
+        agent would (the routes' filters and transforms applied).
         """
         return await pull.subscribe(self, agent_id, callback)
 

@@ -10,7 +10,9 @@ The sections of a configuration file (see config/agents.example.yaml)::
 Kept apart from :mod:`amqp_agents.config` (reading the YAML file) so that the broker
 layout (:mod:`amqp_agents.layout`), and through it the run-time path, can read a
 configuration without importing PyYAML. Each route's pattern is compiled here, once,
-while validating: the layout and the router reuse :attr:`RouteConfig.rule`.
+while validating: the layout and the router reuse :attr:`RouteConfig.rule`. A sender
+prefix (``sender:writer*``) is completed with the agents the file knows
+(:attr:`AgentsConfig.agent_ids`), as it binds one key per known sender it names.
 """
 
 from __future__ import annotations
@@ -250,6 +252,28 @@ class AgentsConfig(_Section):
     def where(self, *loc: str | int) -> str:
         """``"agents.yaml:12: agents[0].class"``: the place of a field, for error messages."""
         return place_of(self._source, self._lines, loc)
+
+    @property
+    def agent_ids(self) -> tuple[str, ...]:
+        """Every agent the file knows, run here or elsewhere: the senders a sender-prefix
+        route can name."""
+        return _known_ids(self.agents, self.external_agents)
+
+    @field_validator("routes")
+    @classmethod
+    def _prefixes_name_known_agents(
+        cls, routes: tuple[RouteConfig, ...], info: ValidationInfo
+    ) -> tuple[RouteConfig, ...]:
+        # Fields validate in order, so agents and external_agents are known here (when
+        # valid): a sender prefix binds one key per agent id it names.
+        known = _known_ids(info.data.get("agents", ()), info.data.get("external_agents", ()))
+        return tuple(
+            route.model_copy(update={"rule": route.rule.naming(known)}) for route in routes
+        )
+
+
+def _known_ids(agents: tuple[AgentConfig, ...], external: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*(agent.id for agent in agents), *external]))
 
 
 def place_of(source: str, lines: dict[Loc, int], loc: Loc) -> str:

@@ -158,12 +158,17 @@ class Declarations:
     async def bind_routes(self, router: MessageRouter) -> int:
         """Bind every route's key to its destination's inbox (and history); idempotent.
 
+        Declares every destination's inbox, a filtered route's too: it has no binding
+        (the sender addresses its copies by ``BCC``), but its inbox must exist.
+
         Returns:
             how many (key, destination) bindings the routes need.
         """
         bindings = router.bindings()
         topology = await self.topology()
         async with self._lock:
+            for destination in router.destinations:  # a filtered route's have no binding
+                await topology.declare_inbox(destination)
             for key, destination in bindings:
                 await topology.bind_route(key, destination)
         return len(bindings)

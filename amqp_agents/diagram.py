@@ -14,7 +14,9 @@ graph CONFIG`` into any Mermaid renderer (GitHub renders it in Markdown)::
 Every exchange, queue and binding drawn is one of :func:`amqp_agents.layout.layout_of`
 (the apply record aside); the history stream's bindings from one exchange are drawn as
 a single edge. Where a queue's messages go next (dead-lettering, a retry's expiry) is
-read from its arguments. Only the agents themselves come from the configuration.
+read from its arguments. Only the agents themselves come from the configuration, and
+the edges of a filtered route: it has no binding (its sender runs the filter and
+addresses each copy by ``BCC``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,12 @@ def mermaid(config: AgentsConfig) -> str:
     for binding in layout.bindings:
         label = binding.role + notes.get(binding.role, "")
         edges[(binding.exchange, binding.queue, label)] = None
+    ns = layout.namespace
+    for route in config.routes:
+        if route.filter is not None:  # no binding: the sender addresses each copy (BCC)
+            label = f"route {route.pattern}" + notes[f"route {route.pattern}"]
+            for dest in route.destinations:
+                edges[(wire.exchange_name(ns), wire.inbox_name(ns, dest), label)] = None
     for source, target, label in edges:
         arrow = f" -- {_label(label)} -->" if label else " -->"
         add(f"{node(source)}{arrow} {node(target)}")
@@ -69,7 +77,6 @@ def mermaid(config: AgentsConfig) -> str:
         if target in drawn:
             add(f"{node(queue.name)} -. {_label(why)} .-> {node(target)}")
 
-    ns = layout.namespace
     dlx, replies = wire.dead_letter_exchange_name(ns), wire.reply_exchange_name(ns)
     for agent in config.agents:
         inbox = wire.inbox_name(ns, agent.id)
@@ -110,7 +117,7 @@ def _route_notes(route: RouteConfig) -> str:
     notes = [
         note
         for note, present in (
-            ("filtered", route.filter is not None or not route.rule.exact),
+            ("filtered", route.filter is not None),
             ("transformed", route.transform is not None),
         )
         if present

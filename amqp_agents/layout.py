@@ -8,7 +8,7 @@ names and arguments of docs/wire-format.md, from :mod:`amqp_agents.wire`)::
                                          {ns}.dead, the {ns}.history stream
     inbox_layout(ns, agent_id, ...)      an inbox, bound for its agent and for history
     retry_layout(ns, agent_id, delays)   an agent's retry exchange and retry queues
-    route_layout(ns, key, destinations)  a route's bindings on inboxes and history
+    route_layout(ns, key, destinations)  a route key's bindings on inboxes and history
     record_layout(ns)                    the queue where ``topology apply`` records
     layout_of(config)                    all of them for a configuration
 
@@ -267,7 +267,9 @@ def layout_of(config: AgentsConfig) -> Layout:
     Inboxes for every configured and external agent (a route destination must keep
     its messages before its agent starts), a retry queue per delay an agent uses (on
     the agent's own retry exchange), the dead letters, the history stream, and each
-    route's bindings (its rule was compiled when the configuration was validated).
+    unfiltered route's bindings (its rule was compiled when the configuration was
+    validated; a sender prefix binds one key per agent it names). A filtered route has
+    none: the broker cannot run the filter, so the sender addresses the copies (BCC).
     """
     broker = config.broker
     ns = broker.namespace
@@ -279,9 +281,10 @@ def layout_of(config: AgentsConfig) -> Layout:
     for agent in config.agents:
         layout += retry_layout(ns, agent.id, agent.retry.distinct_delays())
     for route in config.routes:
-        layout += route_layout(
-            ns, route.rule.binding_key, route.destinations, pattern=route.pattern
-        )
+        if route.filter is not None:
+            continue  # the broker cannot filter: the sender addresses the copies (BCC)
+        for key in route.rule.binding_keys:
+            layout += route_layout(ns, key, route.destinations, pattern=route.pattern)
     return layout + record_layout(ns)
 
 

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from . import wire
 from .admission import Admit, Gate, Skip, Verdict, admit
 from .message import Message
+from .routing import MessageRouter
 
 if TYPE_CHECKING:
     from .client import BrokerClient
@@ -83,16 +84,19 @@ async def receive_all(client: BrokerClient, agent_id: str) -> list[Message]:
 
 
 async def subscribe(client: BrokerClient, agent_id: str, callback: Callback) -> Subscription:
-    """Tap the agent's directly addressed traffic (see ``BrokerClient.subscribe``)."""
+    """Tap the agent's traffic as its inbox gets it (see ``BrokerClient.subscribe``)."""
     await client.ensure_inbox(agent_id)
     channel = await client.channel(prefetch=100)
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-    await queue.bind(wire.exchange_name(client.namespace), wire.inbox_binding_key(agent_id))
-    gate = Gate(client.namespace, agent_id, user_id=client.user_id)
+    for key in tap_binding_keys(client.router, agent_id):
+        await queue.bind(wire.exchange_name(client.namespace), key)
+    gate = Gate(client.namespace, agent_id, user_id=client.user_id, router=client.router)
 
     async def on_message(incoming: AbstractIncomingMessage) -> None:
         async with incoming.process(ignore_processed=True):
             verdict = admit(incoming, gate)
+            if isinstance(verdict, Skip):
+                return  # a route's filter refused it: the agent skips it too
             if not isinstance(verdict, Admit):
                 log.warning("tap on %s: message skipped: %s", agent_id, verdict.reason)
                 return
@@ -105,6 +109,12 @@ async def subscribe(client: BrokerClient, agent_id: str, callback: Callback) -> 
 
     tag = await queue.consume(on_message)
     return Subscription(channel, queue, tag)
+
+
+def tap_binding_keys(router: MessageRouter | None, agent_id: str) -> list[str]:
+    """The keys that put a message into ``agent_id``'s inbox: its own and its routes'."""
+    routed = () if router is None else (k for k, dest in router.bindings() if dest == agent_id)
+    return [wire.inbox_binding_key(agent_id), *dict.fromkeys(routed)]
 
 
 def _log_refused(agent_id: str, verdict: Verdict) -> None:

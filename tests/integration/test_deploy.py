@@ -120,7 +120,7 @@ async def test_agent_users_run_serve_and_send_in_passive_mode(
     run = await spawn("run", str(config), "--agent", "researcher", env=as_researcher)
     await run.expect("1 agent(s) running")
     send = await spawn(
-        *("send", "--passive", "--namespace", ns, "--from", "writer", "--to", "researcher"),
+        *("send", "--namespace", ns, "--from", "writer", "--to", "researcher"),
         *("deploy notes", "--wait"),
         env={"AMQP_URL": urls["writer"]},
     )

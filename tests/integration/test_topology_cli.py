@@ -79,7 +79,7 @@ async def test_apply_twice_changes_nothing_the_second_time(
     status, second = await run_cli("topology", "apply", str(example_config))
     assert status == 0, second
     assert second.splitlines()[1:] == [
-        "nothing to do: 5 exchanges, 10 queues and 22 bindings exist as configured"
+        "nothing to do: 5 exchanges, 10 queues and 23 bindings exist as configured"
     ]
     assert await broker_state(rabbitmqctl, namespace) == state
 
@@ -135,7 +135,7 @@ async def test_plan_reports_a_conflicting_queue_and_apply_refuses(
     # The rest of the plan is still there.
     assert f"create   exchange {namespace}  (topic, agent traffic)" in lines
     assert any(line.startswith(f"create   queue {namespace}.inbox.writer") for line in lines)
-    assert lines[-1] == "plan: 14 to create, 22 to bind, 1 conflict(s)"
+    assert lines[-1] == "plan: 14 to create, 23 to bind, 1 conflict(s)"
 
     status, output = await run_cli("topology", "apply", str(example_config))
     assert status == 1

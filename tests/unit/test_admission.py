@@ -52,7 +52,7 @@ def task(sender: str = "alice", recipient: str = "bob", **over: Any) -> Message:
 
 
 def router() -> MessageRouter:
-    routes = MessageRouter()
+    routes = MessageRouter(senders=["agent_1", "zed"])
     routes.add_route("sender:agent_*", ["bob"])
     return routes
 

@@ -87,7 +87,9 @@ def test_layout_of_the_example(example: AgentsConfig) -> None:
     assert BindingSpec("ns.dlx", "ns.dead", "") in bindings
     assert BindingSpec("ns", "ns.inbox.writer", "*.*.*.writer") in bindings
     assert BindingSpec("ns", "ns.inbox.researcher", "task.*.*.-") in bindings
-    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.*.-") in bindings  # sender prefix
+    # A sender prefix binds one key per known agent it names, never every routed message.
+    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.writer.-") in bindings
+    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.*.-") not in bindings
     assert BindingSpec("ns", "ns.history", "*.4.*.-") in bindings
     # Every reply (through ns.replies) is kept in history; retries reach their queue
     # through the agent's own exchange, under the queue's name.
@@ -276,7 +278,7 @@ def test_graph_draws_every_queue_agent_and_route(example: AgentsConfig) -> None:
         assert f"route {route.pattern}" in graph
     assert "ResearchAgent, concurrency 4" in graph
     assert '"coordinator<br/>external"' in graph
-    assert "route sender:writer* (filtered)" in graph, "consumer-side match is shown"
+    assert 'route sender:writer*"' in graph, "a prefix route is exact: not drawn as filtered"
 
 
 def test_graph_node_ids_and_labels_are_valid_mermaid(tmp_path: Path) -> None:

@@ -174,9 +174,9 @@ def explain(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
 
 
 def test_explain_shows_each_route_and_the_destinations(capsys: pytest.CaptureFixture[str]) -> None:
-    lines = explain(capsys, "--type", "task", "--sender", "writer-2", "--priority", "urgent")
+    lines = explain(capsys, "--type", "task", "--sender", "writer", "--priority", "4")
     assert lines[0] == (
-        "task from writer-2, priority 4 (urgent), no recipient: routing key task.4.writer-2.-"
+        "task from writer, priority 4 (urgent), no recipient: routing key task.4.writer.-"
     )
     assert lines[1:6] == [
         "  routes[0]  type:task            match -> researcher",
