@@ -421,3 +421,14 @@ def test_a_filtered_route_is_not_bound_and_its_destinations_are_named_per_messag
     urgent = Message(sender="bob", type=MessageType.TASK, priority=MessagePriority.URGENT)
     assert router.filtered_destinations(urgent) == ["archive", "auditor"]
     assert router.filtered_destinations(Message(sender="bob", type=MessageType.TASK)) == []
+
+
+def test_a_compiled_prefix_rule_is_completed_with_the_routers_known_senders() -> None:
+    # A configuration compiles each pattern once, before it knows its agents.
+    rule = compile_rule("sender:agent_*")
+    assert rule.binding_keys == () and rule.senders == ()
+    router = MessageRouter(senders=["agent_1", "bob", "agent_2"])
+    router.add_route(rule, ["auditor"])
+    assert router.bindings() == [("*.*.agent_1.-", "auditor"), ("*.*.agent_2.-", "auditor")]
+    assert router.get_destinations(Message(sender="agent_2", type=MessageType.TASK)) == ["auditor"]
+    assert router.get_destinations(Message(sender="agent_3", type=MessageType.TASK)) == []
