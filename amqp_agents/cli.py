@@ -136,7 +136,11 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def cmd_history(args: argparse.Namespace) -> int:
-    """Print a conversation or an agent's history as a timeline."""
+    """Print a conversation or an agent's history as a timeline; or run the indexer."""
+    if args.action == "index":
+        return await _run_history_indexer(args)
+    if not (args.conversation or args.agent):
+        raise ConfigError("history: give --conversation ID or --agent ID (or: history index)")
     async with _queue(args) as queue:
         if args.conversation:
             messages = await queue.get_conversation(args.conversation)
@@ -146,6 +150,25 @@ async def cmd_history(args: argparse.Namespace) -> int:
         print("no messages in the retained history")
         return 0
     print(format_timeline(messages))
+    return 0
+
+
+async def _run_history_indexer(args: argparse.Namespace) -> int:
+    """Copy the namespace's history stream into PostgreSQL until SIGINT/SIGTERM."""
+    if not args.db:
+        raise ConfigError("history index: --db postgresql://... is required")
+    try:
+        from .history_indexer import Commit, run_indexer
+    except ImportError as exc:
+        raise ConfigError(
+            f"history index needs the postgres extra (pip install 'amqp-agents[postgres]'): {exc}"
+        ) from None
+    print(f"indexing {args.namespace}.history into the database; Ctrl-C stops", flush=True)
+
+    def report(commit: Commit) -> None:
+        print(f"indexed to offset {commit.next_offset} (+{commit.rows} messages)", flush=True)
+
+    await run_indexer(resolve_url(args.url), args.namespace, args.db, on_commit=report)
     return 0
 
 
@@ -329,9 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0, help="seconds to wait")
     send.set_defaults(func=cmd_send)
 
-    history = sub.add_parser("history", help="print a conversation or an agent's history")
+    history = sub.add_parser(
+        "history",
+        help="print a conversation or an agent's history; `history index` fills the index",
+    )
     _broker_args(history)
-    which = history.add_mutually_exclusive_group(required=True)
+    history.add_argument(
+        "action",
+        nargs="?",
+        choices=["index"],
+        help="index: copy the history stream into PostgreSQL (--db) until stopped",
+    )
+    history.add_argument("--db", help="PostgreSQL URL of the history index (postgresql://...)")
+    which = history.add_mutually_exclusive_group()
     which.add_argument("--conversation", help="conversation id")
     which.add_argument("--agent", help="agent id")
     history.set_defaults(func=cmd_history)

@@ -17,7 +17,12 @@ do", or one branch for the failure it knows how to handle::
     │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
     ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
     ├── RemoteError                 the handler on the other side raised; carries its error
-    └── HandlerError                no handler / no LLM client configured for a message
+    ├── HandlerError                no handler / no LLM client configured for a message
+    └── HistoryError                a history query that cannot be answered (index unreachable)
+        ├── HistoryQueryError       bad arguments: since after until, limit < 1 (also ValueError)
+        ├── HistoryTimeoutError     a stream scan did not reach its end in time (also TimeoutError)
+        └── HistoryLagError         the index did not catch up with the stream in time (also
+                                    TimeoutError); says how far behind it is
 
 """
 
@@ -99,3 +104,29 @@ class RemoteError(AgentsError):
 
 class HandlerError(AgentsError):
     """An agent cannot handle a message (no handler, no LLM client)."""
+
+
+class HistoryError(AgentsError):
+    """A history query cannot be answered (e.g. the history index is unreachable)."""
+
+
+class HistoryQueryError(HistoryError, ValueError):
+    """A history query's arguments are unusable (since after until, limit below 1, ...)."""
+
+
+class HistoryTimeoutError(HistoryError, TimeoutError):
+    """A stream scan did not reach the end of the stream within its timeout."""
+
+
+class HistoryLagError(HistoryError, TimeoutError):
+    """The history index did not catch up with the stream before the query's deadline.
+
+    Attributes:
+        lag_s: seconds since the indexer last committed (None: it never did).
+        indexed_offset: the next stream offset the indexer will read (None: never ran).
+    """
+
+    def __init__(self, message: str, lag_s: float | None, indexed_offset: int | None) -> None:
+        self.lag_s = lag_s
+        self.indexed_offset = indexed_offset
+        super().__init__(message)

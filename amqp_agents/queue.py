@@ -61,7 +61,7 @@ from .errors import (
     UnknownRecipientError,
 )
 from .errors import DeliveryError as AgentsDeliveryError
-from .history import read_history
+from .history import DEFAULT_SCAN_TIMEOUT, HistoryQuery, ProgressCallback, scan_history
 from .message import Message, validate_agent_id
 from .rpc import ReplyListener
 from .topology import Topology
@@ -832,18 +832,52 @@ class MessageQueue:
 
     # -- history ----------------------------------------------------------------------
 
-    async def get_conversation(self, conversation_id: str) -> list[Message]:
-        """Every retained message of a conversation, in send order."""
-        return await self._read_history(lambda m: m.conversation_id == conversation_id)
+    async def get_conversation(
+        self,
+        conversation_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        timeout: float | None = DEFAULT_SCAN_TIMEOUT,
+        progress: ProgressCallback | None = None,
+    ) -> list[Message]:
+        """A conversation's retained messages, in send order (see ``HistoryQuery``)."""
+        query = HistoryQuery(
+            conversation_id=conversation_id,
+            since=since,
+            until=until,
+            limit=limit,
+            newest_first=newest_first,
+        )
+        return await self._read_history(query, timeout, progress)
 
-    async def get_agent_history(self, agent_id: str) -> list[Message]:
-        """Every retained message sent by or to ``agent_id``, in send order."""
-        return await self._read_history(lambda m: agent_id in (m.sender, m.recipient))
+    async def get_agent_history(
+        self,
+        agent_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+        timeout: float | None = DEFAULT_SCAN_TIMEOUT,
+        progress: ProgressCallback | None = None,
+    ) -> list[Message]:
+        """The retained messages sent by or to ``agent_id``, in send order."""
+        query = HistoryQuery(
+            agent_id=agent_id, since=since, until=until, limit=limit, newest_first=newest_first
+        )
+        return await self._read_history(query, timeout, progress)
 
-    async def _read_history(self, keep: Callable[[Message], bool]) -> list[Message]:
+    async def _read_history(
+        self, query: HistoryQuery, timeout: float | None, progress: ProgressCallback | None
+    ) -> list[Message]:
         channel = await self.connection.channel(publisher_confirms=True)
         try:
-            return await read_history(channel, self.namespace, keep)
+            return await scan_history(
+                channel, self.namespace, query, timeout=timeout, progress=progress
+            )
         finally:
             await channel.close()
 
