@@ -173,8 +173,6 @@ class _Scan:
     def __post_init__(self) -> None:
         if self.query.newest_first and self.query.limit is not None:
             self.found = deque(maxlen=self.query.limit)
-        if self.query.until is not None:
-            self.stop_after_us = _to_us(self.query.until + CLOCK_SKEW)
 
     def snapshot(self) -> ScanProgress:
         return ScanProgress(
@@ -232,6 +230,7 @@ async def scan_history(
     *,
     timeout: float | None = DEFAULT_SCAN_TIMEOUT,
     progress: ProgressCallback | None = None,
+    clock_skew: timedelta = CLOCK_SKEW,
 ) -> list[Message]:
     """The retained messages that match ``query``, read from the stream.
 
@@ -241,6 +240,7 @@ async def scan_history(
         query: what to return; its ``since`` sets where the read starts.
         timeout: bound on the whole scan in seconds (None: no bound).
         progress: called every :data:`PROGRESS_EVERY` entries and once at the end.
+        clock_skew: how far before ``since`` the read starts and past ``until`` it ends.
 
     Raises:
         HistoryTimeoutError: the scan did not reach its end within ``timeout``.
@@ -257,7 +257,9 @@ async def scan_history(
     underlay = await channel.get_underlay_channel()
     await underlay.basic_qos(prefetch_count=SCAN_PREFETCH)
     scan = _Scan(query, marker, underlay, progress, asyncio.get_running_loop().create_future())
-    start: datetime | str = "first" if query.since is None else query.since - CLOCK_SKEW
+    if query.until is not None:
+        scan.stop_after_us = _to_us(query.until + clock_skew)
+    start: datetime | str = "first" if query.since is None else query.since - clock_skew
     consume = await underlay.basic_consume(
         name, scan.on_delivery, arguments={"x-stream-offset": start}
     )

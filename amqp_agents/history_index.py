@@ -127,8 +127,14 @@ class Row:
 
 
 async def ensure_schema(connection: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
-    """Create the tables and indexes if they are missing (idempotent)."""
-    await connection.execute(SCHEMA)
+    """Create the tables and indexes if they are missing (idempotent).
+
+    Under a lock: two ``CREATE TABLE IF NOT EXISTS`` at once (an indexer and a query
+    starting together) can still both try to create the table, and one fails.
+    """
+    async with connection.transaction():
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtext('amqp_agents_history'))")
+        await connection.execute(SCHEMA)
 
 
 async def stored_offset(connection: asyncpg.Connection, namespace: str) -> int | None:
@@ -287,6 +293,8 @@ class HistoryIndex:
                 await self._wait_for(marker)
             sql, args = _select(self.namespace, query)
             records = await self.pool.fetch(sql, *args)
+        except HistoryLagError:
+            raise  # a TimeoutError, so an OSError: not a database failure
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise HistoryError(f"history index of {self.namespace!r}: {exc}") from exc
         return [_message(record) for record in records]

@@ -42,6 +42,8 @@ BATCH_MAX = 2000
 """Most entries written in one transaction; a batch is whatever arrived meanwhile."""
 RETRY_PAUSES_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Pauses between reconnection attempts; the last one repeats."""
+APPLICATION_NAME = "amqp-agents history indexer"
+"""How the indexer's connection shows in ``pg_stat_activity``."""
 PRUNE_EVERY = 1000
 """Markers are pruned once per this many commits."""
 
@@ -94,6 +96,8 @@ class HistoryIndexer:
         self.dsn = dsn
         self.on_commit = on_commit
         self.commits = 0
+        self.reconnects = 0
+        """How many times it lost PostgreSQL or the broker and started over."""
 
     async def run(self) -> None:
         """Index until cancelled; reconnect and resume after any connection loss."""
@@ -103,6 +107,7 @@ class HistoryIndexer:
             try:
                 await self._run_once()
             except _TRANSIENT as exc:
+                self.reconnects += 1
                 failures = failures + 1 if self.commits == commits else 1
                 pause = RETRY_PAUSES_S[min(failures - 1, len(RETRY_PAUSES_S) - 1)]
                 log.warning(
@@ -116,7 +121,9 @@ class HistoryIndexer:
 
     async def _run_once(self) -> None:
         """Connect to both, take the namespace's lock, copy until something fails."""
-        database = await asyncpg.connect(self.dsn)
+        database = await asyncpg.connect(
+            self.dsn, server_settings={"application_name": APPLICATION_NAME}
+        )
         broker: AbstractConnection | None = None
         try:
             await ensure_schema(database)
