@@ -44,6 +44,10 @@ RETRY_PAUSES_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 """Pauses between reconnection attempts; the last one repeats."""
 APPLICATION_NAME = "amqp-agents history indexer"
 """How the indexer's connection shows in ``pg_stat_activity``."""
+COMMAND_TIMEOUT_S = 60.0
+"""A statement that takes longer is taken for a lost connection: start over."""
+LOCK_POLL_S = 2.0
+"""How often a standby indexer tries to take over its namespace."""
 PRUNE_EVERY = 1000
 """Markers are pruned once per this many commits."""
 
@@ -56,6 +60,7 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection cut mid-commit can leave this state error
     asyncpg.exceptions.OperatorInterventionError,  # terminated backend, shutdown
     aiormq.exceptions.AMQPError,
     aio_pika.exceptions.AMQPException,
@@ -122,13 +127,14 @@ class HistoryIndexer:
     async def _run_once(self) -> None:
         """Connect to both, take the namespace's lock, copy until something fails."""
         database = await asyncpg.connect(
-            self.dsn, server_settings={"application_name": APPLICATION_NAME}
+            self.dsn,
+            server_settings={"application_name": APPLICATION_NAME},
+            command_timeout=COMMAND_TIMEOUT_S,
         )
         broker: AbstractConnection | None = None
         try:
             await ensure_schema(database)
-            lock = "amqp_agents_history:" + self.namespace
-            await database.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", lock)
+            await self._lock(database)
             offset = await stored_offset(database, self.namespace)
             broker = await aio_pika.connect(
                 self.amqp_url, client_properties={"connection_name": "history indexer"}
@@ -142,6 +148,18 @@ class HistoryIndexer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(database.close(), 5)
             database.terminate()
+
+    async def _lock(self, database: asyncpg.Connection) -> None:
+        """Hold the namespace's advisory lock (released when the connection ends)."""
+        key = "amqp_agents_history:" + self.namespace
+        waiting = False
+        while not await database.fetchval(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key
+        ):
+            if not waiting:
+                log.warning("history indexer of %r: another one runs; waiting", self.namespace)
+                waiting = True
+            await asyncio.sleep(LOCK_POLL_S)
 
     async def _copy(
         self, database: asyncpg.Connection, channel: aiormq.abc.AbstractChannel, offset: int
