@@ -24,7 +24,7 @@ import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -104,7 +104,7 @@ _COLUMNS = (
 
 DEFAULT_WAIT_S = 10.0
 """How long a query waits for the indexer to pass the point the query started at."""
-MARKER_RETENTION = "1 hour"
+MARKER_RETENTION = timedelta(hours=1)
 """Markers of queries that never collected them (a scan's, a crashed query's) are
 deleted after this long."""
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -48,8 +49,8 @@ COMMAND_TIMEOUT_S = 60.0
 """A statement that takes longer is taken for a lost connection: start over."""
 LOCK_POLL_S = 2.0
 """How often a standby indexer tries to take over its namespace."""
-PRUNE_EVERY = 1000
-"""Markers are pruned once per this many commits."""
+PRUNE_EVERY_S = 600.0
+"""Markers no query collected are pruned when the indexer starts and this often after."""
 
 
 class _Disconnected(Exception):
@@ -103,6 +104,7 @@ class HistoryIndexer:
         self.commits = 0
         self.reconnects = 0
         """How many times it lost PostgreSQL or the broker and started over."""
+        self._pruned_at = 0.0
 
     async def run(self) -> None:
         """Index until cancelled; reconnect and resume after any connection loss."""
@@ -123,6 +125,9 @@ class HistoryIndexer:
                     pause,
                 )
                 await asyncio.sleep(pause)
+            except Exception:
+                log.exception("history indexer of %r stopped", self.namespace)
+                raise
 
     async def _run_once(self) -> None:
         """Connect to both, take the namespace's lock, copy until something fails."""
@@ -135,6 +140,7 @@ class HistoryIndexer:
         try:
             await ensure_schema(database)
             await self._lock(database)
+            await self._prune(database)
             offset = await stored_offset(database, self.namespace)
             broker = await aio_pika.connect(
                 self.amqp_url, client_properties={"connection_name": "history indexer"}
@@ -148,6 +154,10 @@ class HistoryIndexer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(database.close(), 5)
             database.terminate()
+
+    async def _prune(self, database: asyncpg.Connection) -> None:
+        await prune_markers(database, self.namespace)
+        self._pruned_at = time.monotonic()
 
     async def _lock(self, database: asyncpg.Connection) -> None:
         """Hold the namespace's advisory lock (released when the connection ends)."""
@@ -227,8 +237,8 @@ class HistoryIndexer:
             return offset
         await write_batch(database, self.namespace, rows, markers, next_offset)
         self.commits += 1
-        if self.commits % PRUNE_EVERY == 0:
-            await prune_markers(database, self.namespace)
+        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+            await self._prune(database)
         if self.on_commit is not None:
             self.on_commit(Commit(len(batch), len(rows), next_offset))
         return next_offset
