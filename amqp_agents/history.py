@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiormq.abc
-from aio_pika import DeliveryMode, IncomingMessage
+from aio_pika import DeliveryMode
 from aio_pika import Message as AmqpMessage
 from aio_pika.abc import AbstractChannel
 
@@ -211,7 +211,7 @@ class _Scan:
             return
         self.decoded += 1
         try:
-            message = wire.decode(IncomingMessage(delivered, no_ack=True))
+            message = decode_entry(delivered)
         except InvalidMessageError as exc:
             log.debug("history: skipping undecodable entry: %s", exc)
             return
@@ -282,6 +282,47 @@ async def scan_history(
     if query.newest_first:
         found.reverse()
     return found
+
+
+class _Entry:
+    """A stream delivery as :func:`wire.decode` reads it, straight from the frame.
+
+    aio-pika's ``IncomingMessage`` copies and checks every property through a dozen
+    attribute setters: a tenth of a scan's time, for nothing a history read needs.
+    """
+
+    __slots__ = (
+        "body",
+        "content_type",
+        "correlation_id",
+        "headers",
+        "message_id",
+        "priority",
+        "routing_key",
+        "timestamp",
+        "type",
+    )
+
+    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+        properties = delivered.header.properties
+        self.body = delivered.body
+        self.headers = properties.headers
+        self.content_type = properties.content_type
+        self.message_id = properties.message_id
+        self.correlation_id = properties.correlation_id
+        self.type = properties.message_type
+        self.priority = properties.priority
+        self.timestamp = properties.timestamp
+        self.routing_key = delivered.routing_key
+
+
+def decode_entry(delivered: aiormq.abc.DeliveredMessage) -> Message:
+    """The message of a history stream delivery.
+
+    Raises:
+        InvalidMessageError: the entry is not a message (see :func:`wire.decode`).
+    """
+    return wire.decode(_Entry(delivered))
 
 
 async def append_marker(channel: AbstractChannel, namespace: str) -> str:

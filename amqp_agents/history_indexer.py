@@ -28,12 +28,11 @@ import aio_pika
 import aiormq
 import aiormq.abc
 import asyncpg
-from aio_pika import IncomingMessage
 from aio_pika.abc import AbstractConnection
 
 from . import wire
 from .errors import InvalidMessageError
-from .history import SCAN_PREFETCH
+from .history import SCAN_PREFETCH, decode_entry
 from .history_index import Row, ensure_schema, prune_markers, stored_offset, write_batch
 from .message import Message
 
@@ -228,7 +227,7 @@ class HistoryIndexer:
                 markers.append((wire.header_text(headers[wire.H_HISTORY_MARKER]), at))
                 continue
             try:
-                message = wire.decode(IncomingMessage(delivered, no_ack=True))
+                message = decode_entry(delivered)
             except InvalidMessageError as exc:
                 log.warning("history indexer: entry %d is not a message, skipped: %s", at, exc)
                 continue
