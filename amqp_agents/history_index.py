@@ -21,6 +21,7 @@ imported only by this module and the indexer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,10 @@ _COLUMNS = (
     'id, conversation, sender, recipient, type, priority, "timestamp", reply_to, content, metadata'
 )
 
+NOTIFY_CHANNEL = "amqp_agents_history"
+"""The indexer notifies it (payload: the namespace) when it committed query markers."""
+RECHECK_S = 0.05
+"""A waiting query also checks this often, in case a notification was lost."""
 DEFAULT_WAIT_S = 10.0
 """How long a query waits for the indexer to pass the point the query started at."""
 MARKER_RETENTION = timedelta(hours=1)
@@ -165,6 +170,8 @@ async def write_batch(
         if markers:
             names, offsets = zip(*markers, strict=True)
             await connection.execute(_MARKERS, namespace, list(names), list(offsets))
+            # Delivered at commit: wakes the queries waiting for these markers at once.
+            await connection.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, namespace)
         await connection.execute(_SAVE_OFFSET, namespace, next_offset)
 
 
@@ -212,6 +219,8 @@ class HistoryIndex:
         self.namespace = namespace
         self.channel = channel
         self.wait_s = wait_s
+        self._listener: asyncpg.Connection | None = None
+        self._committed = asyncio.Event()
 
     @classmethod
     async def open(
@@ -239,12 +248,23 @@ class HistoryIndex:
             pool = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
             async with pool.acquire() as connection:
                 await ensure_schema(connection)
+            index = cls(pool, namespace, channel, wait_s=wait_s)
+            if channel is not None:
+                index._listener = await asyncpg.connect(dsn)
+                await index._listener.add_listener(NOTIFY_CHANNEL, index._on_notify)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise HistoryError(f"history index: cannot use the database: {exc}") from exc
-        return cls(pool, namespace, channel, wait_s=wait_s)
+        return index
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self.pool.close()
+
+    def _on_notify(self, _: object, __: int, ___: str, namespace: object) -> None:
+        if namespace == self.namespace:
+            self._committed.set()
+            self._committed = asyncio.Event()
 
     async def conversation(
         self,
@@ -303,8 +323,8 @@ class HistoryIndex:
         """Return once the indexer has committed past ``marker`` (it deletes the marker)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
-        pause = 0.001
         while True:
+            committed = self._committed  # the next commit with markers sets it
             seen = await self.pool.fetchval(
                 "DELETE FROM amqp_agents_history_marker WHERE namespace = $1 AND marker = $2"
                 " RETURNING 1",
@@ -316,9 +336,8 @@ class HistoryIndex:
             left = deadline - loop.time()
             if left <= 0:
                 raise await self._lag_error()
-            # Polling a primary key: cheap, and it needs no connection held per waiter.
-            await asyncio.sleep(min(pause, left))
-            pause = min(pause * 2, 0.02)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(committed.wait(), min(RECHECK_S, left))
 
     async def _lag_error(self) -> HistoryLagError:
         row = await self.pool.fetchrow(

@@ -104,6 +104,9 @@ class HistoryIndexer:
         self.reconnects = 0
         """How many times it lost PostgreSQL or the broker and started over."""
         self._pruned_at = 0.0
+        self._just_attached = True
+        """No entry at or past the stored offset has arrived since the read (re)started:
+        a first entry past it means retention removed the ones between."""
 
     async def run(self) -> None:
         """Index until cancelled; reconnect and resume after any connection loss."""
@@ -186,6 +189,7 @@ class HistoryIndexer:
             arguments={"x-stream-offset": offset},
         )
         log.info("history indexer of %r: reading from offset %d", self.namespace, offset)
+        self._just_attached = True
         closing = asyncio.ensure_future(channel.closing)
         try:
             while True:
@@ -209,11 +213,16 @@ class HistoryIndexer:
         rows: list[Row] = []
         markers: list[tuple[str, int]] = []
         next_offset = offset
+        gap = ""
         for delivered in batch:
             headers = delivered.header.properties.headers or {}
             at = headers.get("x-stream-offset")
             if not isinstance(at, int) or at < offset:
                 continue  # a read starts at its chunk's first entry: already indexed
+            if at > next_offset and not self._just_attached:
+                # Mid-read, the broker skipped entries: read again from the first one.
+                gap = f"stream offsets {next_offset}..{at - 1} were not delivered"
+                break
             if at > next_offset:
                 log.warning(
                     "history indexer of %r: stream offsets %d..%d were removed by retention"
@@ -222,6 +231,7 @@ class HistoryIndexer:
                     next_offset,
                     at - 1,
                 )
+            self._just_attached = False
             next_offset = at + 1
             if wire.H_HISTORY_MARKER in headers:
                 markers.append((wire.header_text(headers[wire.H_HISTORY_MARKER]), at))
@@ -232,14 +242,15 @@ class HistoryIndexer:
                 log.warning("history indexer: entry %d is not a message, skipped: %s", at, exc)
                 continue
             rows.append(_row(message, headers, delivered.body, at))
-        if next_offset == offset:
-            return offset
-        await write_batch(database, self.namespace, rows, markers, next_offset)
-        self.commits += 1
-        if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
-            await self._prune(database)
-        if self.on_commit is not None:
-            self.on_commit(Commit(len(batch), len(rows), next_offset))
+        if next_offset != offset:
+            await write_batch(database, self.namespace, rows, markers, next_offset)
+            self.commits += 1
+            if time.monotonic() - self._pruned_at > PRUNE_EVERY_S:
+                await self._prune(database)
+            if self.on_commit is not None:
+                self.on_commit(Commit(len(batch), len(rows), next_offset))
+        if gap:
+            raise _Disconnected(f"{gap}; reading again from offset {next_offset}")
         return next_offset
 
 
