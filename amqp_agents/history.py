@@ -59,6 +59,9 @@ PROGRESS_EVERY = 10_000
 CLOCK_SKEW = timedelta(seconds=10)
 """How far a message's own timestamp may lag its arrival in the stream (see above)."""
 DEFAULT_SCAN_TIMEOUT = 60.0
+H_STREAM_OFFSET = "x-stream-offset"
+"""The consume argument saying where a stream read starts, and the header carrying each
+delivered entry's offset."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +202,10 @@ class _Scan:
 
     def _examine(self, delivered: aiormq.abc.DeliveredMessage) -> None:
         headers = delivered.header.properties.headers or {}
-        at = headers.get("x-stream-offset")
+        at = headers.get(H_STREAM_OFFSET)
         if isinstance(at, int):
             if self.next_offset is not None and at > self.next_offset:
-                # Never seen on RabbitMQ 3.10 in tests; said loudly if it happens.
+                # Should not happen (the stream is read in order); said if it does.
                 log.warning(
                     "history scan: the broker skipped stream offsets %d..%d",
                     self.next_offset,
@@ -272,7 +275,7 @@ async def scan_history(
         scan.stop_after_us = _to_us(query.until + clock_skew)
     start: datetime | str = "first" if query.since is None else query.since - clock_skew
     consume = await underlay.basic_consume(
-        name, scan.on_delivery, arguments={"x-stream-offset": start}
+        name, scan.on_delivery, arguments={H_STREAM_OFFSET: start}
     )
     try:
         remaining = None if timeout is None else max(timeout - (time.perf_counter() - started), 0)

@@ -32,7 +32,7 @@ from aio_pika.abc import AbstractConnection
 
 from . import wire
 from .errors import InvalidMessageError
-from .history import SCAN_PREFETCH, decode_entry
+from .history import H_STREAM_OFFSET, SCAN_PREFETCH, decode_entry
 from .history_index import Row, ensure_schema, prune_markers, stored_offset, write_batch
 from .message import Message
 
@@ -186,7 +186,7 @@ class HistoryIndexer:
         await channel.basic_consume(
             wire.history_name(self.namespace),
             on_delivery,
-            arguments={"x-stream-offset": offset},
+            arguments={H_STREAM_OFFSET: offset},
         )
         log.info("history indexer of %r: reading from offset %d", self.namespace, offset)
         self._just_attached = True
@@ -216,7 +216,7 @@ class HistoryIndexer:
         gap = ""
         for delivered in batch:
             headers = delivered.header.properties.headers or {}
-            at = headers.get("x-stream-offset")
+            at = headers.get(H_STREAM_OFFSET)
             if not isinstance(at, int) or at < offset:
                 continue  # a read starts at its chunk's first entry: already indexed
             if at > next_offset and not self._just_attached:

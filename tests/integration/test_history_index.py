@@ -14,17 +14,20 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import aio_pika
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
+from aiormq.abc import DeliveredMessage
+from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
-from amqp_agents import Message, MessagePriority, MessageQueue, MessageType
+from amqp_agents import Message, MessagePriority, MessageQueue, MessageType, wire
 from amqp_agents.errors import HistoryLagError
 from amqp_agents.history import HistoryQuery, scan_history
-from amqp_agents.history_index import HistoryIndex
+from amqp_agents.history_index import HistoryIndex, ensure_schema
 from amqp_agents.history_indexer import Commit, HistoryIndexer
 
 from .conftest import ROOT
@@ -345,3 +348,39 @@ async def _index_state(database: asyncpg.Connection, namespace: str) -> dict[str
         "ids": [r[0] for r in ids],
         "next_offset": next_offset,
     }
+
+
+async def test_entries_the_broker_skips_mid_read_are_read_again(amqp_url: str, dsn: str) -> None:
+    # Offsets 0, 1, then 3: what is before the gap is committed, then the indexer starts
+    # over from offset 2 rather than taking the gap for retention.
+    indexer = HistoryIndexer(amqp_url, "gaps", dsn)
+    database = await asyncpg.connect(dsn)
+    try:
+        await ensure_schema(database)
+        indexer._just_attached = True
+        batch = [_delivery(offset) for offset in (0, 1, 3)]
+        with pytest.raises(Exception, match=r"offsets 2\.\.2 were not delivered") as info:
+            await indexer._commit(database, batch, 0)
+        assert type(info.value).__name__ == "_Disconnected", "a reason to read again"
+        state = await _index_state(database, "gaps")
+    finally:
+        await database.close()
+    assert state["offsets"] == [0, 1] and state["next_offset"] == 2
+
+
+def _delivery(offset: int) -> DeliveredMessage:
+    """A stream delivery as aiormq hands it over."""
+    out = wire.encode(Message(sender="a", recipient="b", content=offset))
+    properties = Basic.Properties(
+        content_type=wire.CONTENT_TYPE,
+        headers={**out.headers, "x-stream-offset": offset},
+        message_id=out.message_id,
+        message_type=out.type,
+        priority=out.priority,
+    )
+    return DeliveredMessage(
+        delivery=Basic.Deliver(delivery_tag=offset + 1, routing_key="notification.2.a.b"),
+        header=ContentHeader(body_size=len(out.body), properties=properties),
+        body=out.body,
+        channel=cast(Any, None),
+    )
