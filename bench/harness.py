@@ -71,7 +71,7 @@ class Sizes:
             warmup=spec.WARMUP_N // d,
             memory=spec.MEMORY_N // d,
             memory_agents=spec.MEMORY_AGENTS // d,
-            history=history or spec.HISTORY_N // d,
+            history=history or (spec.HISTORY_QUICK_N if quick else spec.HISTORY_N),
         )
 
     def n(self, workload: str) -> int:
