@@ -7,7 +7,9 @@
    Message i belongs to conversation ``i % (N / 10)``: 10 messages per conversation,
    spread over the whole stream as interleaved conversations are.
 2. Stream scan: one ``get_conversation`` without an index (public API, no bounds), so
-   every retained entry is read: ``scan_msg_per_s`` = entries read / seconds.
+   every retained entry is read: ``scan_msg_per_s`` = entries read / seconds, and
+   ``scan_client_cpu_us_per_msg`` = this process's CPU time per entry (what the client
+   costs whatever else the machine is doing).
 3. Indexer: ``amqp-agents history index`` as its own process, from an empty database
    until it has committed all N: ``ingest_msg_per_s``; its RSS is sampled at every
    tenth of N, ``indexer_rss_growth_mb`` counts from the sample at 20 %.
@@ -95,14 +97,20 @@ async def fill(channel: AbstractChannel, namespace: str, n: int) -> float:
 
 async def scan(mq: MessageQueue, conversations: int) -> dict[str, float]:
     reports: list[ScanProgress] = []
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     found = await mq.get_conversation(
         f"c{conversations // 2}", timeout=None, progress=reports.append
     )
     elapsed = time.perf_counter() - t0
+    cpu_s = time.process_time() - cpu0
     if len(found) != CONVERSATION_SIZE:
         raise RuntimeError(f"scan found {len(found)} messages, expected {CONVERSATION_SIZE}")
-    return {"scan_msg_per_s": reports[-1].read / elapsed, "scan_s": elapsed}
+    return {
+        "scan_msg_per_s": reports[-1].read / elapsed,
+        "scan_s": elapsed,
+        "scan_client_cpu_us_per_msg": cpu_s / reports[-1].read * 1e6,
+    }
 
 
 def rss_mb(pid: int) -> float:
