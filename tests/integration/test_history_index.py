@@ -194,7 +194,7 @@ async def test_queries_bound_order_and_page_like_the_stream_scan(
 async def test_killed_indexer_restarts_with_no_gap_and_no_duplicate(
     queue: MessageQueue, raw_channel: AbstractChannel, dsn: str, index: HistoryIndex
 ) -> None:
-    total = 20_000
+    total = 10_000
     sent = [Message(sender="a", recipient="b", content={"i": i}) for i in range(total)]
     await append_to_history(raw_channel, queue.namespace, sent)
 
