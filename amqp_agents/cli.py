@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .commands import messages, options, routes, topology
+from .commands import history, messages, options, routes, topology
 from .commands.messages import format_timeline
 from .errors import AgentsError
 
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="log debug lines, show tracebacks")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     messages.add_parsers(sub)
+    history.add_parsers(sub)
     topology.add_parsers(sub)
     routes.add_parsers(sub)
     return parser

@@ -15,13 +15,14 @@ outcomes.py: reply, retry or dead letter) or the caller of :meth:`BrokerClient.r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import ssl
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Container, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import unquote, urlsplit
 
 from aio_pika.abc import (
@@ -38,7 +39,7 @@ from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
 from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
-from .history import read_history
+from .history import DEFAULT_SCAN_TIMEOUT, HistoryBounds, HistoryQuery, scan_history
 from .message import Message, validate_agent_id
 from .publish import Publisher
 from .routing import MessageRouter
@@ -464,18 +465,35 @@ class BrokerClient:
 
     # -- history ----------------------------------------------------------------------
 
-    async def get_conversation(self, conversation_id: str) -> list[Message]:
-        """Every retained message of a conversation, in send order."""
-        return await self._read_history(lambda m: m.conversation_id == conversation_id)
+    async def get_conversation(
+        self, conversation_id: str, **bounds: Unpack[HistoryBounds]
+    ) -> list[Message]:
+        """A conversation's retained messages, in send order (bounds: ``HistoryBounds``)."""
+        return await self._read_history(HistoryQuery(conversation_id=conversation_id), bounds)
 
-    async def get_agent_history(self, agent_id: str) -> list[Message]:
-        """Every retained message sent by or to ``agent_id``, in send order."""
-        return await self._read_history(lambda m: agent_id in (m.sender, m.recipient))
+    async def get_agent_history(
+        self, agent_id: str, **bounds: Unpack[HistoryBounds]
+    ) -> list[Message]:
+        """The retained messages sent by or to ``agent_id``, in send order."""
+        return await self._read_history(HistoryQuery(agent_id=agent_id), bounds)
 
-    async def _read_history(self, keep: Callable[[Message], bool]) -> list[Message]:
+    async def _read_history(self, query: HistoryQuery, bounds: HistoryBounds) -> list[Message]:
+        query = dataclasses.replace(
+            query,
+            since=bounds.get("since"),
+            until=bounds.get("until"),
+            limit=bounds.get("limit"),
+            newest_first=bounds.get("newest_first", False),
+        )
         channel = await self.connection.channel(publisher_confirms=True)
         try:
-            return await read_history(channel, self.namespace, keep)
+            return await scan_history(
+                channel,
+                self.namespace,
+                query,
+                timeout=bounds.get("timeout", DEFAULT_SCAN_TIMEOUT),
+                progress=bounds.get("progress"),
+            )
         finally:
             await channel.close()
 

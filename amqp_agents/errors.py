@@ -17,10 +17,15 @@ do", or one branch for the failure it knows how to handle::
     │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
     ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
     ├── RemoteError                 the handler on the other side raised; carries its error
-    └── HandlerError                raise it in a handler to fail WITHOUT retry: the
-                                    message goes straight to {ns}.dead (the requester
-                                    gets a RemoteError at once); raised by the library
-                                    when no handler / no LLM client fits a message
+    ├── HandlerError                raise it in a handler to fail WITHOUT retry: the
+    │                               message goes straight to {ns}.dead (the requester
+    │                               gets a RemoteError at once); raised by the library
+    │                               when no handler / no LLM client fits a message
+    └── HistoryError                a history query that cannot be answered (index unreachable)
+        ├── HistoryQueryError       bad arguments: since after until, limit < 1 (also ValueError)
+        ├── HistoryTimeoutError     a stream scan did not reach its end in time (also TimeoutError)
+        └── HistoryLagError         the index did not catch up with the stream in time (also
+                                    TimeoutError); says how far behind it is
 
 Broker failures become these through :func:`map_exceptions`, one table per call site
 (publish.py holds the publishing table), rather than through chains of ``except``.
@@ -137,3 +142,29 @@ def map_exceptions(table: ErrorTable) -> Iterator[None]:
                     raise
                 raise mapped from None
         raise
+
+
+class HistoryError(AgentsError):
+    """A history query cannot be answered (e.g. the history index is unreachable)."""
+
+
+class HistoryQueryError(HistoryError, ValueError):
+    """A history query's arguments are unusable (since after until, limit below 1, ...)."""
+
+
+class HistoryTimeoutError(HistoryError, TimeoutError):
+    """A stream scan did not reach the end of the stream within its timeout."""
+
+
+class HistoryLagError(HistoryError, TimeoutError):
+    """The history index did not catch up with the stream before the query's deadline.
+
+    Attributes:
+        lag_s: seconds since the indexer last committed (None: it never did).
+        indexed_offset: the next stream offset the indexer will read (None: never ran).
+    """
+
+    def __init__(self, message: str, lag_s: float | None, indexed_offset: int | None) -> None:
+        self.lag_s = lag_s
+        self.indexed_offset = indexed_offset
+        super().__init__(message)

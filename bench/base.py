@@ -84,6 +84,14 @@ class Implementation(abc.ABC):
         """
         raise NotImplementedError("memory")
 
+    async def history(self, n: int, db: str) -> Figures:
+        """History at ``n`` retained messages: stream scan, indexer ingest, indexed queries.
+
+        ``db`` is a PostgreSQL URL where a database may be created (and dropped).
+        Optional: the default raises NotImplementedError (shown as "n/a").
+        """
+        raise NotImplementedError("history")
+
     # --- helpers for subclasses -------------------------------------------------------
     def new_name(self, role: str) -> str:
         """A fresh name under this instance's prefix, e.g. ``bench-ab12.aio-pika.3.inbox``."""

@@ -327,6 +327,36 @@ class AmqpAgentsImplementation(Implementation):
             raise RuntimeError(f"{done.count} deliveries for {n} messages, expected {total}")
         return {"deliveries_per_s": total / (t_end - t0)}
 
+    async def history(self, n: int, db: str) -> Figures:
+        """History figures from a child process (``bench/history.py``); no aio-pika side."""
+        ns = f"{self.prefix}.history"
+        for name in (wire.history_name(ns), wire.dead_queue_name(ns)):
+            self.track_queue(name)
+        for name in (wire.exchange_name(ns), wire.dead_letter_exchange_name(ns)):
+            self.track_exchange(name)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.history",
+            str(n),
+            "--url",
+            self._url,
+            "--namespace",
+            ns,
+            "--db",
+            db,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.history {n} exited with {proc.returncode}")
+        return dict(json.loads(out))
+
     async def memory(self, n: int, agents: int) -> Figures:
         """RSS figures from child processes (``bench/memory.py``); no aio-pika counterpart."""
         figures: Figures = {}

@@ -22,6 +22,10 @@ MEMORY_N: Final = 200_000
 """Messages one agent handles while its process's RSS is sampled (``memory``)."""
 MEMORY_AGENTS: Final = 1_000
 """Agents started in one process (``memory``)."""
+HISTORY_N: Final = 1_000_000
+"""Messages retained in the history stream for the ``history`` workload."""
+HISTORY_QUICK_N: Final = 10_000
+"""The same with ``--quick``: N / 10 would still take minutes to fill and index."""
 QUICK_DIVISOR: Final = 10
 
 # --- broker-facing parameters -----------------------------------------------------------

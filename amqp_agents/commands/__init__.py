@@ -1,7 +1,8 @@
 """The commands of ``amqp-agents``, one module per group; :mod:`amqp_agents.cli` assembles them.
 
     options     argument types and the broker options every command shares
-    messages    demo, send, history: talk to a broker from the shell
+    messages    demo, send: talk to a broker from the shell
+    history     history (bounded scans), history index (PostgreSQL)
     topology    topology plan|apply|graph|delete, run: commands on a configuration
     routes      routes explain: evaluate a configuration's routes, no broker needed
 

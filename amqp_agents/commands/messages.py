@@ -1,4 +1,4 @@
-"""``demo``, ``send`` and ``history``: talking to a broker from the shell.
+"""``demo`` and ``send``: talking to a broker from the shell.
 
 ``send`` and ``history`` only read what exists: their queue is passive, so a mistyped
 namespace is an error instead of a new namespace (the private reply queue of
@@ -244,29 +244,11 @@ async def _send_task(args: argparse.Namespace, queue: MessageQueue, task: Messag
     return handle
 
 
-# -- history ----------------------------------------------------------------------------
-
-
-async def cmd_history(args: argparse.Namespace) -> int:
-    """Print a conversation or an agent's history as a timeline."""
-    async with options.existing_namespace(options.message_queue(args, passive=True)) as queue:
-        if args.conversation:
-            messages = await queue.get_conversation(args.conversation)
-        else:
-            messages = await queue.get_agent_history(args.agent)
-        namespace = queue.namespace
-    if not messages:
-        print(f"no messages in the retained history of namespace {namespace!r}")
-        return 0
-    print(format_timeline(messages))
-    return 0
-
-
 # -- parsers ----------------------------------------------------------------------------
 
 
 def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
-    """Add ``demo``, ``send`` and ``history``."""
+    """Add ``demo`` and ``send``."""
     demo = sub.add_parser(
         "demo",
         help="run the researcher/writer demo on the broker",
@@ -334,16 +316,3 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         help="seconds --wait waits for the result (default: %(default)s)",
     )
     send.set_defaults(func=cmd_send, parser=send)
-
-    history = sub.add_parser(
-        "history",
-        help="print a conversation or an agent's history",
-        description="Print the messages of one conversation, or every message sent by or"
-        " to one agent, that the namespace's history stream still retains.",
-    )
-    options.add_config_option(history, required=False)
-    options.add_broker_options(history)
-    which = history.add_mutually_exclusive_group(required=True)
-    which.add_argument("--conversation", metavar="ID", help="a conversation id")
-    which.add_argument("--agent", type=options.agent_id, metavar="ID", help="an agent id")
-    history.set_defaults(func=cmd_history, parser=history)
