@@ -88,7 +88,7 @@ async def subscribe(client: BrokerClient, agent_id: str, callback: Callback) -> 
     channel = await client.channel(prefetch=100)
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
     await queue.bind(wire.exchange_name(client.namespace), wire.inbox_binding_key(agent_id))
-    gate = Gate(client.namespace, agent_id, user_id=client.user_id)
+    gate = Gate(client.namespace, agent_id, client.senders)
 
     async def on_message(incoming: AbstractIncomingMessage) -> None:
         async with incoming.process(ignore_processed=True):
