@@ -70,6 +70,24 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only check that exchanges and queues exist (users without configure permission)",
     )
+    parser.add_argument(
+        "--senders",
+        action="append",
+        default=[],
+        metavar="USER=ID[,ID...]",
+        help="a RabbitMQ user and the agents it may speak for, as broker.senders (repeatable)",
+    )
+
+
+def _senders(entries: Sequence[str]) -> dict[str, list[str]]:
+    """``["svc=researcher,writer"]`` -> ``{"svc": ["researcher", "writer"]}``."""
+    senders: dict[str, list[str]] = {}
+    for entry in entries:
+        user, _, ids = entry.partition("=")
+        if not user or not ids:
+            raise ConfigError(f"--senders {entry!r}: expected USER=ID[,ID...]")
+        senders.setdefault(user, []).extend(ids.split(","))
+    return senders
 
 
 def _queue(args: argparse.Namespace) -> MessageQueue:
@@ -80,6 +98,7 @@ def _queue(args: argparse.Namespace) -> MessageQueue:
         passive=args.passive,
         # The sender owns the reply queue, so an agent user's permissions cover it.
         reply_owner=getattr(args, "sender", None),
+        senders=_senders(args.senders),
     )
 
 
