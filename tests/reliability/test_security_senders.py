@@ -136,7 +136,8 @@ def attacks_of_m(ns: str, ids: dict[str, str], reply_a: str, request_id: str) ->
 
     async def own_exchange(channel: AbstractChannel) -> None:
         mine = await channel.declare_exchange(reply_named(), "topic", auto_delete=True)
-        await mine.bind(wire.exchange_name(ns), routing_key="#")
+        traffic = await channel.get_exchange(wire.exchange_name(ns), ensure=False)
+        await traffic.bind(mine, routing_key="#")  # {ns} gets what mine gets
         what = "own exchange bound to ns"
         await mine.publish(message(what, sender=c), routing_key=f"task.2.{c}.{b}")
 
@@ -289,6 +290,7 @@ async def cast(
         users = [a, m] if configuration == "amqp-agents run" else [a, b, m]
         deployed = await deploy(private_broker, ns, bin_dir, users)
         stack.push_async_callback(deployed.remove_users, private_broker)
+        stack.push_async_callback(queues.close)  # before the users go (idempotent)
         shared = f"svc-{suffix}"
         senders: dict[str, list[str]] = {}
         if configuration == "amqp-agents run":
