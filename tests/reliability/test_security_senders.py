@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiormq.exceptions
 import pytest
 import pytest_asyncio
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -109,6 +110,8 @@ class Cast:
     request_id: str = ""
     answer: Any = None
     """What A's request (whose id M reused) got back."""
+    m: AbstractConnection | None = None
+    """M's connection, open while the class's tests run."""
 
 
 def attacks_of_m(ns: str, ids: dict[str, str], reply_a: str, request_id: str) -> dict[str, Action]:
@@ -301,6 +304,7 @@ async def cast(
 
         m_connection = await aio_pika.connect(deployed.urls[m], timeout=10)
         stack.push_async_callback(m_connection.close)
+        cast.m = m_connection
         for attack, action in attacks_of_m(ns, ids, reply_a, asked.id).items():
             cast.outcomes[attack] = await as_m(m_connection, action)
         handle: TaskHandle = await queue_a.request(asked, timeout_s=WAIT_S)
@@ -407,6 +411,22 @@ class TestForgedSenders:
 
     async def test_b_believes_no_forged_sender(self, cast: Cast) -> None:
         assert {sender for _, sender in cast.handled.seen} == {cast.ids["a"]}
+
+    async def test_m_may_dead_letter_only_where_it_may_write(self, cast: Cast) -> None:
+        """docs/deploy.md: dead-letter arguments need write on the dead-letter
+        exchange; so B's retry exchange (its way into B's inbox) stays out of reach."""
+        assert cast.m is not None
+        ns, m, b = cast.namespace, cast.ids["m"], cast.ids["b"]
+
+        async def declare(channel: AbstractChannel) -> None:
+            await channel.declare_queue(
+                wire.reply_queue_name(ns, m, uuid.uuid4().hex),
+                exclusive=True,
+                arguments={"x-dead-letter-exchange": wire.retry_exchange_name(ns, b)},
+            )
+
+        refused = await as_m(cast.m, declare)
+        assert isinstance(refused, aiormq.exceptions.ChannelAccessRefused), repr(refused)
 
     async def test_a_gets_bs_answer_to_its_own_question(self, cast: Cast) -> None:
         assert cast.answer == f"{cast.ids['b']} answers A's question"
