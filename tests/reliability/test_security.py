@@ -15,6 +15,9 @@
     refusals and reports a fatal BrokerConnectionError.
 18. A ``${VAR}`` password appears in no log record, repr or error.
 
+Scenario 19 (issue 17: forged senders in the default configuration and from
+``amqp-agents run``) is in test_security_senders.py, which reuses this module's cast.
+
 No test sleeps to synchronise: each awaits an event or a future under a deadline.
 """
 
