@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -192,6 +193,24 @@ async def test_by_default_a_sender_is_believed_only_with_a_user_id(
     assert corpse.message_id == "claimed"
     reason = str(corpse.headers[wire.H_DEAD_REASON])
     assert reason.startswith("unauthenticated sender: no user_id"), reason
+
+
+async def test_trusting_the_sender_word_is_said_at_connect(
+    make_queue: MakeQueue,
+    raw_channel: aio_pika.abc.AbstractChannel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trusting = await make_queue(trust_sender_word=True)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trust_sender_word is on" in r.getMessage() for r in warnings), warnings
+    await trusting.ensure_inbox("bob")
+    exchange = await raw_channel.get_exchange(trusting.namespace)
+    await exchange.publish(
+        aio_pika.Message(b'"hi"', content_type="application/json", headers={"x-sender": "eve"}),
+        routing_key="notification.2.eve.bob",
+    )
+    got = await trusting.receive("bob", timeout=5)
+    assert got is not None and got.sender == "eve"  # believed without a user_id
 
 
 async def test_library_message_reads_correctly_in_a_foreign_client(
