@@ -87,8 +87,8 @@ def deployment(rabbitmqctl: str, amqp_url: str, namespace: str) -> Iterator[Depl
     def ctl(*args: str) -> None:
         subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
 
-    ctl("add_vhost", vhost)
     try:
+        ctl("add_vhost", vhost)  # inside: one that timed out may still appear later
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             env=env,
