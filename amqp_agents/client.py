@@ -19,11 +19,10 @@ import dataclasses
 import logging
 import os
 import ssl
-from collections.abc import Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
-from urllib.parse import unquote, urlsplit
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -38,12 +37,13 @@ from .admission import DeadLetter, Gate, Skip, Verdict, admit
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
-from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
+from .errors import BrokerConnectionError, NoRouteError
 from .history import DEFAULT_SCAN_TIMEOUT, HistoryBounds, HistoryQuery, scan_history
 from .message import Message, validate_agent_id
 from .publish import Publisher
 from .routing import MessageRouter
 from .rpc import ReplyListener, RpcClient, StatusCallback, TaskHandle
+from .senders import SenderPolicy
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,16 @@ class BrokerClient:
         ssl_context: TLS settings for an ``amqps://`` URL (see ``connection.tls_context``).
         reply_owner: the agent id in this connection's reply queue name
             (``{ns}.reply.{owner}.{hex}``), so a broker permission can grant exactly it.
-        authenticate_senders: the connection's RabbitMQ user is an agent (its user
-            name in the URL is the agent id). Every publish carries the AMQP
-            ``user_id``, which RabbitMQ checks against the connection's user, and only
-            messages sent as that agent may be sent; a delivery whose ``user_id`` is
-            missing or differs from its sender is moved to ``{ns}.dead`` unhandled.
-            Every agent of the namespace should run so (docs/deploy.md).
+        senders: RabbitMQ user -> the agent ids it may speak for besides itself (one
+            user serving several agents); every process of the namespace needs the
+            same map. Every publish carries our user as the AMQP ``user_id``, which
+            RabbitMQ validates, and a delivery whose ``user_id`` may not speak for its
+            sender is moved to ``{ns}.dead`` unhandled (the rule: senders.py).
+        trust_sender_word: believe the claimed sender without checking ``user_id``
+            (a closed development vhost only; logged as a warning at connect).
+        authenticate_senders: deprecated, now the default for receiving; kept as the
+            strict form for sending: the URL's user name must be an agent id and
+            only messages sent as it may be sent (``senders={user: [user]}``).
         max_refused_reconnects: reconnection attempts the broker may refuse in a row
             (deleted user, changed password, revoked vhost) before this client gives up
             for good: see :meth:`wait_failed`.
@@ -112,6 +116,8 @@ class BrokerClient:
         inbox_max_lengths: Mapping[str, int | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reply_owner: str | None = None,
+        senders: Mapping[str, Iterable[str]] | None = None,
+        trust_sender_word: bool = False,
         authenticate_senders: bool = False,
         max_refused_reconnects: int = MAX_REFUSED_RECONNECTS,
     ) -> None:
@@ -126,8 +132,13 @@ class BrokerClient:
         self.connection_name = connection_name or f"amqp-agents pid={os.getpid()}"
         self.ssl_context = ssl_context
         self.reply_owner = None if reply_owner is None else validate_agent_id(reply_owner)
-        self.user_id = _agent_user(self.url) if authenticate_senders else None
-        """The agent this connection authenticates as (``authenticate_senders``), else None."""
+        self.senders = SenderPolicy.of(
+            self.url,
+            senders=senders,
+            trust_sender_word=trust_sender_word,
+            authenticate_senders=authenticate_senders,
+        )
+        """Who this connection is (``own_user``) and whom each user may speak for."""
         self.max_refused_reconnects = max_refused_reconnects
         self._given_up: asyncio.Future[BrokerConnectionError] | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -153,7 +164,7 @@ class BrokerClient:
             self.send,
             self.namespace,
             self.reply_owner,
-            authenticate=self.user_id is not None,
+            senders=self.senders,
         )
 
     def __repr__(self) -> str:
@@ -179,6 +190,7 @@ class BrokerClient:
             max_refused_reconnects=self.max_refused_reconnects,
         )
         self._connection, self._given_up = connection, connection.given_up
+        self.senders.warn_if_trusting(self.namespace)
         connection.given_up.add_done_callback(self._on_given_up)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -186,7 +198,7 @@ class BrokerClient:
                 connection,
                 channel,
                 namespace=self.namespace,
-                user_id=self.user_id,
+                senders=self.senders,
                 max_body_bytes=self.max_body_bytes,
                 timeout_s=self.publish_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
@@ -398,7 +410,7 @@ class BrokerClient:
     ) -> Verdict:
         """Decide on a delivery to ``agent_id`` (:func:`admission.admit`) and carry out a
         refusal: dead-letter it, or acknowledge a skipped one. An Admit is the caller's."""
-        gate = Gate(self.namespace, agent_id, self.max_body_bytes, self.user_id, self.router)
+        gate = Gate(self.namespace, agent_id, self.senders, self.max_body_bytes, self.router)
         verdict = admit(incoming, gate, handling=handling, seen=seen)
         if isinstance(verdict, DeadLetter):
             await self.dead_letter(
@@ -496,18 +508,3 @@ class BrokerClient:
             )
         finally:
             await channel.close()
-
-
-def _agent_user(url: str) -> str:
-    """The user name of ``url``, which must be an agent id (``authenticate_senders``).
-
-    Raises:
-        ConfigError: no user name, or one that is not an agent id.
-    """
-    user = unquote(urlsplit(url).username or "")
-    try:
-        return validate_agent_id(user)
-    except InvalidMessageError:
-        raise ConfigError(
-            f"authenticate_senders: the URL's user name {user!r} must be the agent's id"
-        ) from None

@@ -138,6 +138,11 @@ class BrokerConfig(_Section):
         max_body_bytes: larger messages are refused before publishing.
         history_max_age: retention of the history stream by age (``7D``, ``12h``).
         history_max_bytes: retention of the history stream by size.
+        senders: RabbitMQ user -> the agent ids it may speak for besides itself, for
+            users that serve several agents (one ``amqp-agents run``); every process of
+            the namespace reads the same file, so all of them believe the same.
+        trust_sender_word: believe a message's claimed sender without checking the
+            ``user_id`` RabbitMQ validated: only for a closed development vhost.
     """
 
     url: SecretStr | None = None
@@ -149,6 +154,8 @@ class BrokerConfig(_Section):
     max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
     history_max_age: str = Field(default="7D", pattern=r"^[0-9]+[YMDhms]$")
     history_max_bytes: PositiveInt = 1_000_000_000
+    senders: dict[Annotated[str, Field(min_length=1)], tuple[AgentId, ...]] = {}
+    trust_sender_word: bool = False
 
     @field_validator("url")
     @classmethod

@@ -39,7 +39,6 @@ from .errors import (
     BrokerConnectionError,
     ErrorTable,
     InboxFullError,
-    InvalidMessageError,
     MessageTooLargeError,
     NoRouteError,
     PublishTimeoutError,
@@ -48,6 +47,7 @@ from .errors import (
 )
 from .errors import DeliveryError as AgentsDeliveryError
 from .message import Message
+from .senders import SenderPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +169,8 @@ class Publisher:
         connection: the open connection.
         channel: the publishing channel (publisher confirms on, returns raise).
         namespace: the namespace messages are sent in.
-        user_id: the AMQP ``user_id`` every publish carries (``authenticate_senders``).
+        senders: whom our RabbitMQ user may speak for; every publish carries that user
+            as the AMQP ``user_id``, which RabbitMQ validates (senders.py).
         max_body_bytes: larger messages are refused before publishing.
         timeout_s: how long a publish waits for the broker's confirm.
         connect_timeout_s: how long to wait for a reopening default-exchange channel.
@@ -182,7 +183,7 @@ class Publisher:
         channel: AbstractChannel,
         *,
         namespace: str,
-        user_id: str | None,
+        senders: SenderPolicy,
         max_body_bytes: int,
         timeout_s: float,
         connect_timeout_s: float,
@@ -191,7 +192,9 @@ class Publisher:
         self._connection = connection
         self._channel = channel
         self.namespace = namespace
-        self.user_id = user_id
+        self.senders = senders
+        self.user_id = senders.own_user
+        """The ``user_id`` of every message we publish: our connection's user."""
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
@@ -217,10 +220,11 @@ class Publisher:
         one, to its routes' bindings).
 
         Raises:
-            InvalidMessageError: ``user_id`` is set and the sender is another agent;
-                or as :func:`wire.encode` and :meth:`publish`.
+            InvalidMessageError: our user may not speak for the sender
+                (:meth:`SenderPolicy.check_sendable`); or as :func:`wire.encode` and
+                :meth:`publish`.
         """
-        self._check_sender(message)
+        self.senders.check_sendable(message)
         out = wire.encode(
             message,
             reply_to=reply_to,
@@ -248,7 +252,7 @@ class Publisher:
         with a ``BCC`` of the history stream, on :meth:`default_exchange_channel`.
         Raises as :meth:`send`.
         """
-        self._check_sender(message)
+        self.senders.check_sendable(message)
         if wire.is_reply_queue(self.namespace, queue_name):
             out = wire.encode(message, max_body_bytes=self.max_body_bytes)
             exchange = wire.reply_exchange_name(self.namespace)
@@ -263,14 +267,6 @@ class Publisher:
         channel = await self.default_exchange_channel()
         props = properties(out, self.user_id)
         await self.publish("", queue_name, out.body, props, message.id, via=channel)
-
-    def _check_sender(self, message: Message) -> None:
-        """With ``authenticate_senders``, only this connection's agent may send."""
-        if self.user_id is not None and message.sender != self.user_id:
-            raise InvalidMessageError(
-                f"message {message.id}: sender {message.sender!r} is not this connection's"
-                f" agent {self.user_id!r} (authenticate_senders)"
-            )
 
     async def publish(
         self,

@@ -90,7 +90,7 @@ async def subscribe(client: BrokerClient, agent_id: str, callback: Callback) -> 
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
     for key in tap_binding_keys(client.router, agent_id):
         await queue.bind(wire.exchange_name(client.namespace), key)
-    gate = Gate(client.namespace, agent_id, user_id=client.user_id, router=client.router)
+    gate = Gate(client.namespace, agent_id, client.senders, router=client.router)
 
     async def on_message(incoming: AbstractIncomingMessage) -> None:
         async with incoming.process(ignore_processed=True):

@@ -315,6 +315,8 @@ def queue_from_config(
         "connection_name": connection_name,
         "ssl_context": ssl_context_of(config),
         "reply_owner": reply_owner,
+        "senders": broker.senders,
+        "trust_sender_word": broker.trust_sender_word,
     }
     if config.routes:
         return RoutingMessageQueue(build_router(config), broker.secret_url(), **options)

@@ -161,6 +161,31 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
         help="prefix of the exchange and queue names (default: the file's,"
         f" else ${NAMESPACE_VARIABLE}, else {DEFAULT_NAMESPACE})",
     )
+    parser.add_argument(
+        "--senders",
+        action="append",
+        type=sender_entry,
+        default=[],
+        metavar="USER=ID[,ID...]",
+        help="a RabbitMQ user and the agents it may speak for, added to the file's"
+        " broker.senders (repeatable; default: none)",
+    )
+
+
+def sender_entry(text: str) -> tuple[str, list[str]]:
+    """``svc=researcher,writer`` -> ``("svc", ["researcher", "writer"])``."""
+    user, _, ids = text.partition("=")
+    if not user or not ids:
+        raise argparse.ArgumentTypeError(f"expected USER=ID[,ID...], not {text!r}")
+    return user, [agent_id(one) for one in ids.split(",")]
+
+
+def senders_of(args: argparse.Namespace, config: AgentsConfig | None) -> dict[str, list[str]]:
+    """Who may speak for whom: the file's ``broker.senders`` plus ``--senders``."""
+    senders = {user: list(ids) for user, ids in (config.broker.senders if config else {}).items()}
+    for user, ids in getattr(args, "senders", []):
+        senders.setdefault(user, []).extend(ids)
+    return senders
 
 
 def resolve_config_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -226,8 +251,11 @@ def message_queue(
             passive=passive,
             connection_name=name,
             reply_owner=reply_owner,
+            senders=senders_of(args, None),
         )
-    broker = config.broker.model_copy(update={"passive": passive, "namespace": ns})
+    broker = config.broker.model_copy(
+        update={"passive": passive, "namespace": ns, "senders": senders_of(args, config)}
+    )
     config = config.model_copy(update={"broker": broker, **({} if routes else {"routes": ()})})
     return runner.queue_from_config(config, connection_name=name, reply_owner=reply_owner)
 

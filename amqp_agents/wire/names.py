@@ -16,6 +16,7 @@ Names for namespace ``ns``::
     dead_queue_name("agents")          -> "agents.dead"
     history_name("agents")             -> "agents.history"    (stream)
     reply_queue_name("agents", "w", t) -> "agents.reply.w.{t}" (exclusive, per connection)
+    reply_queue_owner("agents", "agents.reply.w.{t}") -> "w"
     reply_exchange_name("agents")      -> "agents.replies"    (topic; reply queues bound by name)
     retry_exchange_name("agents", "w") -> "agents.retry.w"    (direct; one per agent)
     retry_queue_name("agents", "w", 0.2) -> "agents.retry.w.200ms"
@@ -86,6 +87,24 @@ def reply_queue_name(ns: str, owner: str | None, token: str) -> str:
     one agent: ``reply_queue_name("agents", "writer", "ab12") -> "agents.reply.writer.ab12"``.
     """
     return f"{ns}.reply.{owner}.{token}" if owner else f"{ns}.reply.{token}"
+
+
+def reply_queue_owner(ns: str, queue: str) -> str | None:
+    """The owner word of a reply queue name ``{ns}.reply.{owner}.{token}``, else None.
+
+    An agent answers into a ``reply_to`` with an owner word only for a request whose
+    sender's user may speak for that owner: otherwise anyone who learnt the name (it is
+    in every request of its owner) could have answers poured into it.
+
+    >>> reply_queue_owner("agents", "agents.reply.bob.0f3a")
+    'bob'
+    >>> reply_queue_owner("agents", "agents.reply.0f3a") is None
+    True
+    """
+    if not is_reply_queue(ns, queue):
+        return None
+    owner, dot, _ = queue.removeprefix(f"{ns}.reply.").partition(".")
+    return owner if dot else None
 
 
 def is_reply_queue(ns: str, queue: str) -> bool:

@@ -28,6 +28,7 @@ from amqp_agents import (
 )
 from amqp_agents.config import build_router, load_config
 from amqp_agents.routing import compile_rule
+from amqp_agents.senders import connection_user
 
 MakeRoutingQueue = Callable[[MessageRouter], Awaitable[MessageQueue]]
 
@@ -335,6 +336,7 @@ async def test_a_raising_filter_parks_the_message_in_dead_letters(
     make_routing_queue: MakeRoutingQueue,
     raw_channel: aio_pika.abc.AbstractChannel,
     namespace: str,
+    amqp_url: str,
 ) -> None:
     def explode(message: Message) -> bool:
         raise ValueError("filter bug")
@@ -350,7 +352,12 @@ async def test_a_raising_filter_parks_the_message_in_dead_letters(
     await inbox.bind(namespace, "notification.*.*.-")
     exchange = await raw_channel.get_exchange(namespace)
     await exchange.publish(
-        aio_pika.Message(b'"x"', content_type="application/json", priority=2),
+        aio_pika.Message(
+            b'"x"',
+            content_type="application/json",
+            priority=2,
+            user_id=connection_user(amqp_url),  # the user it connects as: authentic
+        ),
         routing_key="notification.2.alice.-",
     )
     assert await queue.receive("archive", timeout=1) is None

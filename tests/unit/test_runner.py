@@ -216,3 +216,51 @@ def not_ephemeral(message: object) -> bool:
 
 def broken(message: object) -> bool:
     raise ValueError("bug")
+
+
+def test_a_run_believes_whom_the_senders_map_says(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        broker:
+          url: amqp://svc:pw@localhost:5672/
+          senders: {svc: [researcher, writer], ops-bot: [coordinator]}
+        agents:
+          - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+        """,
+    )
+    senders = prepare(load_config(path, env={})).queue.senders
+    assert senders.own_user == "svc" and not senders.trust_sender_word
+    assert senders.may_speak_for("ops-bot", "coordinator")
+    assert not senders.may_speak_for("ops-bot", "researcher")
+    assert not senders.may_speak_for(None, "coordinator")
+
+
+def test_trust_sender_word_is_passed_on(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        broker: {trust_sender_word: true}
+        agents:
+          - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+        """,
+    )
+    assert prepare(load_config(path, env={})).queue.senders.may_speak_for(None, "anyone")
+
+
+@pytest.mark.parametrize(
+    ("senders", "problem"),
+    [("{svc: [not an id]}", "invalid agent id"), ("{svc: researcher}", "expected a list")],
+)
+def test_a_bad_senders_map_names_its_place(tmp_path: Path, senders: str, problem: str) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        broker:
+          senders: {senders}
+        agents:
+          - {{id: researcher, class: "amqp_agents.demo:ResearchAgent"}}
+        """,
+    )
+    with pytest.raises(ConfigError, match=rf"agents.yaml:2: broker\.senders.*{problem}"):
+        load_config(path, env={})
