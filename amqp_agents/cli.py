@@ -30,8 +30,9 @@ from .connection import redact_url, resolve_url
 from .demo import run_demo
 from .diagram import mermaid
 from .errors import AgentsError, ConfigError
-from .layout import Plan, Step, layout_of, plan
+from .layout import layout_of
 from .message import Message, MessagePriority, MessageType
+from .plan import Plan, Step, plan
 from .queue import MessageQueue
 from .topology import apply_layout, inspect_layout
 
@@ -70,6 +71,27 @@ def _broker_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only check that exchanges and queues exist (users without configure permission)",
     )
+    _queue_type_arg(parser, os.environ.get("AMQP_AGENTS_QUEUE_TYPE", wire.DEFAULT_QUEUE_TYPE))
+
+
+def _queue_type_arg(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "--queue-type",
+        choices=wire.QUEUE_TYPES,
+        default=default,
+        help="quorum (replicated; for a cluster) or classic (a single node); every process"
+        " of a namespace must use the same"
+        + (" (default: %(default)s)" if default else " (default: the file's broker.queue_type)"),
+    )
+
+
+def _config(args: argparse.Namespace) -> AgentsConfig:
+    """The configuration file, with ``--queue-type`` (if given) over its own."""
+    config = load_config(args.config)
+    if args.queue_type is None:
+        return config
+    broker = config.broker.model_copy(update={"queue_type": args.queue_type})
+    return config.model_copy(update={"broker": broker})
 
 
 def _queue(args: argparse.Namespace) -> MessageQueue:
@@ -78,6 +100,7 @@ def _queue(args: argparse.Namespace) -> MessageQueue:
         namespace=args.namespace,
         connection_name=f"amqp-agents {args.command}",
         passive=args.passive,
+        queue_type=args.queue_type,
         # The sender owns the reply queue, so an agent user's permissions cover it.
         reply_owner=getattr(args, "sender", None),
     )
@@ -155,7 +178,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
 async def cmd_run(args: argparse.Namespace) -> int:
     """Run the configured agents until SIGTERM/SIGINT, then drain and exit 0."""
     logging.getLogger(runner.__name__).setLevel(logging.INFO)
-    config = load_config(args.config)
+    config = _config(args)
     await runner.run(config, args.agent or (), drain_timeout_s=args.drain_timeout)
     return 0
 
@@ -183,6 +206,27 @@ def _describe(step: Step) -> str:
     return f"{step.action:<8} {what}  ({step.detail})"
 
 
+def _queue_type_notes(config: AgentsConfig, the_plan: Plan) -> list[str]:
+    """What the plan says about the queue type: classic is for one node; queues found
+    of the other type."""
+    notes = []
+    if config.broker.queue_type == "classic":
+        notes.append(
+            "note: queue_type classic: classic queues live on one node; on a cluster a"
+            " message confirmed into an inbox whose node fails is lost. Use quorum there"
+            " (docs/deploy.md, Running on a cluster)."
+        )
+    if mismatched := the_plan.other_queue_type:
+        names = ", ".join(step.name for step in mismatched[:3])
+        more = f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else ""
+        notes.append(
+            f"note: {names}{more} exist with another queue type than this configuration's"
+            f" {config.broker.queue_type}: docs/deploy.md says how to move a namespace"
+            " from classic to quorum."
+        )
+    return notes
+
+
 def _summary(the_plan: Plan) -> str:
     layout = the_plan.layout
     return (
@@ -193,11 +237,13 @@ def _summary(the_plan: Plan) -> str:
 
 async def cmd_topology_plan(args: argparse.Namespace) -> int:
     """Show what `topology apply` would create and what conflicts; exit 2 on conflicts."""
-    config = load_config(args.config)
+    config = _config(args)
     async with runner.broker_connection(config, "amqp-agents topology plan") as connection:
         the_plan = await _plan(config, connection)
     for step in the_plan.steps:
         print(_describe(step))
+    for line in _queue_type_notes(config, the_plan):
+        print(line)
     if the_plan.nothing_to_do:
         print(f"nothing to do: {_summary(the_plan)}")
         return 0
@@ -210,7 +256,7 @@ async def cmd_topology_plan(args: argparse.Namespace) -> int:
 
 async def cmd_topology_apply(args: argparse.Namespace) -> int:
     """Declare what the configuration needs; idempotent."""
-    config = load_config(args.config)
+    config = _config(args)
     async with runner.broker_connection(config, "amqp-agents topology apply") as connection:
         the_plan = await _plan(config, connection)
         total = len(the_plan.changes)
@@ -232,7 +278,7 @@ async def cmd_topology_apply(args: argparse.Namespace) -> int:
 
 async def cmd_topology_graph(args: argparse.Namespace) -> int:
     """Print the configuration as a Mermaid flowchart."""
-    print(mermaid(load_config(args.config)), end="")
+    print(mermaid(_config(args)), end="")
     return 0
 
 
@@ -344,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds in-flight handlers get to finish at stop (default: %(default)s)",
     )
+    _queue_type_arg(run, None)
     run.set_defaults(func=cmd_run)
 
     topology = sub.add_parser("topology", help="plan, apply or draw a namespace's topology")
@@ -365,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         action = tsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         action.add_argument("config", help="the YAML configuration file")
+        _queue_type_arg(action, None)
         action.set_defaults(func=func)
 
     routes = sub.add_parser("routes", help="inspect a configuration's routes")

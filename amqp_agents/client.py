@@ -38,6 +38,7 @@ from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
 from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
 from .history import read_history
+from .layout import InboxOptions, NamespaceOptions
 from .message import Message, validate_agent_id
 from .publish import Publisher
 from .routing import MessageRouter
@@ -70,6 +71,15 @@ class BrokerClient:
             refuses new messages (:class:`InboxFullError`).
         inbox_max_lengths: per-agent limits that override ``inbox_max_length`` (every
             process that declares an inbox must use the same limit).
+        queue_type: ``"quorum"`` (the default: replicated queues, an inbox is one
+            queue per priority lane) or ``"classic"`` (single-node queues, for a broker
+            of one node). Every process of a namespace must use the same; see
+            docs/wire-format.md and docs/deploy.md ("Running on a cluster").
+        inbox_delivery_limit: quorum mode: deliveries without an ack (the agent's
+            process died) before a lane moves a message to ``{ns}.dead`` (reason
+            ``delivery_limit``).
+        inbox_delivery_limits: per-agent delivery limits that override it.
+        history_replicas: nodes that keep the history stream (None: all of them).
         history_max_age: retention of the history stream by age (e.g. ``"7D"``).
         history_max_bytes: retention of the history stream by size.
         connection_name: shown by the broker (``rabbitmqctl list_connections``).
@@ -109,6 +119,10 @@ class BrokerClient:
         reply_owner: str | None = None,
         authenticate_senders: bool = False,
         max_refused_reconnects: int = MAX_REFUSED_RECONNECTS,
+        queue_type: str = wire.DEFAULT_QUEUE_TYPE,
+        inbox_delivery_limit: int = wire.DEFAULT_DELIVERY_LIMIT,
+        inbox_delivery_limits: Mapping[str, int] | None = None,
+        history_replicas: int | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -129,12 +143,25 @@ class BrokerClient:
         self._publisher: Publisher | None = None
         self.declared_queues: set[str] = set()
         """Names of every queue this client declared (kept across reconnects)."""
+        self.options = NamespaceOptions(
+            queue_type=wire.validate_queue_type(queue_type),
+            history_max_age=history_max_age,
+            history_max_bytes=history_max_bytes,
+            history_replicas=history_replicas,
+        )
+        """The namespace's settings; :attr:`NamespaceOptions.queue_type` among them."""
+        lengths, limits = dict(inbox_max_lengths or {}), dict(inbox_delivery_limits or {})
         self._topology_options: dict[str, Any] = {
             "passive": passive,
-            "inbox_max_length": inbox_max_length,
-            "inbox_max_lengths": dict(inbox_max_lengths or {}),
-            "history_max_age": history_max_age,
-            "history_max_bytes": history_max_bytes,
+            "options": self.options,
+            "inbox": InboxOptions(inbox_max_length, inbox_delivery_limit),
+            "inboxes": {
+                agent_id: InboxOptions(
+                    lengths.get(agent_id, inbox_max_length),
+                    limits.get(agent_id, inbox_delivery_limit),
+                )
+                for agent_id in {*lengths, *limits}
+            },
         }
         self._declarations = Declarations(
             self._open_channel,
@@ -285,8 +312,22 @@ class BrokerClient:
         """The namespace's declarations (see :meth:`Declarations.topology`)."""
         return await self._declarations.topology()
 
+    @property
+    def queue_type(self) -> wire.QueueType:
+        """``quorum`` or ``classic``: how this namespace keeps its queues."""
+        return self.options.queue_type
+
+    def inbox_queue_names(self, agent_id: str) -> tuple[str, ...]:
+        """The queues holding ``agent_id``'s messages, highest priority first: its inbox
+        (classic) or its lanes (quorum)."""
+        return wire.inbox_queue_names(self.namespace, agent_id, self.queue_type)
+
     async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
-        """Declare the agent's inbox if it does not exist yet (idempotent)."""
+        """Declare the agent's inbox if it does not exist yet (idempotent).
+
+        Returns its first queue: the inbox, or (quorum) its highest lane; all of them
+        are :meth:`inbox_queue_names`.
+        """
         return await self._declarations.ensure_inbox(validate_agent_id(agent_id))
 
     async def restore_inbox(self, agent_id: str) -> None:

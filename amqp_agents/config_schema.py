@@ -38,7 +38,13 @@ from .errors import InvalidMessageError, RoutingError
 from .message import AGENT_ID_PATTERN
 from .retry import RetryPolicy
 from .routing import CompiledRule, compile_rule
-from .wire import DEFAULT_MAX_BODY_BYTES, validate_namespace
+from .wire import (
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_QUEUE_TYPE,
+    QueueType,
+    validate_namespace,
+)
 
 Loc = tuple[str | int, ...]
 """A place in the document: keys and list indexes from the top, as pydantic reports."""
@@ -136,6 +142,9 @@ class BrokerConfig(_Section):
         max_body_bytes: larger messages are refused before publishing.
         history_max_age: retention of the history stream by age (``7D``, ``12h``).
         history_max_bytes: retention of the history stream by size.
+        history_replicas: nodes that keep the history stream (None: every node).
+        queue_type: ``quorum`` (replicated, for a cluster; the default) or ``classic``
+            (one node); every process of the namespace must use the same.
     """
 
     url: SecretStr | None = None
@@ -147,6 +156,8 @@ class BrokerConfig(_Section):
     max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
     history_max_age: str = Field(default="7D", pattern=r"^[0-9]+[YMDhms]$")
     history_max_bytes: PositiveInt = 1_000_000_000
+    history_replicas: PositiveInt | None = None
+    queue_type: QueueType = DEFAULT_QUEUE_TYPE
 
     @field_validator("url")
     @classmethod
@@ -188,10 +199,13 @@ class InboxConfig(_Section):
             ``InboxFullError`` (None: unlimited).
         dead_letter: move messages the agent gives up on to ``{ns}.dead`` (False:
             drop them, with a log line).
+        delivery_limit: quorum mode: deliveries without an ack (its process died each
+            time) before the broker moves a message to ``{ns}.dead``.
     """
 
     max_length: PositiveInt | None = None
     dead_letter: bool = True
+    delivery_limit: PositiveInt = DEFAULT_DELIVERY_LIMIT
 
 
 class AgentConfig(_Section):

@@ -69,14 +69,14 @@ def mermaid(config: AgentsConfig) -> str:
         if target in drawn:
             add(f"{node(queue.name)} -. {_label(why)} .-> {node(target)}")
 
-    ns = layout.namespace
+    ns, queue_type = layout.namespace, config.broker.queue_type
     dlx, replies = wire.dead_letter_exchange_name(ns), wire.reply_exchange_name(ns)
     for agent in config.agents:
-        inbox = wire.inbox_name(ns, agent.id)
         cls = agent.class_path.rsplit(":", 1)[-1]
         agent_node = node("agent:" + agent.id)
         add(f"{agent_node}([{_label(agent.id, f'{cls}, concurrency {agent.concurrency}')}])")
-        add(f"{node(inbox)} --> {agent_node}")
+        for inbox in wire.inbox_queue_names(ns, agent.id, queue_type):
+            add(f"{node(inbox)} --> {agent_node}")
         add(f"{agent_node} -. {_label('gives up')} .-> {node(dlx)}")
         add(f"{agent_node} -- {_label('answers')} --> {node(replies)}")
         retries = wire.retry_exchange_name(ns, agent.id)
@@ -85,7 +85,8 @@ def mermaid(config: AgentsConfig) -> str:
     for agent_id in config.external_agents:
         agent_node = node("agent:" + agent_id)
         add(f"{agent_node}([{_label(agent_id, 'external')}]):::external")
-        add(f"{node(wire.inbox_name(ns, agent_id))} --> {agent_node}")
+        for inbox in wire.inbox_queue_names(ns, agent_id, queue_type):
+            add(f"{node(inbox)} --> {agent_node}")
     return "\n".join(lines) + "\n"
 
 

@@ -15,7 +15,8 @@ import pytest
 from amqp_agents import wire
 from amqp_agents.config import load_config
 from amqp_agents.diagram import mermaid
-from amqp_agents.layout import layout_of, plan
+from amqp_agents.layout import layout_of
+from amqp_agents.plan import plan
 from amqp_agents.runner import broker_connection, prepare
 from amqp_agents.topology import delete_namespace, inspect_layout
 
