@@ -128,6 +128,7 @@ class MessagePassingAgent:
         self._lanes: list[AbstractQueue] = []
         self._consumer_tags: dict[str, str] = {}
         self._slots = PrioritySlots(concurrency)
+        self._taking = False  # deliveries start handlers (until stop() begins)
         self._outage = Outage(f"agent {self.id}'s inbox")
         self._stopped = asyncio.Event()
         self._resume_lock = asyncio.Lock()
@@ -299,6 +300,7 @@ class MessagePassingAgent:
         self._channel = await self.queue.channel(prefetch=self.concurrency)
         names = self.queue.inbox_queue_names(self.id)
         self._lanes = [await self._channel.get_queue(name, ensure=False) for name in names]
+        self._taking = True
         await self._consume()
         self.running = True
         self._channel.close_callbacks.add(self._on_channel_closed)
@@ -415,7 +417,7 @@ class MessagePassingAgent:
         if not self.running:
             self._stopped.set()
             return
-        self.running = False
+        self.running = self._taking = False
         assert self._channel is not None
         for task in self._resuming - {asyncio.current_task()}:
             task.cancel()
@@ -449,7 +451,8 @@ class MessagePassingAgent:
         # aio-pika already runs each consumer callback in a task of its own, so a slow
         # handler does not hold up the next; the slots bound how many run at once and
         # start the most urgent first. That task is the one stop() waits for (and
-        # cancels, if it must): held deliveries are handled while draining.
+        # cancels, if it must). A delivery not started by then is left unacknowledged:
+        # closing the channel gives it back to the broker.
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - aio-pika always calls us from a task
             await self._handle_delivery(incoming)
@@ -457,7 +460,8 @@ class MessagePassingAgent:
         self._in_flight.add(task)
         try:
             async with self._slots.hold(wire.effective_priority(incoming.priority)):
-                await self._handle_delivery(incoming)
+                if self._taking:
+                    await self._handle_delivery(incoming)
         except (AgentsError, *CONNECTION_EXCEPTIONS) as exc:
             # Acknowledging it, or moving it to a retry queue or the dead letters, failed
             # (connection lost, broker blocked). Give it back; on a channel that is gone
