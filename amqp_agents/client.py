@@ -213,6 +213,7 @@ class BrokerClient:
                 timeout_s=self.publish_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 failure=lambda: self.failure,
+                nack_means_unavailable=self._nack_means_unavailable,
             )
             await self.topology()
             if self.router is not None:
@@ -311,6 +312,14 @@ class BrokerClient:
     async def topology(self) -> Topology:
         """The namespace's declarations (see :meth:`Declarations.topology`)."""
         return await self._declarations.topology()
+
+    def _nack_means_unavailable(self, recipient: str) -> bool:
+        """A quorum lane without a length limit refuses a message only when it has no
+        majority; with a limit (as far as this client knows) it may be full."""
+        if self.queue_type != "quorum":
+            return False
+        inbox = self._topology_options["inboxes"].get(recipient, self._topology_options["inbox"])
+        return bool(inbox.max_length is None)
 
     @property
     def queue_type(self) -> wire.QueueType:

@@ -231,7 +231,8 @@ def declaration_errors(kind: str, name: str, ns: str, *, passive: bool) -> Error
     ACCESS_REFUSED                TopologyError (no configure permission)     stops
     a node down, no leader yet    QueueUnavailableError (TEMPORARY_REPLIES)   retries
     NOT_FOUND                     TopologyError (missing; passive: apply it)  stops
-    PRECONDITION_FAILED           TopologyError (inequivalent arguments)      stops
+    PRECONDITION_FAILED           TopologyError (inequivalent arguments, or   stops
+                                  another queue type)
     ============================  ==========================================  =========
 
     Credentials refused and a missing vhost fail the connection, not a declaration
@@ -249,6 +250,12 @@ def declaration_errors(kind: str, name: str, ns: str, *, passive: bool) -> Error
         if isinstance(exc, ChannelNotFoundEntity) or passive:
             hint = "run `amqp-agents topology apply` with a user that may configure it"
             return TopologyError(f"{kind} {name!r} does not exist ({hint}): {exc}")
+        if "x-queue-type" in str(exc):
+            return TopologyError(
+                f"{kind} {name!r} exists as another queue type: every process of {ns!r}"
+                " must use the namespace's queue_type (docs/deploy.md says how to move a"
+                f" namespace from classic to quorum): {exc}"
+            )
         return TopologyError(
             f"{kind} {name!r} exists with other arguments than {ns!r} needs "
             f"(see `amqp-agents topology plan`): {exc}"

@@ -353,7 +353,7 @@ def addressed_to(routing_key: str | None, recipient: str, ns: str, agent_id: str
     """
     if recipient and recipient != agent_id:
         return False
-    if routing_key is not None and routing_key in {lane_name(ns, agent_id, l) for l in LANES}:
+    if routing_key in {lane_name(ns, agent_id, lane) for lane in LANES}:
         return True
     words = (routing_key or "").split(".")
     return len(words) == 4 and words[3] in (agent_id, NO_AGENT)
