@@ -324,6 +324,10 @@ class MessagePassingAgent:
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
         for lane in self._lanes:
             if self._consumer_tags.get(lane.name) not in running:
+                # A higher lane holds more, so that one of its messages is at hand
+                # whenever a handler slot frees (prefetch is per consumer).
+                prefetch = self.concurrency * (1 if lane is self._lanes[-1] else 4)
+                await self._channel.set_qos(prefetch_count=prefetch)
                 self._consumer_tags[lane.name] = await lane.consume(self._on_delivery)
 
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:

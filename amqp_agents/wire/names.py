@@ -43,7 +43,8 @@ QueueType = Literal["quorum", "classic"]
 QUEUE_TYPES: tuple[QueueType, ...] = get_args(QueueType)
 DEFAULT_QUEUE_TYPE: QueueType = "quorum"
 DEFAULT_DELIVERY_LIMIT = 5
-"""Deliveries of one message to a quorum lane before the broker dead-letters it."""
+"""Deliveries of one message from a quorum lane, none acknowledged, before the broker
+dead-letters it (a sixth delivery never happens)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,8 @@ def inbox_arguments(
     :class:`~amqp_agents.errors.InboxFullError`) instead of silently dropping its head.
     A quorum lane dead-letters a message the broker delivered ``delivery_limit`` times
     without an ack (a message that kills its agent's process) with reason
-    ``delivery_limit``.
+    ``delivery_limit``: RabbitMQ's ``x-delivery-limit`` counts the returns it lets
+    pass, one fewer than the deliveries.
     """
     args: dict[str, Any] = _durable_arguments(queue_type)
     args["x-dead-letter-exchange"] = dead_letter_exchange_name(ns)
@@ -308,7 +310,7 @@ def inbox_arguments(
         args["x-max-priority"] = INBOX_MAX_PRIORITY
         args["x-overflow"] = "reject-publish"
     else:
-        args["x-delivery-limit"] = delivery_limit
+        args["x-delivery-limit"] = delivery_limit - 1
     if max_length is not None:
         args["x-max-length"] = max_length
     return args
