@@ -42,19 +42,16 @@ from typing import Any
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustChannel,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
-from amqp_agents.declaring import Outage
-from amqp_agents.slots import PrioritySlots
-from amqp_agents.topology import is_temporary
-
 from . import wire
 from .admission import Admit, RecentIds, Skip
 from .client import BrokerClient
+from .declaring import Outage
 from .errors import AgentsError, HandlerError, QueueUnavailableError, TopologyError
+from .lanes import LaneConsumers, PrioritySlots
 from .llm import complete_task
 from .message import (
     Message,
@@ -66,6 +63,7 @@ from .message import (
 from .outcomes import ack_handled, answer, handler_failed, result_reply, send_reply
 from .retry import RetryPolicy
 from .rpc import StatusCallback
+from .topology import is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +123,7 @@ class MessagePassingAgent:
         self._seen = RecentIds(dedup_window)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
-        self._lanes: list[AbstractQueue] = []
-        self._consumer_tags: dict[str, str] = {}
+        self._consumers: LaneConsumers | None = None
         self._slots = PrioritySlots(concurrency)
         self._taking = False  # deliveries start handlers (until stop() begins)
         self._outage = Outage(f"agent {self.id}'s inbox")
@@ -299,36 +296,17 @@ class MessagePassingAgent:
         self.error = None
         self._channel = await self.queue.channel(prefetch=self.concurrency)
         names = self.queue.inbox_queue_names(self.id)
-        self._lanes = [await self._channel.get_queue(name, ensure=False) for name in names]
+        lanes = [await self._channel.get_queue(name, ensure=False) for name in names]
+        self._consumers = LaneConsumers(
+            self._channel, lanes, self.concurrency, self._on_delivery, self._on_consumer_cancelled
+        )
         self._taking = True
-        await self._consume()
+        await self._consumers.consume()
         self.running = True
         self._channel.close_callbacks.add(self._on_channel_closed)
         if isinstance(self._channel, AbstractRobustChannel):
             self._channel.reopen_callbacks.add(self._on_channel_reopened)
-        log.info(
-            "agent %s consuming %s (concurrency %d)",
-            self.id,
-            ", ".join(names),
-            self.concurrency,
-        )
-
-    async def _consume(self) -> None:
-        """Start a consumer on each lane (or the inbox) on the channel's current link,
-        unless one runs there."""
-        assert self._channel is not None
-        underlay = await self._channel.get_underlay_channel()
-        running = getattr(underlay, "consumers", {})  # aiormq.Channel's
-        # aio-pika replays only consumers of queues it declared on this channel itself;
-        # the inbox belongs to the topology channel, so the agent watches its consumers.
-        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
-        for lane in self._lanes:
-            if self._consumer_tags.get(lane.name) not in running:
-                # A higher lane holds more, so that one of its messages is at hand
-                # whenever a handler slot frees (prefetch is per consumer).
-                prefetch = self.concurrency * (1 if lane is self._lanes[-1] else 4)
-                await self._channel.set_qos(prefetch_count=prefetch)
-                self._consumer_tags[lane.name] = await lane.consume(self._on_delivery)
+        log.info("agent %s consuming %s (concurrency %d)", self.id, names, self.concurrency)
 
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
         if not self.running:
@@ -349,10 +327,8 @@ class MessagePassingAgent:
             self._resume_consuming()
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
-        if (
-            not self.running
-            or getattr(frame, "consumer_tag", None) not in self._consumer_tags.values()
-        ):
+        assert self._consumers is not None
+        if not self.running or not self._consumers.owns(getattr(frame, "consumer_tag", None)):
             return
         log.warning(
             "%s: the broker cancelled the consumer of its inbox (deleted?); declaring it again",
@@ -372,12 +348,12 @@ class MessagePassingAgent:
         channel stays open, fail loudly if the inbox cannot be declared again."""
         async with self._resume_lock:
             while self.running:
-                assert self._channel is not None
+                assert self._channel is not None and self._consumers is not None
                 try:
                     if self._inbox_lost:
                         await self.queue.restore_inbox(self.id)
                         self._inbox_lost = False
-                    await self._consume()
+                    await self._consumers.consume()
                     self._outage.over()
                     log.info("%s: consuming its inbox again", self.id)
                     return
@@ -422,17 +398,10 @@ class MessagePassingAgent:
             self._stopped.set()
             return
         self.running = self._taking = False
-        assert self._channel is not None
+        assert self._channel is not None and self._consumers is not None
         for task in self._resuming - {asyncio.current_task()}:
             task.cancel()
-        for lane in self._lanes:
-            tag = self._consumer_tags.pop(lane.name, None)
-            if tag is None or self._channel.is_closed:
-                continue
-            try:
-                await lane.cancel(tag)
-            except CONNECTION_EXCEPTIONS as exc:
-                log.warning("%s: could not cancel its consumer: %r", self.id, exc)
+        await self._consumers.cancel()
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=self.drain_timeout_s)
             for task in pending:

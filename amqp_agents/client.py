@@ -38,7 +38,7 @@ from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
 from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
 from .history import read_history
-from .layout import InboxOptions, NamespaceOptions
+from .layout import InboxOptions, NamespaceOptions, nack_means_unavailable
 from .message import Message, validate_agent_id
 from .publish import Publisher
 from .routing import MessageRouter
@@ -71,14 +71,11 @@ class BrokerClient:
             refuses new messages (:class:`InboxFullError`).
         inbox_max_lengths: per-agent limits that override ``inbox_max_length`` (every
             process that declares an inbox must use the same limit).
-        queue_type: ``"quorum"`` (the default: replicated queues, an inbox is one
-            queue per priority lane) or ``"classic"`` (single-node queues, for a broker
-            of one node). Every process of a namespace must use the same; see
-            docs/wire-format.md and docs/deploy.md ("Running on a cluster").
-        inbox_delivery_limit: quorum mode: deliveries without an ack (the agent's
-            process died) before a lane moves a message to ``{ns}.dead`` (reason
-            ``delivery_limit``).
-        inbox_delivery_limits: per-agent delivery limits that override it.
+        queue_type: ``"quorum"`` (default: replicated; an inbox is a queue per priority
+            lane) or ``"classic"`` (one node). The same in every process of a namespace
+            (docs/wire-format.md; docs/deploy.md, "Running on a cluster").
+        inbox_delivery_limit(s): quorum: deliveries without an ack (its process died)
+            before a lane moves a message to ``{ns}.dead``; per agent, as max_length(s).
         history_replicas: nodes that keep the history stream (None: all of them).
         history_max_age: retention of the history stream by age (e.g. ``"7D"``).
         history_max_bytes: retention of the history stream by size.
@@ -144,31 +141,22 @@ class BrokerClient:
         self.declared_queues: set[str] = set()
         """Names of every queue this client declared (kept across reconnects)."""
         self.options = NamespaceOptions(
-            queue_type=wire.validate_queue_type(queue_type),
-            history_max_age=history_max_age,
-            history_max_bytes=history_max_bytes,
-            history_replicas=history_replicas,
+            wire.validate_queue_type(queue_type),
+            history_max_age,
+            history_max_bytes,
+            history_replicas,
         )
-        """The namespace's settings; :attr:`NamespaceOptions.queue_type` among them."""
-        lengths, limits = dict(inbox_max_lengths or {}), dict(inbox_delivery_limits or {})
-        self._topology_options: dict[str, Any] = {
-            "passive": passive,
-            "options": self.options,
-            "inbox": InboxOptions(inbox_max_length, inbox_delivery_limit),
-            "inboxes": {
-                agent_id: InboxOptions(
-                    lengths.get(agent_id, inbox_max_length),
-                    limits.get(agent_id, inbox_delivery_limit),
-                )
-                for agent_id in {*lengths, *limits}
-            },
-        }
+        self.inbox = InboxOptions(inbox_max_length, inbox_delivery_limit)
+        self.inboxes = self.inbox.per_agent(inbox_max_lengths, inbox_delivery_limits)
         self._declarations = Declarations(
             self._open_channel,
             self.namespace,
             timeout_s=connect_timeout_s,
             declared=self.declared_queues,
-            **self._topology_options,
+            passive=passive,
+            options=self.options,
+            inbox=self.inbox,
+            inboxes=self.inboxes,
         )
         self._rpc = RpcClient(
             self._open_channel,
@@ -213,7 +201,9 @@ class BrokerClient:
                 timeout_s=self.publish_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 failure=lambda: self.failure,
-                nack_means_unavailable=self._nack_means_unavailable,
+                nack_means_unavailable=lambda agent: nack_means_unavailable(
+                    self.options, self.inboxes.get(agent, self.inbox)
+                ),
             )
             await self.topology()
             if self.router is not None:
@@ -313,30 +303,12 @@ class BrokerClient:
         """The namespace's declarations (see :meth:`Declarations.topology`)."""
         return await self._declarations.topology()
 
-    def _nack_means_unavailable(self, recipient: str) -> bool:
-        """A quorum lane without a length limit refuses a message only when it has no
-        majority; with a limit (as far as this client knows) it may be full."""
-        if self.queue_type != "quorum":
-            return False
-        inbox = self._topology_options["inboxes"].get(recipient, self._topology_options["inbox"])
-        return bool(inbox.max_length is None)
-
-    @property
-    def queue_type(self) -> wire.QueueType:
-        """``quorum`` or ``classic``: how this namespace keeps its queues."""
-        return self.options.queue_type
-
     def inbox_queue_names(self, agent_id: str) -> tuple[str, ...]:
-        """The queues holding ``agent_id``'s messages, highest priority first: its inbox
-        (classic) or its lanes (quorum)."""
-        return wire.inbox_queue_names(self.namespace, agent_id, self.queue_type)
+        """``agent_id``'s inbox (classic) or lanes (quorum), highest priority first."""
+        return wire.inbox_queue_names(self.namespace, agent_id, self.options.queue_type)
 
     async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
-        """Declare the agent's inbox if it does not exist yet (idempotent).
-
-        Returns its first queue: the inbox, or (quorum) its highest lane; all of them
-        are :meth:`inbox_queue_names`.
-        """
+        """Declare the agent's inbox if needed (idempotent); return its first queue."""
         return await self._declarations.ensure_inbox(validate_agent_id(agent_id))
 
     async def restore_inbox(self, agent_id: str) -> None:

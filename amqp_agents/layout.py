@@ -78,6 +78,27 @@ class InboxOptions:
     max_length: int | None = None
     delivery_limit: int = wire.DEFAULT_DELIVERY_LIMIT
 
+    def per_agent(
+        self,
+        max_lengths: Mapping[str, int | None] | None,
+        delivery_limits: Mapping[str, int] | None,
+    ) -> dict[str, InboxOptions]:
+        """The options of each agent named in either mapping, these where it is not."""
+        lengths, limits = dict(max_lengths or {}), dict(delivery_limits or {})
+        return {
+            agent_id: InboxOptions(
+                lengths.get(agent_id, self.max_length),
+                limits.get(agent_id, self.delivery_limit),
+            )
+            for agent_id in {*lengths, *limits}
+        }
+
+
+def nack_means_unavailable(options: NamespaceOptions, inbox: InboxOptions) -> bool:
+    """Whether the broker's nack of a message for this inbox means that a lane has no
+    majority of its nodes: a quorum lane without a length limit is never full."""
+    return options.queue_type == "quorum" and inbox.max_length is None
+
 
 DEFAULT_OPTIONS = NamespaceOptions()
 DEFAULT_INBOX = InboxOptions()

@@ -104,7 +104,7 @@ async def test_quorum_is_the_default_and_every_durable_queue_replicates(
     queue: MessageQueue, raw_channel: aio_pika.abc.AbstractChannel, namespace: str
 ) -> None:
     """Declared with these arguments, the broker took them: redeclaring them passes."""
-    assert queue.queue_type == "quorum"
+    assert queue.options.queue_type == "quorum"
     await queue.ensure_inbox("bob")
     for name in queue.inbox_queue_names("bob"):
         await raw_channel.declare_queue(
@@ -214,8 +214,9 @@ async def test_a_message_that_kills_its_agent_is_dead_lettered_after_the_deliver
     letters: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
     await dead.consume(letters.put, no_ack=True)
     letter = await asyncio.wait_for(letters.get(), 20)
-    (death,) = letter.headers["x-death"]  # type: ignore[misc]
-    assert death["reason"] == "delivery_limit"  # type: ignore[index]
+    x_death = letter.headers["x-death"]
+    assert isinstance(x_death, list) and isinstance(x_death[0], dict)
+    assert x_death[0]["reason"] == "delivery_limit"
     assert json.loads(letter.body) == "poison"
     # Delivered `limit` times, each killing its process; the last one serves on.
     assert [("dying on poison" in d.output) for d in deaths] == [True] * limit + [False]
