@@ -270,9 +270,11 @@ async def measure(
     sizes: Sizes,
     payload: dict[str, Any],
     broker: Broker,
+    queue_type: str,
 ) -> Figures:
     """One measured run: fresh instance and connection, warm-up, measurement, clean-up."""
     impl = cls()
+    impl.queue_type = queue_type
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
@@ -326,7 +328,14 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                     t0 = time.perf_counter()
                     try:
                         figures = await measure(
-                            classes[name], args.url, prefix, workload, sizes, payload, broker
+                            classes[name],
+                            args.url,
+                            prefix,
+                            workload,
+                            sizes,
+                            payload,
+                            broker,
+                            args.queue_type,
                         )
                     except NotImplementedError as exc:
                         cell.status = "n/a"
@@ -374,7 +383,8 @@ def report(
         for line in ([cell.note] if cell.note else []) + cell.errors:
             print(f"  {workload}/{name}: {line}")
     load_end = os.getloadavg()
-    print(f"\nwall time {wall:.1f}s ({'quick' if args.quick else 'full'}, {args.runs} runs)")
+    mode = "quick" if args.quick else "full"
+    print(f"\nwall time {wall:.1f}s ({mode}, {args.runs} runs, {args.queue_type} queues)")
     print(
         f"load average {args.load_at_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
         f" ({os.cpu_count()} cores; other processes on the machine skew the figures)"
@@ -383,6 +393,7 @@ def report(
     document = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
+        "queue_type": args.queue_type,
         "runs": args.runs,
         "wall_s": wall,
         "machine": {
@@ -440,6 +451,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--url", default=os.environ.get("BENCH_AMQP_URL", DEFAULT_URL))
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument(
+        "--queue-type",
+        choices=spec.QUEUE_TYPES,
+        default=spec.QUEUE_TYPES[0],
+        help="type of both sides' durable queues (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")
