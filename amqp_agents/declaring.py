@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
@@ -18,7 +18,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from . import wire
 from .errors import QueueUnavailableError, TopologyError, map_exceptions
-from .layout import DEFAULT_OPTIONS
+from .layout import DEFAULT_INBOX, DEFAULT_OPTIONS, InboxOptions, NamespaceOptions
 from .routing import MessageRouter
 from .topology import Topology, declaration_errors
 
@@ -39,7 +39,7 @@ class Declarations:
         timeout_s: how long the base declarations are retried while a queue of the base
             is unavailable (a broker restart, a node down, a leader election).
         declared: records the name of every queue declared (kept across reconnects).
-        **options: :class:`Topology` options (passive, namespace and inbox options).
+        passive, options, inbox, inboxes: as :class:`Topology`'s.
     """
 
     def __init__(
@@ -49,15 +49,23 @@ class Declarations:
         *,
         timeout_s: float,
         declared: set[str],
-        **options: Any,
+        passive: bool = False,
+        options: NamespaceOptions = DEFAULT_OPTIONS,
+        inbox: InboxOptions = DEFAULT_INBOX,
+        inboxes: Mapping[str, InboxOptions] | None = None,
     ) -> None:
         self._open_channel = open_channel
         self.namespace = namespace
         self.timeout_s = timeout_s
         self.declared = declared
-        self.passive: bool = options.get("passive", False)
-        self.queue_type: wire.QueueType = options.get("options", DEFAULT_OPTIONS).queue_type
-        self._options = options
+        self.passive = passive
+        self.queue_type = options.queue_type
+        self._options: dict[str, Any] = {
+            "passive": passive,
+            "options": options,
+            "inbox": inbox,
+            "inboxes": inboxes,
+        }
         self._topology: Topology | None = None
         self._lock = asyncio.Lock()
         self._idle_declarers: asyncio.Queue[Topology] = asyncio.Queue()
