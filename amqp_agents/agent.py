@@ -433,7 +433,9 @@ class MessagePassingAgent:
         self._in_flight.add(task)
         try:
             async with self._slots.hold(wire.effective_priority(incoming.priority)):
-                if self._taking:
+                # Not started once stop() began, nor on a channel that closed while it
+                # waited: it could not be acknowledged, and the broker redelivers it.
+                if self._taking and not incoming.channel.is_closed:
                     await self._handle_delivery(incoming)
         except (AgentsError, *CONNECTION_EXCEPTIONS) as exc:
             # Acknowledging it, or moving it to a retry queue or the dead letters, failed

@@ -10,6 +10,7 @@ without configure permission. :func:`inspect_layout` and :func:`apply_layout` ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -88,6 +89,7 @@ class Topology:
         self._queues: dict[str, AbstractQueue] = {}
         self._base_declared = False
         self._inboxes: dict[str, AbstractQueue] = {}
+        self._retry_queues: dict[str, asyncio.Future[None]] = {}
 
     async def declare_base(self) -> AbstractExchange:
         """Declare :func:`~amqp_agents.layout.base_layout`; returns the traffic exchange."""
@@ -134,11 +136,20 @@ class Topology:
         if self.options.queue_type == "classic":
             lane = wire.NORMAL_LANE  # a classic inbox is one queue, the NORMAL lane's name
         name = wire.retry_queue_name(self.ns, agent_id, delay_s, lane)
-        if name not in self._queues:
+        # One declaration (queue AND binding) for handlers failing at once: unroutable else.
+        declaring = self._retry_queues.get(name)
+        if declaring is None:
             layout = retry_layout(self.ns, agent_id, [delay_s], self.options)
             queues = tuple(q for q in layout.queues if q.name == name)
             bindings = tuple(b for b in layout.bindings if b.queue == name)
-            await self._declare(Layout(self.ns, layout.exchanges, queues, bindings))
+            declare = self._declare(Layout(self.ns, layout.exchanges, queues, bindings))
+            declaring = self._retry_queues[name] = asyncio.ensure_future(declare)
+        try:
+            await asyncio.shield(declaring)
+        except BaseException:
+            if declaring.done() and self._retry_queues.get(name) is declaring:
+                del self._retry_queues[name]  # failed: the next retry declares again
+            raise
         return name
 
     async def bind_route(self, routing_key: str, agent_id: str) -> None:
@@ -209,11 +220,9 @@ class Topology:
 
 
 TEMPORARY_REPLIES = ("down or inaccessible", "timeout", "noproc", "nodedown")
-"""Words of RabbitMQ 3.10's replies for a queue that is there but cannot answer now:
-a classic queue whose home node is down (404 "home node 'rabbit@b' of durable queue
-'q' in vhost '/' is down or inaccessible"), a quorum queue whose leader is being
-elected or has no majority (its Ra command timed out, ``timeout``; its member process
-is gone, ``noproc`` / ``nodedown``)."""
+"""RabbitMQ 3.10's words for a queue that cannot answer now: a classic queue's home node
+is down (404 "home node 'rabbit@b' of durable queue 'q' ... is down or inaccessible"),
+a quorum queue has no leader yet (``timeout``) or lost a member (``noproc``)."""
 
 
 def is_temporary(exc: BaseException) -> bool:
@@ -223,20 +232,14 @@ def is_temporary(exc: BaseException) -> bool:
 
 
 def declaration_errors(kind: str, name: str, ns: str, *, passive: bool) -> ErrorTable:
-    """The one table of what the broker's refusal of a declaration or consume means.
+    """The one table of what the broker's refusal of a declaration or consume means::
 
-    ============================  ==========================================  =========
-    the broker said               raised                                      the agent
-    ============================  ==========================================  =========
-    ACCESS_REFUSED                TopologyError (no configure permission)     stops
-    a node down, no leader yet    QueueUnavailableError (TEMPORARY_REPLIES)   retries
-    NOT_FOUND                     TopologyError (missing; passive: apply it)  stops
-    PRECONDITION_FAILED           TopologyError (inequivalent arguments, or   stops
-                                  another queue type)
-    ============================  ==========================================  =========
+        ACCESS_REFUSED                -> TopologyError: no configure permission (fatal)
+        a node down, no leader yet    -> QueueUnavailableError (TEMPORARY_REPLIES): retried
+        NOT_FOUND                     -> TopologyError: missing; passive: apply it (fatal)
+        PRECONDITION_FAILED           -> TopologyError: other arguments or type (fatal)
 
-    Credentials refused and a missing vhost fail the connection, not a declaration
-    (BrokerConnectionError, :mod:`amqp_agents.connection`).
+    Refused credentials and a missing vhost fail the connection (BrokerConnectionError).
     """
 
     def refusal(exc: BaseException) -> BaseException:

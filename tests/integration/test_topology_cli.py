@@ -223,3 +223,26 @@ async def test_declare_plan_graph_and_delete_read_one_layout(
         "queues": [],
         "bindings": [],
     }
+
+
+async def test_plan_reports_queues_of_the_other_type_and_that_classic_is_for_one_node(
+    run_cli: Run,
+    example_config: Path,
+    namespace: str,
+    raw_channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """A namespace that exists as classic, planned as quorum (the default): the plan
+    names the queues of the other type and where the way to move is; planned as
+    classic, it says classic is for a single node."""
+    dead = wire.dead_queue_name(namespace)
+    await raw_channel.declare_queue(dead, durable=True, arguments={"x-queue-type": "classic"})
+    status, output = await run_cli("topology", "plan", str(example_config))
+    assert status == 2, output
+    assert f"note: {dead} exist with another queue type than this configuration's quorum" in (
+        output
+    )
+    status, output = await run_cli(
+        "topology", "plan", str(example_config), "--queue-type", "classic"
+    )
+    assert status == 0, output
+    assert "classic queues live on one node" in output
