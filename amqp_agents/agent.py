@@ -121,6 +121,7 @@ class MessagePassingAgent:
         self.handlers: dict[MessageType, Handler] = {}
         self.running = False
         self._seen = RecentIds(dedup_window)
+        self._handling: dict[str, asyncio.Future[None]] = {}  # message id -> its end
         self._in_flight: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
         self._consumers: LaneConsumers | None = None
@@ -421,11 +422,9 @@ class MessagePassingAgent:
         log.info("agent %s stopped", self.id)
 
     async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        # aio-pika already runs each consumer callback in a task of its own, so a slow
-        # handler does not hold up the next; the slots bound how many run at once and
-        # start the most urgent first. That task is the one stop() waits for (and
-        # cancels, if it must). A delivery not started by then is left unacknowledged:
-        # closing the channel gives it back to the broker.
+        # aio-pika runs each consumer callback in a task of its own; the slots bound how
+        # many run at once and start the most urgent first. That task is the one stop()
+        # waits for (and cancels, if it must); one not started is left unacknowledged.
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - aio-pika always calls us from a task
             await self._handle_delivery(incoming)
@@ -455,13 +454,23 @@ class MessagePassingAgent:
             self._in_flight.discard(task)
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        if (running := self._handling.get(incoming.message_id or "")) is not None:
+            await asyncio.shield(running)  # redelivered while handled here: wait for it
         verdict = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
         if not isinstance(verdict, Admit):
             if isinstance(verdict, Skip):
                 level = logging.INFO if verdict.duplicate else logging.DEBUG
                 log.log(level, "%s: %s skipped", self.id, verdict.reason)
             return  # dead-lettered or acknowledged
-        message = verdict.message
+        done = self._handling.setdefault(verdict.message.id, asyncio.Future())
+        try:
+            await self._run_handler(incoming, verdict.message)
+        finally:
+            if self._handling.get(verdict.message.id) is done:
+                del self._handling[verdict.message.id]
+                done.set_result(None)
+
+    async def _run_handler(self, incoming: AbstractIncomingMessage, message: Message) -> None:
         handler = self.handlers.get(message.type)
         if handler is None:
             log.warning(
