@@ -759,7 +759,8 @@ async def test_7b_dedup_window_runs_each_side_effect_once_within_a_process(
     skipped = len(watch.matching("duplicate of"))
     report = Report(**{**report.__dict__, "note": f"{report.note}; {skipped} duplicates skipped"})
     verdict(rig, report)
-    assert report.duplicated == 0, report.summary()
+    dups = [m for m, c in rig.ledger.deliveries.items() if c > 1]
+    assert report.duplicated == 0, (report.summary(), dups)
     assert skipped >= len(resent)
 
 
