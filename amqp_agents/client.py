@@ -15,7 +15,6 @@ outcomes.py: reply, retry or dead letter) or the caller of :meth:`BrokerClient.r
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import ssl
@@ -37,8 +36,9 @@ from .admission import DeadLetter, Gate, Skip, Verdict, admit
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
-from .errors import BrokerConnectionError, NoRouteError
-from .history import DEFAULT_SCAN_TIMEOUT, HistoryBounds, HistoryQuery, scan_history
+from .errors import BrokerConnectionError
+from .history import HistoryBounds, HistoryQuery, read_bounded
+from .layout import InboxOptions, NamespaceOptions, nack_means_unavailable
 from .message import Message, validate_agent_id
 from .publish import Publisher
 from .routing import MessageRouter
@@ -75,6 +75,12 @@ class BrokerClient:
             refuses new messages (:class:`InboxFullError`).
         inbox_max_lengths: per-agent limits that override ``inbox_max_length`` (every
             process that declares an inbox must use the same limit).
+        queue_type: ``"quorum"`` (default: replicated; an inbox is a queue per priority
+            lane) or ``"classic"`` (one node). The same in every process of a namespace
+            (docs/wire-format.md; docs/deploy.md, "Running on a cluster").
+        inbox_delivery_limit(s): quorum: deliveries without an ack (its process died)
+            before a lane moves a message to ``{ns}.dead``; per agent, as max_length(s).
+        history_replicas: nodes that keep the history stream (None: all of them).
         history_max_age: retention of the history stream by age (e.g. ``"7D"``).
         history_max_bytes: retention of the history stream by size.
         connection_name: shown by the broker (``rabbitmqctl list_connections``).
@@ -120,6 +126,10 @@ class BrokerClient:
         trust_sender_word: bool = False,
         authenticate_senders: bool = False,
         max_refused_reconnects: int = MAX_REFUSED_RECONNECTS,
+        queue_type: str = wire.DEFAULT_QUEUE_TYPE,
+        inbox_delivery_limit: int = wire.DEFAULT_DELIVERY_LIMIT,
+        inbox_delivery_limits: Mapping[str, int] | None = None,
+        history_replicas: int | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -145,26 +155,22 @@ class BrokerClient:
         self._publisher: Publisher | None = None
         self.declared_queues: set[str] = set()
         """Names of every queue this client declared (kept across reconnects)."""
-        self._topology_options: dict[str, Any] = {
-            "passive": passive,
-            "inbox_max_length": inbox_max_length,
-            "inbox_max_lengths": dict(inbox_max_lengths or {}),
-            "history_max_age": history_max_age,
-            "history_max_bytes": history_max_bytes,
-        }
+        lanes = wire.validate_queue_type(queue_type)
+        self.options = NamespaceOptions(lanes, history_max_age, history_max_bytes, history_replicas)
+        self.inbox = InboxOptions(inbox_max_length, inbox_delivery_limit)
+        self.inboxes = self.inbox.per_agent(inbox_max_lengths, inbox_delivery_limits)
         self._declarations = Declarations(
             self._open_channel,
             self.namespace,
             timeout_s=connect_timeout_s,
             declared=self.declared_queues,
-            **self._topology_options,
+            passive=passive,
+            options=self.options,
+            inbox=self.inbox,
+            inboxes=self.inboxes,
         )
         self._rpc = RpcClient(
-            self._open_channel,
-            self.send,
-            self.namespace,
-            self.reply_owner,
-            senders=self.senders,
+            self._open_channel, self.send, self.namespace, self.reply_owner, senders=self.senders
         )
 
     def __repr__(self) -> str:
@@ -203,6 +209,9 @@ class BrokerClient:
                 timeout_s=self.publish_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 failure=lambda: self.failure,
+                nack_means_unavailable=lambda agent: nack_means_unavailable(
+                    self.options, self.inboxes.get(agent, self.inbox)
+                ),
             )
             await self.topology()
             if self.router is not None:
@@ -302,8 +311,12 @@ class BrokerClient:
         """The namespace's declarations (see :meth:`Declarations.topology`)."""
         return await self._declarations.topology()
 
+    def inbox_queue_names(self, agent_id: str) -> tuple[str, ...]:
+        """``agent_id``'s inbox (classic) or lanes (quorum), highest priority first."""
+        return wire.inbox_queue_names(self.namespace, agent_id, self.options.queue_type)
+
     async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
-        """Declare the agent's inbox if it does not exist yet (idempotent)."""
+        """Declare the agent's inbox if needed (idempotent); return its first queue."""
         return await self._declarations.ensure_inbox(validate_agent_id(agent_id))
 
     async def restore_inbox(self, agent_id: str) -> None:
@@ -361,17 +374,8 @@ class BrokerClient:
             MessageTooLargeError / InvalidMessageError: refused before publishing.
             BrokerConnectionError: the connection is down.
         """
-        router = self.router
-        if router is not None and not message.recipient:
-            if not router.get_destinations(message):
-                key = wire.routing_key(message)
-                raise NoRouteError(f"no route takes message {message.id} ({key})")
-            if filtered := router.filtered_destinations(message):
-                # A filtered route has no binding: a BCC copy per destination it keeps,
-                # delivered under the routed key (recipient word "-").
-                copies = (message.model_copy(update={"recipient": d}) for d in filtered)
-                bcc = [wire.routing_key(copy) for copy in copies]
-                extra_headers = {**(extra_headers or {}), "BCC": bcc}
+        if self.router is not None and not message.recipient:
+            extra_headers = self.router.send_headers(message, extra_headers)
         await self.publisher.send(
             message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
         )
@@ -481,30 +485,12 @@ class BrokerClient:
         self, conversation_id: str, **bounds: Unpack[HistoryBounds]
     ) -> list[Message]:
         """A conversation's retained messages, in send order (bounds: ``HistoryBounds``)."""
-        return await self._read_history(HistoryQuery(conversation_id=conversation_id), bounds)
+        query = HistoryQuery(conversation_id=conversation_id)
+        return await read_bounded(self.connection, self.namespace, query, bounds)
 
     async def get_agent_history(
         self, agent_id: str, **bounds: Unpack[HistoryBounds]
     ) -> list[Message]:
         """The retained messages sent by or to ``agent_id``, in send order."""
-        return await self._read_history(HistoryQuery(agent_id=agent_id), bounds)
-
-    async def _read_history(self, query: HistoryQuery, bounds: HistoryBounds) -> list[Message]:
-        query = dataclasses.replace(
-            query,
-            since=bounds.get("since"),
-            until=bounds.get("until"),
-            limit=bounds.get("limit"),
-            newest_first=bounds.get("newest_first", False),
-        )
-        channel = await self.connection.channel(publisher_confirms=True)
-        try:
-            return await scan_history(
-                channel,
-                self.namespace,
-                query,
-                timeout=bounds.get("timeout", DEFAULT_SCAN_TIMEOUT),
-                progress=bounds.get("progress"),
-            )
-        finally:
-            await channel.close()
+        query = HistoryQuery(agent_id=agent_id)
+        return await read_bounded(self.connection, self.namespace, query, bounds)

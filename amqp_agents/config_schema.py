@@ -40,7 +40,13 @@ from .errors import InvalidMessageError, RoutingError
 from .message import AGENT_ID_PATTERN
 from .retry import RetryPolicy
 from .routing import CompiledRule, compile_rule
-from .wire import DEFAULT_MAX_BODY_BYTES, validate_namespace
+from .wire import (
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_QUEUE_TYPE,
+    QueueType,
+    validate_namespace,
+)
 
 Loc = tuple[str | int, ...]
 """A place in the document: keys and list indexes from the top, as pydantic reports."""
@@ -143,6 +149,9 @@ class BrokerConfig(_Section):
             the namespace reads the same file, so all of them believe the same.
         trust_sender_word: believe a message's claimed sender without checking the
             ``user_id`` RabbitMQ validated: only for a closed development vhost.
+        history_replicas: nodes that keep the history stream (None: every node).
+        queue_type: ``quorum`` (replicated, for a cluster; the default) or ``classic``
+            (one node); every process of the namespace must use the same.
     """
 
     url: SecretStr | None = None
@@ -156,6 +165,8 @@ class BrokerConfig(_Section):
     history_max_bytes: PositiveInt = 1_000_000_000
     senders: dict[Annotated[str, Field(min_length=1)], tuple[AgentId, ...]] = {}
     trust_sender_word: bool = False
+    history_replicas: PositiveInt | None = None
+    queue_type: QueueType = DEFAULT_QUEUE_TYPE
 
     @field_validator("url")
     @classmethod
@@ -197,10 +208,13 @@ class InboxConfig(_Section):
             ``InboxFullError`` (None: unlimited).
         dead_letter: move messages the agent gives up on to ``{ns}.dead`` (False:
             drop them, with a log line).
+        delivery_limit: quorum mode: deliveries without an ack (its process died each
+            time) before the broker moves a message to ``{ns}.dead``.
     """
 
     max_length: PositiveInt | None = None
     dead_letter: bool = True
+    delivery_limit: PositiveInt = DEFAULT_DELIVERY_LIMIT
 
 
 class AgentConfig(_Section):

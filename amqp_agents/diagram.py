@@ -62,12 +62,13 @@ def mermaid(config: AgentsConfig) -> str:
     for binding in layout.bindings:
         label = binding.role + notes.get(binding.role, "")
         edges[(binding.exchange, binding.queue, label)] = None
-    ns = layout.namespace
+    ns, queue_type = layout.namespace, config.broker.queue_type
     for route in config.routes:
         if route.filter is not None:  # no binding: the sender addresses each copy (BCC)
             label = f"route {route.pattern}" + notes[f"route {route.pattern}"]
             for dest in route.destinations:
-                edges[(wire.exchange_name(ns), wire.inbox_name(ns, dest), label)] = None
+                for lane in wire.inbox_queue_names(ns, dest, queue_type):
+                    edges[(wire.exchange_name(ns), lane, label)] = None
     for source, target, label in edges:
         arrow = f" -- {_label(label)} -->" if label else " -->"
         add(f"{node(source)}{arrow} {node(target)}")
@@ -79,11 +80,11 @@ def mermaid(config: AgentsConfig) -> str:
 
     dlx, replies = wire.dead_letter_exchange_name(ns), wire.reply_exchange_name(ns)
     for agent in config.agents:
-        inbox = wire.inbox_name(ns, agent.id)
         cls = agent.class_path.rsplit(":", 1)[-1]
         agent_node = node("agent:" + agent.id)
         add(f"{agent_node}([{_label(agent.id, f'{cls}, concurrency {agent.concurrency}')}])")
-        add(f"{node(inbox)} --> {agent_node}")
+        for inbox in wire.inbox_queue_names(ns, agent.id, queue_type):
+            add(f"{node(inbox)} --> {agent_node}")
         add(f"{agent_node} -. {_label('gives up')} .-> {node(dlx)}")
         add(f"{agent_node} -- {_label('answers')} --> {node(replies)}")
         retries = wire.retry_exchange_name(ns, agent.id)
@@ -92,7 +93,8 @@ def mermaid(config: AgentsConfig) -> str:
     for agent_id in config.external_agents:
         agent_node = node("agent:" + agent_id)
         add(f"{agent_node}([{_label(agent_id, 'external')}]):::external")
-        add(f"{node(wire.inbox_name(ns, agent_id))} --> {agent_node}")
+        for inbox in wire.inbox_queue_names(ns, agent_id, queue_type):
+            add(f"{node(inbox)} --> {agent_node}")
     return "\n".join(lines) + "\n"
 
 

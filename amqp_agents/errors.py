@@ -10,10 +10,13 @@ do", or one branch for the failure it knows how to handle::
     │   └── MessageTooLargeError    refused before publishing: over the size limit
     ├── BrokerConnectionError       broker unreachable, credentials refused, link lost
     ├── TopologyError               a queue/exchange is missing (passive mode) or conflicts
+    ├── QueueUnavailableError       a queue's node is down or its leader being elected:
+    │                               temporary, retried (agents resume when it is back)
     ├── DeliveryError               the broker did not take a message
     │   ├── UnknownRecipientError   no inbox is bound for the recipient (basic.return)
     │   ├── NoRouteError            a recipient-less message that no route matches
     │   ├── InboxFullError          the inbox is at its length limit (reject-publish nack)
+    │   ├── InboxUnavailableError   a quorum lane without a majority refused it (nack)
     │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
     ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
     ├── RemoteError                 the handler on the other side raised; carries its error
@@ -71,6 +74,12 @@ class TopologyError(AgentsError):
     """An exchange/queue is missing or was declared elsewhere with other arguments."""
 
 
+class QueueUnavailableError(AgentsError):
+    """A queue exists but cannot answer now: its node is down, or (quorum) its leader
+    is being elected. Temporary: the library retries with backoff; not a TopologyError,
+    which is for what will not heal by waiting (see ``topology.declaration_errors``)."""
+
+
 class DeliveryError(AgentsError):
     """The broker did not accept a message; it was not delivered anywhere."""
 
@@ -90,6 +99,11 @@ class NoRouteError(DeliveryError):
 
 class InboxFullError(DeliveryError):
     """The recipient's inbox is at its length limit and rejected the message."""
+
+
+class InboxUnavailableError(DeliveryError):
+    """The recipient's inbox lane has no majority of its nodes (quorum mode) and refused
+    the message: nothing has it; sending again later may succeed."""
 
 
 class PublishTimeoutError(DeliveryError, TimeoutError):

@@ -29,6 +29,7 @@ missed by a time-bounded scan (never by an unbounded one).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -41,7 +42,7 @@ from typing import Any, TypedDict
 import aiormq.abc
 from aio_pika import DeliveryMode
 from aio_pika import Message as AmqpMessage
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from . import wire
 from .errors import HistoryQueryError, HistoryTimeoutError, InvalidMessageError
@@ -308,6 +309,34 @@ async def scan_history(
     if query.newest_first:
         found.reverse()
     return found
+
+
+async def read_bounded(
+    connection: AbstractRobustConnection,
+    namespace: str,
+    query: HistoryQuery,
+    bounds: HistoryBounds,
+) -> list[Message]:
+    """:func:`scan_history` of ``query`` narrowed by the client's keyword ``bounds``, on
+    a channel of its own (a scan sets the channel's prefetch and consumes the stream)."""
+    query = dataclasses.replace(
+        query,
+        since=bounds.get("since"),
+        until=bounds.get("until"),
+        limit=bounds.get("limit"),
+        newest_first=bounds.get("newest_first", False),
+    )
+    channel = await connection.channel(publisher_confirms=True)
+    try:
+        return await scan_history(
+            channel,
+            namespace,
+            query,
+            timeout=bounds.get("timeout", DEFAULT_SCAN_TIMEOUT),
+            progress=bounds.get("progress"),
+        )
+    finally:
+        await channel.close()
 
 
 class _Entry:

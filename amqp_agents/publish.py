@@ -39,6 +39,7 @@ from .errors import (
     BrokerConnectionError,
     ErrorTable,
     InboxFullError,
+    InboxUnavailableError,
     MessageTooLargeError,
     NoRouteError,
     PublishTimeoutError,
@@ -62,6 +63,9 @@ class PublishAttempt:
     timeout_s: float
     failure: Callable[[], BrokerConnectionError | None]
     """Why the connection gave up reconnecting, if it did (asked when the publish fails)."""
+    nack_means_unavailable: bool = False
+    """A nack cannot be a full inbox: the recipient's quorum lanes have no length limit
+    this client knows of, so a lane without a majority refused it."""
 
 
 def publish_errors(attempt: PublishAttempt) -> ErrorTable:
@@ -79,12 +83,18 @@ def publish_errors(attempt: PublishAttempt) -> ErrorTable:
         return UnknownRecipientError(attempt.recipient, mid)
 
     def nacked(exc: BaseException) -> BaseException:
-        if isinstance(cast(DeliveryError, exc).frame, Basic.Nack):
-            return InboxFullError(
-                f"the broker refused message {mid} for {key!r}: "
-                "a destination queue is full (x-overflow reject-publish)"
+        if not isinstance(cast(DeliveryError, exc).frame, Basic.Nack):
+            return AgentsDeliveryError(f"message {mid} not delivered: {exc}")
+        if attempt.nack_means_unavailable:
+            return InboxUnavailableError(
+                f"the broker refused message {mid} for {key!r}: an inbox lane of"
+                f" {attempt.recipient!r} has no majority of its nodes; nothing has it"
             )
-        return AgentsDeliveryError(f"message {mid} not delivered: {exc}")
+        return InboxFullError(
+            f"the broker refused message {mid} for {key!r}: "
+            "a destination queue is full (x-overflow reject-publish), or (quorum)"
+            " has no majority of its nodes"
+        )
 
     def timed_out(_: BaseException) -> BaseException:
         return PublishTimeoutError(
@@ -175,6 +185,8 @@ class Publisher:
         timeout_s: how long a publish waits for the broker's confirm.
         connect_timeout_s: how long to wait for a reopening default-exchange channel.
         failure: why the connection stopped reconnecting, if it did (else None).
+        nack_means_unavailable: whether a nack of a message to this agent means its
+            quorum lanes had no majority (they have no length limit), not a full inbox.
     """
 
     def __init__(
@@ -188,6 +200,7 @@ class Publisher:
         timeout_s: float,
         connect_timeout_s: float,
         failure: Callable[[], BrokerConnectionError | None],
+        nack_means_unavailable: Callable[[str], bool] = lambda _recipient: False,
     ) -> None:
         self._connection = connection
         self._channel = channel
@@ -199,6 +212,7 @@ class Publisher:
         self.timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._failure = failure
+        self._nack_means_unavailable = nack_means_unavailable
         self._default_exchange_channel: AbstractChannel | None = None
         self._default_exchange_lock = asyncio.Lock()
 
@@ -287,7 +301,13 @@ class Publisher:
         """
         channel = via or self._channel
         attempt = PublishAttempt(
-            message_id, exchange, routing_key, recipient, self.timeout_s, self._failure
+            message_id,
+            exchange,
+            routing_key,
+            recipient,
+            self.timeout_s,
+            self._failure,
+            bool(recipient) and self._nack_means_unavailable(recipient or ""),
         )
         with map_exceptions(publish_errors(attempt)):
             if channel.is_closed:

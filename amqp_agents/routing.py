@@ -30,10 +30,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from . import wire
-from .errors import RoutingError
+from .errors import NoRouteError, RoutingError
 from .message import AGENT_ID_PATTERN, Message, MessageType
 
 Filter = Callable[[Message], bool]
@@ -339,6 +339,25 @@ class MessageRouter:
             for dest in route.destinations
         )
         return list(dict.fromkeys(found))
+
+    def send_headers(
+        self, message: Message, extra_headers: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """``extra_headers`` for publishing routed ``message`` once: plus a ``BCC`` of
+        the routed key per destination of a filtered route that keeps it (a filtered
+        route has no binding: the broker cannot run a filter).
+
+        Raises:
+            NoRouteError: no route takes ``message`` (an error here, not a message
+                nobody reads).
+        """
+        if not self.get_destinations(message):
+            raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
+        if filtered := self.filtered_destinations(message):
+            copies = (message.model_copy(update={"recipient": d}) for d in filtered)
+            bcc = [wire.routing_key(copy) for copy in copies]
+            return {**(extra_headers or {}), "BCC": bcc}
+        return extra_headers
 
     def get_destinations(self, message: Message) -> list[str]:
         """The agents that receive ``message`` if it is sent without a recipient.

@@ -40,6 +40,8 @@ class Implementation(abc.ABC):
 
     def __init__(self) -> None:
         self.prefix = ""
+        self.queue_type = "quorum"
+        """The type of every durable queue this run declares (``--queue-type``)."""
         self.queues: set[str] = set()
         self.exchanges: set[str] = set()
         self._seq = 0

@@ -281,9 +281,11 @@ async def measure(
     payload: dict[str, Any],
     broker: Broker,
     db: str = DEFAULT_DB,
+    queue_type: str = spec.QUEUE_TYPES[0],
 ) -> Figures:
     """One measured run: fresh instance and connection, warm-up, measurement, clean-up."""
     impl = cls()
+    impl.queue_type = queue_type
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
@@ -345,6 +347,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                             payload,
                             broker,
                             args.db,
+                            args.queue_type,
                         )
                     except NotImplementedError as exc:
                         cell.status = "n/a"
@@ -392,7 +395,8 @@ def report(
         for line in ([cell.note] if cell.note else []) + cell.errors:
             print(f"  {workload}/{name}: {line}")
     load_end = os.getloadavg()
-    print(f"\nwall time {wall:.1f}s ({'quick' if args.quick else 'full'}, {args.runs} runs)")
+    mode = "quick" if args.quick else "full"
+    print(f"\nwall time {wall:.1f}s ({mode}, {args.runs} runs, {args.queue_type} queues)")
     print(
         f"load average {args.load_at_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
         f" ({os.cpu_count()} cores; other processes on the machine skew the figures)"
@@ -401,6 +405,7 @@ def report(
     document = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
+        "queue_type": args.queue_type,
         "runs": args.runs,
         "wall_s": wall,
         "machine": {
@@ -468,6 +473,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=int,
         default=None,
         help=f"messages retained for the history workload (default {spec.HISTORY_N:,})",
+    )
+    parser.add_argument(
+        "--queue-type",
+        choices=spec.QUEUE_TYPES,
+        default=spec.QUEUE_TYPES[0],
+        help="type of both sides' durable queues (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:

@@ -136,6 +136,7 @@ class AmqpAgentsImplementation(Implementation):
             "publish_timeout_s": OP_TIMEOUT,
             "connect_timeout_s": OP_TIMEOUT,
             "connection_name": f"bench {ns}",
+            "queue_type": self.queue_type,
         }
         mq = (
             MessageQueue(self._url, **options)
@@ -167,17 +168,21 @@ class AmqpAgentsImplementation(Implementation):
         """A fresh agent id (one per workload call), its inbox tracked for clean-up."""
         self._seq += 1
         agent_id = f"{role}{self._seq}"
-        self.track_queue(wire.inbox_name(self.prefix, agent_id))
+        for name in wire.inbox_queue_names(self.prefix, agent_id, self._queue_type()):
+            self.track_queue(name)
         return agent_id
+
+    def _queue_type(self) -> wire.QueueType:
+        return wire.validate_queue_type(self.queue_type)
 
     async def _delete_inboxes(self, mq: MessageQueue, *agent_ids: str) -> None:
         channel = await mq.channel()
         try:
             for agent_id in agent_ids:
-                name = wire.inbox_name(mq.namespace, agent_id)
-                await channel.queue_delete(name, timeout=OP_TIMEOUT)
-                self.queues.discard(name)
-                mq.declared_queues.discard(name)
+                for name in mq.inbox_queue_names(agent_id):
+                    await channel.queue_delete(name, timeout=OP_TIMEOUT)
+                    self.queues.discard(name)
+                    mq.declared_queues.discard(name)
         finally:
             await channel.close()
 
@@ -363,7 +368,8 @@ class AmqpAgentsImplementation(Implementation):
         for mode, count in (("agent", n), ("agents", agents)):
             ns = f"{self.prefix}.{mode}"
             inboxes = ["consumer"] if mode == "agent" else [f"agent{k}" for k in range(count)]
-            queues = {wire.inbox_name(ns, agent_id) for agent_id in inboxes}
+            queue_type = self._queue_type()
+            queues = {q for a in inboxes for q in wire.inbox_queue_names(ns, a, queue_type)}
             queues |= {wire.dead_queue_name(ns), wire.history_name(ns)}
             exchanges = {wire.exchange_name(ns), wire.dead_letter_exchange_name(ns)}
             for name in queues:
@@ -380,6 +386,8 @@ class AmqpAgentsImplementation(Implementation):
                 self._url,
                 "--namespace",
                 ns,
+                "--queue-type",
+                self.queue_type,
                 stdout=asyncio.subprocess.PIPE,
             )
             try:

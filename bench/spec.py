@@ -42,6 +42,19 @@ MAX_PRIORITY: Final = 4
 """``x-max-priority`` of inbox queues (native RabbitMQ priority): 4, as amqp_agents'
 inboxes (``wire.INBOX_MAX_PRIORITY``), so both sides' queues do the same work."""
 
+QUEUE_TYPES: Final = ("quorum", "classic")
+"""``--queue-type``: both sides' durable queues are of this type (amqp_agents' default
+first). Quorum queues have no priorities on RabbitMQ 3.10: the raw side's inbox is one
+plain quorum queue, amqp_agents' is its lanes (only the NORMAL one gets traffic here)."""
+
+
+def inbox_arguments(queue_type: str) -> dict[str, Any]:
+    """The raw side's inbox: native priority (classic), or a plain quorum queue."""
+    if queue_type == "classic":
+        return {"x-max-priority": MAX_PRIORITY}
+    return {"x-queue-type": "quorum"}
+
+
 PIPE_PRIORITY: Final = 2
 PIPE_ROUTING_KEY: Final = "task.2.producer.consumer"
 """Routing key layout: ``<kind>.<priority>.<sender>.<recipient>``."""

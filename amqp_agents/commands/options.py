@@ -7,6 +7,8 @@ The rule, the same for every command::
     url            --url, else the file's broker.url, else $AMQP_URL, else the local broker
     namespace      --namespace, else the file's broker.namespace, else $AMQP_NAMESPACE,
                    else "agents"
+    queue type     --queue-type, else the file's broker.queue_type, else $AMQP_QUEUE_TYPE,
+                   else quorum (every process of a namespace must use the same)
 
 The example configuration reads ``${AMQP_URL}`` and ``${AMQP_NAMESPACE}`` itself, so
 ``send`` without a file lands in the namespace that ``run FILE`` serves.
@@ -30,11 +32,13 @@ from amqp_agents.connection import redact_url
 from amqp_agents.errors import InvalidMessageError, TopologyError
 from amqp_agents.message import MessagePriority, validate_agent_id
 from amqp_agents.queue import MessageQueue
-from amqp_agents.wire import validate_namespace
+from amqp_agents.wire import DEFAULT_QUEUE_TYPE, QUEUE_TYPES, validate_namespace
 
 DEFAULT_NAMESPACE = "agents"
 NAMESPACE_VARIABLE = "AMQP_NAMESPACE"
 """The variable the example configuration and every command read the namespace from."""
+QUEUE_TYPE_VARIABLE = "AMQP_QUEUE_TYPE"
+"""The queue type of a command given no configuration file (none: quorum)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -161,6 +165,7 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
         help="prefix of the exchange and queue names (default: the file's,"
         f" else ${NAMESPACE_VARIABLE}, else {DEFAULT_NAMESPACE})",
     )
+    add_queue_type_option(parser)
     parser.add_argument(
         "--senders",
         action="append",
@@ -169,6 +174,17 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
         metavar="USER=ID[,ID...]",
         help="a RabbitMQ user and the agents it may speak for, added to the file's"
         " broker.senders (repeatable; default: none)",
+    )
+
+
+def add_queue_type_option(parser: argparse.ArgumentParser) -> None:
+    """``--queue-type``: it overrides the configuration file's ``broker.queue_type``."""
+    parser.add_argument(
+        "--queue-type",
+        choices=QUEUE_TYPES,
+        help="quorum (replicated; for a cluster) or classic (a single node); every process"
+        f" of a namespace must use the same (default: the file's, else ${QUEUE_TYPE_VARIABLE},"
+        f" else {DEFAULT_QUEUE_TYPE})",
     )
 
 
@@ -200,7 +216,8 @@ def resolve_config_argument(parser: argparse.ArgumentParser, args: argparse.Name
 
 
 def load(args: argparse.Namespace) -> AgentsConfig | None:
-    """The configuration file of ``args`` with ``--url``/``--namespace`` applied, or None.
+    """The configuration file of ``args`` with ``--url``, ``--namespace`` and
+    ``--queue-type`` applied, or None.
 
     Raises:
         ConfigError: as :func:`~amqp_agents.config.load_config`.
@@ -213,6 +230,8 @@ def load(args: argparse.Namespace) -> AgentsConfig | None:
         changes["url"] = SecretStr(args.url)
     if getattr(args, "namespace", None):
         changes["namespace"] = args.namespace
+    if getattr(args, "queue_type", None):
+        changes["queue_type"] = args.queue_type
     if not changes:
         return config
     return config.model_copy(update={"broker": config.broker.model_copy(update=changes)})
@@ -252,6 +271,9 @@ def message_queue(
             connection_name=name,
             reply_owner=reply_owner,
             senders=senders_of(args, None),
+            queue_type=getattr(args, "queue_type", None)
+            or os.environ.get(QUEUE_TYPE_VARIABLE)
+            or DEFAULT_QUEUE_TYPE,
         )
     broker = config.broker.model_copy(
         update={"passive": passive, "namespace": ns, "senders": senders_of(args, config)}

@@ -19,7 +19,8 @@ from amqp_agents.config import AgentsConfig, build_router
 from amqp_agents.connection import connect, redact_url, resolve_url
 from amqp_agents.diagram import mermaid
 from amqp_agents.errors import ConfigError
-from amqp_agents.layout import Plan, Step, layout_of, plan
+from amqp_agents.layout import layout_of
+from amqp_agents.plan import Plan, Step, plan
 from amqp_agents.topology import apply_layout, inspect_layout
 
 from . import options
@@ -94,6 +95,27 @@ def _describe(step: Step) -> str:
     return f"{step.action:<8} {what}  ({step.detail})"
 
 
+def _queue_type_notes(config: AgentsConfig, the_plan: Plan) -> list[str]:
+    """What the plan says about the queue type: classic is for one node; queues found
+    of the other type."""
+    notes = []
+    if config.broker.queue_type == "classic":
+        notes.append(
+            "note: queue_type classic: classic queues live on one node; on a cluster a"
+            " message confirmed into an inbox whose node fails is lost. Use quorum there"
+            " (docs/deploy.md, Running on a cluster)."
+        )
+    if mismatched := the_plan.other_queue_type:
+        names = ", ".join(step.name for step in mismatched[:3])
+        more = f" and {len(mismatched) - 3} more" if len(mismatched) > 3 else ""
+        notes.append(
+            f"note: {names}{more} exist with another queue type than this configuration's"
+            f" {config.broker.queue_type}: docs/deploy.md says how to move a namespace"
+            " from classic to quorum."
+        )
+    return notes
+
+
 def _summary(the_plan: Plan) -> str:
     layout = the_plan.layout
     return (
@@ -110,6 +132,8 @@ async def cmd_topology_plan(args: argparse.Namespace) -> int:
         the_plan = await _plan(config, connection)
     for step in the_plan.steps:
         print(_describe(step))
+    for line in _queue_type_notes(config, the_plan):
+        print(line)
     if the_plan.nothing_to_do:
         print(f"nothing to do: {_summary(the_plan)}")
         return 0
@@ -290,6 +314,8 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         if name != "graph":
             options.add_broker_options(action)
             _add_path_option(action)
+        else:
+            options.add_queue_type_option(action)
         action.set_defaults(func=func, parser=action)
 
     delete = tsub.add_parser(

@@ -20,7 +20,7 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from amqp_agents import MessageQueue, MessageType
+from amqp_agents import MessageQueue, MessageType, wire
 from amqp_agents.config import load_config
 from amqp_agents.layout import layout_of
 from amqp_agents.topology import delete_namespace
@@ -214,7 +214,11 @@ async def test_demo_keeps_its_namespace_with_keep(
     finally:
         connection = await aio_pika.connect(amqp_url)
         async with connection:
-            inboxes = [f"{namespace}.inbox.{a}" for a in ("researcher", "writer", "coordinator")]
+            inboxes = [  # each of the (default, quorum) inbox's lanes
+                lane
+                for agent in ("researcher", "writer", "coordinator")
+                for lane in wire.inbox_queue_names(namespace, agent, wire.DEFAULT_QUEUE_TYPE)
+            ]
             await delete_namespace(await connection.channel(), namespace, inboxes)
 
 

@@ -93,9 +93,12 @@ Raw = aio_pika.abc.AbstractChannel
 Reader = Callable[[RoutingMessageQueue, str, str, Raw, int], Awaitable[list[Message]]]
 
 
-async def _left_in(raw: Raw, ns: str, inbox: str) -> int:
-    declared = await raw.declare_queue(wire.inbox_name(ns, inbox), passive=True)
-    return declared.declaration_result.message_count or 0
+async def _left_in(queue: RoutingMessageQueue, raw: Raw, inbox: str) -> int:
+    left = 0
+    for name in queue.inbox_queue_names(inbox):  # the inbox, or each of its lanes
+        declared = await raw.declare_queue(name, passive=True)
+        left += declared.declaration_result.message_count or 0
+    return left
 
 
 async def _routing_receive(
@@ -107,7 +110,7 @@ async def _routing_receive(
         message = await queue.receive(inbox, timeout=10)
         assert message is not None, f"only {len(got)} of {expected} arrived"
         got.append(message)
-    assert await _left_in(raw, ns, inbox) == 0, "more than the route sends is in the inbox"
+    assert await _left_in(queue, raw, inbox) == 0, "more than the route sends is in the inbox"
     return got
 
 
@@ -146,10 +149,11 @@ async def _raw_consumer(
     queue: RoutingMessageQueue, inbox: str, ns: str, raw: Raw, expected: int
 ) -> list[Message]:
     await _send_traffic(queue)
-    amqp_queue = await raw.declare_queue(wire.inbox_name(ns, inbox), passive=True)
     got: list[Message] = []
-    while (incoming := await amqp_queue.get(no_ack=True, fail=False)) is not None:
-        got.append(wire.decode(incoming))
+    for name in queue.inbox_queue_names(inbox):  # the inbox, or each of its lanes
+        amqp_queue = await raw.declare_queue(name, passive=True)
+        while (incoming := await amqp_queue.get(no_ack=True, fail=False)) is not None:
+            got.append(wire.decode(incoming))
     return got
 
 

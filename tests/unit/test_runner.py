@@ -40,10 +40,12 @@ def test_prepare_builds_the_configured_agents(example: AgentsConfig) -> None:
     assert (writer.id, writer.concurrency, writer.retry.max_attempts) == ("writer", 2, 2)
     assert isinstance(runner.queue, RoutingMessageQueue), "the example has routes"
     assert runner.queue.reply_owner is None, "two agents share the connection"
-    assert runner.queue._topology_options["inbox_max_lengths"] == {
+    inboxes = runner.queue.inboxes
+    assert {agent: inbox.max_length for agent, inbox in inboxes.items()} == {
         "researcher": 10000,
         "writer": None,
     }
+    assert runner.queue.options.queue_type == "quorum"
 
 
 def test_a_subset_of_agents(example: AgentsConfig) -> None:
