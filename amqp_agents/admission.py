@@ -4,13 +4,16 @@
 own ``receive``/``receive_all``/``subscribe`` alike. In order::
 
     decode ── undecodable ───────────────────────────> DeadLetter
-    addressed to this agent? (CC/BCC copies) ── no ──> DeadLetter ("misaddressed")
-    sender authenticated? (authenticate_senders) ─ no > DeadLetter ("unauthenticated")
+    addressed to this agent, no CC/BCC header? ─ no ─> DeadLetter ("misaddressed")
+    may its user_id speak for its sender? ── no ─────> DeadLetter ("unauthenticated
+                                                       sender"; see senders.py)
     routed: does a route of this agent take it? ─ no ─> Skip (ack, unhandled)
     ── only for a handler (``handling=True``) ──
     past its deadline? ── yes ───────────────────────> DeadLetter ("expired")
     reply_to outside the namespace's reply queues? ──> DeadLetter (answering would
                                                        write there with our rights)
+    reply_to owned by an agent the user_id may not ──> DeadLetter ("reply_to not the
+    speak for?                                         sender's")
     a duplicate (the agent's dedup window)? ── yes ──> Skip
     ──> Admit(message)
 
@@ -31,6 +34,7 @@ from . import wire
 from .errors import InvalidMessageError
 from .message import Message
 from .routing import MessageRouter
+from .senders import SenderPolicy
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +92,14 @@ class Gate:
         namespace: the namespace of the inbox.
         agent_id: the inbox's owner.
         max_body_bytes: larger bodies are refused unparsed, as when sending.
-        user_id: the authenticated agent of this connection (``authenticate_senders``),
-            else None: then ``user_id`` is not checked.
+        senders: whom each RabbitMQ user may speak for (the sender check).
         router: the routes that decide what a routed message becomes for this agent.
     """
 
     namespace: str
     agent_id: str
+    senders: SenderPolicy
     max_body_bytes: int | None = None
-    user_id: str | None = None
     router: MessageRouter | None = None
 
 
@@ -139,8 +142,8 @@ def admit(
         deadline = wire.deadline_of(incoming.headers)
         if deadline is not None and deadline <= datetime.now(UTC):
             return DeadLetter("expired")
-        if incoming.reply_to and not wire.may_reply_to(gate.namespace, incoming.reply_to):
-            return DeadLetter(f"reply_to {incoming.reply_to!r} is not a reply queue")
+        if incoming.reply_to and (refused := _reply_to_refusal(incoming, gate)):
+            return DeadLetter(refused)
         if message.id in seen:
             return Skip(f"duplicate of {message.id}", duplicate=True)
     return Admit(message)
@@ -150,8 +153,9 @@ def route_view(router: MessageRouter, message: Message, agent_id: str) -> Messag
     """What ``agent_id`` sees of a message: an addressed one unchanged, a routed one as
     its routes decide (None: not meant for it; see :meth:`MessageRouter.accept`).
 
-    Bindings are wider than routes (sender prefixes, filters), so this finishes on the
-    consumer side what a topic binding cannot express.
+    Bindings deliver what the patterns match, and a filtered route's copies come by
+    ``BCC``; this applies the transforms, and drops what a filter refuses or what
+    bindings of routes since removed still deliver.
     """
     if message.recipient:
         return message
@@ -161,20 +165,41 @@ def route_view(router: MessageRouter, message: Message, agent_id: str) -> Messag
 def _refusal(incoming: AbstractIncomingMessage, message: Message, gate: Gate) -> str | None:
     """Why the inbox's owner must not act on a decoded delivery, or None.
 
-    Misaddressed: a copy another publisher's CC/BCC put into this inbox (see
-    :func:`wire.addressed_to`). Unauthenticated (``authenticate_senders``): the
-    ``user_id`` RabbitMQ validated is not the sender's; a copy we published ourselves
-    (a retry) carries our own.
+    Misaddressed: a copy another publisher's CC/BCC put into this inbox. The routing
+    key names the recipient (see :func:`wire.addressed_to`), but a key of ``-`` (a
+    routed message) cannot tell a copy from a routed original, so any ``CC`` or
+    ``BCC`` header marks one: the library never publishes them on the traffic
+    exchange, and RabbitMQ 3.x checks no permission on their keys. Unauthenticated:
+    the ``user_id`` RabbitMQ validated may not speak for the sender (senders.py).
     """
     key = incoming.routing_key
+    if copied := [name for name in ("CC", "BCC") if name in (incoming.headers or {})]:
+        return (
+            f"misaddressed: routing key {key!r} with a {'/'.join(copied)} header, a copy"
+            f" its publisher fanned out: not for {gate.agent_id!r}"
+        )
     if not wire.addressed_to(key, message.recipient, gate.namespace, gate.agent_id):
         return (
-            f"misaddressed: routing key {incoming.routing_key!r}, recipient"
-            f" {message.recipient!r}: not for {gate.agent_id!r}"
+            f"misaddressed: routing key {key!r}, recipient {message.recipient!r}:"
+            f" not for {gate.agent_id!r}"
         )
-    if gate.user_id is not None and incoming.user_id not in (message.sender, gate.user_id):
+    return gate.senders.refusal(incoming.user_id, message.sender)
+
+
+def _reply_to_refusal(incoming: AbstractIncomingMessage, gate: Gate) -> str | None:
+    """Why the agent must not answer into the delivery's ``reply_to``, or None.
+
+    Answering writes with the agent's rights: only into a reply queue, and only one
+    whose owner (the agent id in its name) the request's user may speak for, so that
+    no one makes the agent pour answers into someone else's reply queue.
+    """
+    reply_to = incoming.reply_to or ""
+    if not wire.may_reply_to(gate.namespace, reply_to):
+        return f"reply_to {reply_to!r} is not a reply queue"
+    owner = wire.reply_queue_owner(gate.namespace, reply_to)
+    if owner is not None and not gate.senders.may_speak_for(incoming.user_id, owner):
         return (
-            f"unauthenticated sender: user_id {incoming.user_id!r} is not the sender"
-            f" {message.sender!r}"
+            f"reply_to not the sender's: {reply_to!r} belongs to {owner!r}, and user_id"
+            f" {incoming.user_id!r} may not speak for it"
         )
     return None

@@ -13,16 +13,20 @@ The life of one delivery (``_on_delivery -> _handle_delivery``)::
              └─ last attempt ───> ERROR reply + {ns}.dead with error headers, ack
 
 A delivery is acknowledged only after all of this finished, so a crash at any point
-means redelivery (at-least-once). The consumer's prefetch equals ``concurrency``: at
-most that many handlers run at once, and the rest wait in the broker, where priority
-still orders them.
+means redelivery (at-least-once). At most ``concurrency`` handlers run at once. A
+classic inbox is one consumer with that prefetch, the rest wait in the broker, where
+priority orders them; a quorum inbox is a consumer per lane, each with that prefetch,
+and of what the agent holds the most urgent starts first (:mod:`amqp_agents.slots`).
 
 The consumer outlives faults (``_on_channel_reopened``, ``_on_consumer_cancelled ->
 _resume_consuming``): aio-pika reopens the channel after a reconnect or after the
 broker closed it (a consumer timeout), and the agent then consumes again; when the
 broker cancels the consumer because the inbox was deleted, the agent declares the
-inbox again first. If that is impossible (passive mode, a conflicting queue) the agent
-stops and :meth:`MessagePassingAgent.start` raises: never a silent zero-consumer state.
+inbox again first. While its queues are unavailable (a node down, a leader being
+elected: QueueUnavailableError) it retries with backoff and consumes again when they
+are back. If they cannot be declared at all (passive mode, a conflicting queue) the
+agent stops and :meth:`MessagePassingAgent.start` raises: never a silent zero-consumer
+state.
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ from typing import Any
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
-    AbstractQueue,
     AbstractRobustChannel,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
@@ -46,11 +49,9 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from . import wire
 from .admission import Admit, RecentIds, Skip
 from .client import BrokerClient
-from .errors import (
-    AgentsError,
-    HandlerError,
-    TopologyError,
-)
+from .declaring import Outage
+from .errors import AgentsError, HandlerError, QueueUnavailableError, TopologyError
+from .lanes import LaneConsumers, PrioritySlots
 from .llm import complete_task
 from .message import (
     Message,
@@ -62,6 +63,7 @@ from .message import (
 from .outcomes import ack_handled, answer, handler_failed, result_reply, send_reply
 from .retry import RetryPolicy
 from .rpc import StatusCallback
+from .topology import is_temporary
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +121,13 @@ class MessagePassingAgent:
         self.handlers: dict[MessageType, Handler] = {}
         self.running = False
         self._seen = RecentIds(dedup_window)
+        self._handling: dict[str, asyncio.Future[None]] = {}  # message id -> its end
         self._in_flight: set[asyncio.Task[None]] = set()
         self._channel: AbstractChannel | None = None
-        self._inbox: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._consumers: LaneConsumers | None = None
+        self._slots = PrioritySlots(concurrency)
+        self._taking = False  # deliveries start handlers (until stop() begins)
+        self._outage = Outage(f"agent {self.id}'s inbox")
         self._stopped = asyncio.Event()
         self._resume_lock = asyncio.Lock()
         self._resuming: set[asyncio.Task[None]] = set()
@@ -291,28 +296,18 @@ class MessagePassingAgent:
         self._stopped.clear()
         self.error = None
         self._channel = await self.queue.channel(prefetch=self.concurrency)
-        self._inbox = await self._channel.get_queue(
-            wire.inbox_name(self.queue.namespace, self.id), ensure=False
+        names = self.queue.inbox_queue_names(self.id)
+        lanes = [await self._channel.get_queue(name, ensure=False) for name in names]
+        self._consumers = LaneConsumers(
+            self._channel, lanes, self.concurrency, self._on_delivery, self._on_consumer_cancelled
         )
-        await self._consume()
+        self._taking = True
+        await self._consumers.consume()
         self.running = True
         self._channel.close_callbacks.add(self._on_channel_closed)
         if isinstance(self._channel, AbstractRobustChannel):
             self._channel.reopen_callbacks.add(self._on_channel_reopened)
-        log.info(
-            "agent %s consuming %s (concurrency %d)", self.id, self._inbox.name, self.concurrency
-        )
-
-    async def _consume(self) -> None:
-        """Start the inbox's consumer on the channel's current link, unless it runs there."""
-        assert self._channel is not None and self._inbox is not None
-        underlay = await self._channel.get_underlay_channel()
-        if self._consumer_tag in getattr(underlay, "consumers", {}):  # aiormq.Channel's
-            return
-        # aio-pika replays only consumers of queues it declared on this channel itself;
-        # the inbox belongs to the topology channel, so the agent watches its consumer.
-        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
-        self._consumer_tag = await self._inbox.consume(self._on_delivery)
+        log.info("agent %s consuming %s (concurrency %d)", self.id, names, self.concurrency)
 
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
         if not self.running:
@@ -333,7 +328,8 @@ class MessagePassingAgent:
             self._resume_consuming()
 
     def _on_consumer_cancelled(self, frame: Any) -> None:
-        if not self.running or getattr(frame, "consumer_tag", None) != self._consumer_tag:
+        assert self._consumers is not None
+        if not self.running or not self._consumers.owns(getattr(frame, "consumer_tag", None)):
             return
         log.warning(
             "%s: the broker cancelled the consumer of its inbox (deleted?); declaring it again",
@@ -349,42 +345,44 @@ class MessagePassingAgent:
         task.add_done_callback(self._resuming.discard)
 
     async def _resume(self) -> None:
-        """Consume again after a fault; retry while the channel stays open, fail loudly
-        if the inbox cannot be declared again."""
-        backoff_s = 0.1
+        """Consume again after a fault; wait out an unavailable inbox, retry while the
+        channel stays open, fail loudly if the inbox cannot be declared again."""
         async with self._resume_lock:
             while self.running:
-                assert self._channel is not None
+                assert self._channel is not None and self._consumers is not None
                 try:
                     if self._inbox_lost:
                         await self.queue.restore_inbox(self.id)
                         self._inbox_lost = False
-                    await self._consume()
+                    await self._consumers.consume()
+                    self._outage.over()
                     log.info("%s: consuming its inbox again", self.id)
                     return
+                except QueueUnavailableError as exc:
+                    self._outage.note(exc)
                 except TopologyError as exc:
                     await self._fail(exc)
                     return
-                except ChannelNotFoundEntity as exc:
-                    # basic.consume on an inbox that is gone (it closed the channel).
-                    if self.queue.passive:
-                        await self._fail(TopologyError(f"inbox of {self.id!r} is gone: {exc}"))
-                        return
-                    self._inbox_lost = True
-                    if self._channel.is_closed:
-                        return  # reopening the channel calls _resume again
                 except Exception as exc:
-                    if self._channel.is_closed:
-                        return  # reopening the channel calls _resume again
-                    log.warning(
-                        "%s: cannot consume its inbox yet (%s: %s); retrying in %.1fs",
-                        self.id,
-                        type(exc).__name__,
-                        exc,
-                        backoff_s,
-                    )
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                    if is_temporary(exc):  # basic.consume on a queue that is down
+                        self._outage.note(exc)
+                    elif isinstance(exc, ChannelNotFoundEntity):  # it is gone
+                        if self.queue.passive:
+                            await self._fail(TopologyError(f"inbox of {self.id!r} is gone: {exc}"))
+                            return
+                        self._inbox_lost = True
+                    elif not self._channel.is_closed:
+                        log.warning(
+                            "%s: cannot consume its inbox yet (%s: %s); retrying",
+                            self.id,
+                            type(exc).__name__,
+                            exc,
+                        )
+                if self._channel.is_closed and self._outage.since is None:
+                    return  # reopening the channel calls _resume again
+                await self._outage.pause()
+                if self._channel.is_closed:
+                    return  # reopening the channel calls _resume again (after the pause)
 
     async def _fail(self, error: BaseException) -> None:
         log.error("%s: stopping, its inbox cannot be consumed: %s", self.id, error)
@@ -400,15 +398,11 @@ class MessagePassingAgent:
         if not self.running:
             self._stopped.set()
             return
-        self.running = False
-        assert self._inbox is not None and self._channel is not None
+        self.running = self._taking = False
+        assert self._channel is not None and self._consumers is not None
         for task in self._resuming - {asyncio.current_task()}:
             task.cancel()
-        if self._consumer_tag is not None and not self._channel.is_closed:
-            try:
-                await self._inbox.cancel(self._consumer_tag)
-            except CONNECTION_EXCEPTIONS as exc:
-                log.warning("%s: could not cancel its consumer: %r", self.id, exc)
+        await self._consumers.cancel()
         if self._in_flight:
             _, pending = await asyncio.wait(set(self._in_flight), timeout=self.drain_timeout_s)
             for task in pending:
@@ -428,16 +422,20 @@ class MessagePassingAgent:
         log.info("agent %s stopped", self.id)
 
     async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        # aio-pika already runs each consumer callback in a task of its own, so a slow
-        # handler does not hold up the next and prefetch (= concurrency) bounds how many
-        # run at once. That task is the one stop() waits for (and cancels, if it must).
+        # aio-pika runs each consumer callback in a task of its own; the slots bound how
+        # many run at once and start the most urgent first. That task is the one stop()
+        # waits for (and cancels, if it must); one not started is left unacknowledged.
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - aio-pika always calls us from a task
             await self._handle_delivery(incoming)
             return
         self._in_flight.add(task)
         try:
-            await self._handle_delivery(incoming)
+            async with self._slots.hold(wire.effective_priority(incoming.priority)):
+                # Not started once stop() began, nor on a channel that closed while it
+                # waited: it could not be acknowledged, and the broker redelivers it.
+                if self._taking and not incoming.channel.is_closed:
+                    await self._handle_delivery(incoming)
         except (AgentsError, *CONNECTION_EXCEPTIONS) as exc:
             # Acknowledging it, or moving it to a retry queue or the dead letters, failed
             # (connection lost, broker blocked). Give it back; on a channel that is gone
@@ -456,13 +454,23 @@ class MessagePassingAgent:
             self._in_flight.discard(task)
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        if (running := self._handling.get(incoming.message_id or "")) is not None:
+            await asyncio.shield(running)  # redelivered while handled here: wait for it
         verdict = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
         if not isinstance(verdict, Admit):
             if isinstance(verdict, Skip):
                 level = logging.INFO if verdict.duplicate else logging.DEBUG
                 log.log(level, "%s: %s skipped", self.id, verdict.reason)
             return  # dead-lettered or acknowledged
-        message = verdict.message
+        done = self._handling.setdefault(verdict.message.id, asyncio.Future())
+        try:
+            await self._run_handler(incoming, verdict.message)
+        finally:
+            if self._handling.get(verdict.message.id) is done:
+                del self._handling[verdict.message.id]
+                done.set_result(None)
+
+    async def _run_handler(self, incoming: AbstractIncomingMessage, message: Message) -> None:
         handler = self.handlers.get(message.type)
         if handler is None:
             log.warning(

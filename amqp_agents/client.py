@@ -18,11 +18,10 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Callable, Container, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, Unpack
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -37,12 +36,14 @@ from .admission import DeadLetter, Gate, Skip, Verdict, admit
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
-from .errors import BrokerConnectionError, ConfigError, InvalidMessageError, NoRouteError
-from .history import read_history
+from .errors import BrokerConnectionError
+from .history import HistoryBounds, HistoryQuery, read_bounded
+from .layout import InboxOptions, NamespaceOptions, nack_means_unavailable
 from .message import Message, validate_agent_id
 from .publish import Publisher
 from .routing import MessageRouter
 from .rpc import ReplyListener, RpcClient, StatusCallback, TaskHandle
+from .senders import SenderPolicy
 from .topology import Topology
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,12 @@ class BrokerClient:
             the client reconnects to the next node that answers (docs/deploy.md).
         namespace: prefix of every exchange and queue name (see docs/wire-format.md).
         router: routes for messages sent without a recipient. On :meth:`connect` every
-            route's key is bound to its destinations' inboxes (and history), so the
-            broker fans a routed message out; each consumer then lets a delivery
-            through only if one of its agent's routes takes it (filters, sender
-            prefixes, transforms: :func:`admission.admit`). Every process consuming a
-            routed inbox should use the same routes.
+            unfiltered route's keys are bound to its destinations' inboxes (and
+            history), so the broker fans a routed message out to exactly those; a
+            filtered route is not bound: :meth:`send` runs the filter and adds a
+            ``BCC`` per destination that keeps the message. Each consumer applies the
+            transforms (:func:`admission.admit`). Every process consuming a routed
+            inbox should use the same routes.
         publish_timeout_s: how long :meth:`send` waits for the broker's confirm.
         connect_timeout_s: how long connecting may take.
         reconnect_interval_s: pause between reconnection attempts after the link to
@@ -73,18 +75,28 @@ class BrokerClient:
             refuses new messages (:class:`InboxFullError`).
         inbox_max_lengths: per-agent limits that override ``inbox_max_length`` (every
             process that declares an inbox must use the same limit).
+        queue_type: ``"quorum"`` (default: replicated; an inbox is a queue per priority
+            lane) or ``"classic"`` (one node). The same in every process of a namespace
+            (docs/wire-format.md; docs/deploy.md, "Running on a cluster").
+        inbox_delivery_limit(s): quorum: deliveries without an ack (its process died)
+            before a lane moves a message to ``{ns}.dead``; per agent, as max_length(s).
+        history_replicas: nodes that keep the history stream (None: all of them).
         history_max_age: retention of the history stream by age (e.g. ``"7D"``).
         history_max_bytes: retention of the history stream by size.
         connection_name: shown by the broker (``rabbitmqctl list_connections``).
         ssl_context: TLS settings for an ``amqps://`` URL (see ``connection.tls_context``).
         reply_owner: the agent id in this connection's reply queue name
             (``{ns}.reply.{owner}.{hex}``), so a broker permission can grant exactly it.
-        authenticate_senders: the connection's RabbitMQ user is an agent (its user
-            name in the URL is the agent id). Every publish carries the AMQP
-            ``user_id``, which RabbitMQ checks against the connection's user, and only
-            messages sent as that agent may be sent; a delivery whose ``user_id`` is
-            missing or differs from its sender is moved to ``{ns}.dead`` unhandled.
-            Every agent of the namespace should run so (docs/deploy.md).
+        senders: RabbitMQ user -> the agent ids it may speak for besides itself (one
+            user serving several agents); every process of the namespace needs the
+            same map. Every publish carries our user as the AMQP ``user_id``, which
+            RabbitMQ validates, and a delivery whose ``user_id`` may not speak for its
+            sender is moved to ``{ns}.dead`` unhandled (the rule: senders.py).
+        trust_sender_word: believe the claimed sender without checking ``user_id``
+            (a closed development vhost only; logged as a warning at connect).
+        authenticate_senders: deprecated, now the default for receiving; kept as the
+            strict form for sending: the URL's user name must be an agent id and
+            only messages sent as it may be sent (``senders={user: [user]}``).
         max_refused_reconnects: reconnection attempts the broker may refuse in a row
             (deleted user, changed password, revoked vhost) before this client gives up
             for good: see :meth:`wait_failed`.
@@ -110,8 +122,14 @@ class BrokerClient:
         inbox_max_lengths: Mapping[str, int | None] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         reply_owner: str | None = None,
+        senders: Mapping[str, Iterable[str]] | None = None,
+        trust_sender_word: bool = False,
         authenticate_senders: bool = False,
         max_refused_reconnects: int = MAX_REFUSED_RECONNECTS,
+        queue_type: str = wire.DEFAULT_QUEUE_TYPE,
+        inbox_delivery_limit: int = wire.DEFAULT_DELIVERY_LIMIT,
+        inbox_delivery_limits: Mapping[str, int] | None = None,
+        history_replicas: int | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -124,34 +142,35 @@ class BrokerClient:
         self.connection_name = connection_name or f"amqp-agents pid={os.getpid()}"
         self.ssl_context = ssl_context
         self.reply_owner = None if reply_owner is None else validate_agent_id(reply_owner)
-        self.user_id = _agent_user(self.url) if authenticate_senders else None
-        """The agent this connection authenticates as (``authenticate_senders``), else None."""
+        self.senders = SenderPolicy.of(
+            self.url,
+            senders=senders,
+            trust_sender_word=trust_sender_word,
+            authenticate_senders=authenticate_senders,
+        )
+        """Who this connection is (``own_user``) and whom each user may speak for."""
         self.max_refused_reconnects = max_refused_reconnects
         self._given_up: asyncio.Future[BrokerConnectionError] | None = None
         self._connection: AbstractRobustConnection | None = None
         self._publisher: Publisher | None = None
         self.declared_queues: set[str] = set()
         """Names of every queue this client declared (kept across reconnects)."""
-        self._topology_options: dict[str, Any] = {
-            "passive": passive,
-            "inbox_max_length": inbox_max_length,
-            "inbox_max_lengths": dict(inbox_max_lengths or {}),
-            "history_max_age": history_max_age,
-            "history_max_bytes": history_max_bytes,
-        }
+        lanes = wire.validate_queue_type(queue_type)
+        self.options = NamespaceOptions(lanes, history_max_age, history_max_bytes, history_replicas)
+        self.inbox = InboxOptions(inbox_max_length, inbox_delivery_limit)
+        self.inboxes = self.inbox.per_agent(inbox_max_lengths, inbox_delivery_limits)
         self._declarations = Declarations(
             self._open_channel,
             self.namespace,
             timeout_s=connect_timeout_s,
             declared=self.declared_queues,
-            **self._topology_options,
+            passive=passive,
+            options=self.options,
+            inbox=self.inbox,
+            inboxes=self.inboxes,
         )
         self._rpc = RpcClient(
-            self._open_channel,
-            self.send,
-            self.namespace,
-            self.reply_owner,
-            authenticate=self.user_id is not None,
+            self._open_channel, self.send, self.namespace, self.reply_owner, senders=self.senders
         )
 
     def __repr__(self) -> str:
@@ -177,6 +196,7 @@ class BrokerClient:
             max_refused_reconnects=self.max_refused_reconnects,
         )
         self._connection, self._given_up = connection, connection.given_up
+        self.senders.warn_if_trusting(self.namespace)
         connection.given_up.add_done_callback(self._on_given_up)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -184,11 +204,14 @@ class BrokerClient:
                 connection,
                 channel,
                 namespace=self.namespace,
-                user_id=self.user_id,
+                senders=self.senders,
                 max_body_bytes=self.max_body_bytes,
                 timeout_s=self.publish_timeout_s,
                 connect_timeout_s=self.connect_timeout_s,
                 failure=lambda: self.failure,
+                nack_means_unavailable=lambda agent: nack_means_unavailable(
+                    self.options, self.inboxes.get(agent, self.inbox)
+                ),
             )
             await self.topology()
             if self.router is not None:
@@ -288,8 +311,12 @@ class BrokerClient:
         """The namespace's declarations (see :meth:`Declarations.topology`)."""
         return await self._declarations.topology()
 
+    def inbox_queue_names(self, agent_id: str) -> tuple[str, ...]:
+        """``agent_id``'s inbox (classic) or lanes (quorum), highest priority first."""
+        return wire.inbox_queue_names(self.namespace, agent_id, self.options.queue_type)
+
     async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
-        """Declare the agent's inbox if it does not exist yet (idempotent)."""
+        """Declare the agent's inbox if needed (idempotent); return its first queue."""
         return await self._declarations.ensure_inbox(validate_agent_id(agent_id))
 
     async def restore_inbox(self, agent_id: str) -> None:
@@ -330,8 +357,11 @@ class BrokerClient:
 
         Args:
             message: the envelope; an empty recipient lets routes distribute it. It is
-                checked against the routes (filters included) before publishing,
-                because bindings are wider than routes, and published once.
+                checked against the routes (filters included) before publishing (no
+                route taking it is an error here, not a message nobody reads) and
+                published once: the bindings copy it into the inboxes of the
+                unfiltered routes, a ``BCC`` into those of the filtered routes that
+                keep it (the broker cannot run a filter).
             reply_to: the queue where answers must go (AMQP ``reply_to``).
             deadline: the requester gives up then; the broker expires the message.
             extra_headers: more flat header values.
@@ -344,9 +374,8 @@ class BrokerClient:
             MessageTooLargeError / InvalidMessageError: refused before publishing.
             BrokerConnectionError: the connection is down.
         """
-        router = self.router
-        if router is not None and not message.recipient and not router.get_destinations(message):
-            raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
+        if self.router is not None and not message.recipient:
+            extra_headers = self.router.send_headers(message, extra_headers)
         await self.publisher.send(
             message, reply_to=reply_to, deadline=deadline, extra_headers=extra_headers
         )
@@ -385,7 +414,7 @@ class BrokerClient:
     ) -> Verdict:
         """Decide on a delivery to ``agent_id`` (:func:`admission.admit`) and carry out a
         refusal: dead-letter it, or acknowledge a skipped one. An Admit is the caller's."""
-        gate = Gate(self.namespace, agent_id, self.max_body_bytes, self.user_id, self.router)
+        gate = Gate(self.namespace, agent_id, self.senders, self.max_body_bytes, self.router)
         verdict = admit(incoming, gate, handling=handling, seen=seen)
         if isinstance(verdict, DeadLetter):
             await self.dead_letter(
@@ -444,38 +473,24 @@ class BrokerClient:
         """Call ``callback`` with a copy of every message addressed to ``agent_id``.
 
         A tap: the messages stay in the inbox for the agent. The copies come through a
-        private queue that lives as long as the subscription (or the connection).
+        private queue that lives as long as the subscription (or the connection), bound
+        as the inbox is (its own key and its routes' keys), and the tap sees what the
+        agent would (the routes' filters and transforms applied).
         """
         return await pull.subscribe(self, agent_id, callback)
 
     # -- history ----------------------------------------------------------------------
 
-    async def get_conversation(self, conversation_id: str) -> list[Message]:
-        """Every retained message of a conversation, in send order."""
-        return await self._read_history(lambda m: m.conversation_id == conversation_id)
+    async def get_conversation(
+        self, conversation_id: str, **bounds: Unpack[HistoryBounds]
+    ) -> list[Message]:
+        """A conversation's retained messages, in send order (bounds: ``HistoryBounds``)."""
+        query = HistoryQuery(conversation_id=conversation_id)
+        return await read_bounded(self.connection, self.namespace, query, bounds)
 
-    async def get_agent_history(self, agent_id: str) -> list[Message]:
-        """Every retained message sent by or to ``agent_id``, in send order."""
-        return await self._read_history(lambda m: agent_id in (m.sender, m.recipient))
-
-    async def _read_history(self, keep: Callable[[Message], bool]) -> list[Message]:
-        channel = await self.connection.channel(publisher_confirms=True)
-        try:
-            return await read_history(channel, self.namespace, keep)
-        finally:
-            await channel.close()
-
-
-def _agent_user(url: str) -> str:
-    """The user name of ``url``, which must be an agent id (``authenticate_senders``).
-
-    Raises:
-        ConfigError: no user name, or one that is not an agent id.
-    """
-    user = unquote(urlsplit(url).username or "")
-    try:
-        return validate_agent_id(user)
-    except InvalidMessageError:
-        raise ConfigError(
-            f"authenticate_senders: the URL's user name {user!r} must be the agent's id"
-        ) from None
+    async def get_agent_history(
+        self, agent_id: str, **bounds: Unpack[HistoryBounds]
+    ) -> list[Message]:
+        """The retained messages sent by or to ``agent_id``, in send order."""
+        query = HistoryQuery(agent_id=agent_id)
+        return await read_bounded(self.connection, self.namespace, query, bounds)

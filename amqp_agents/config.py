@@ -257,6 +257,12 @@ def _cross_check(config: AgentsConfig) -> Iterator[tuple[Loc, str]]:
                 " give one route all its destinations",
             )
         patterns.setdefault(route.pattern, i)
+        if route.rule.senders == ():
+            yield (
+                ("routes", i, "pattern"),
+                f"no agent id in agents or external_agents starts with {route.rule.value!r}:"
+                " a sender prefix matches only the agents the file knows",
+            )
         for j, dest in enumerate(route.destinations):
             if dest not in known:
                 yield (
@@ -329,7 +335,7 @@ def build_router(config: AgentsConfig) -> MessageRouter:
         ConfigError: a filter or transform cannot be imported or is not callable; the
             message names the file, line and field.
     """
-    router = MessageRouter()
+    router = MessageRouter(senders=config.agent_ids)
     for i, route in enumerate(config.routes):
         router.add_route(route.rule, route.destinations)
         if route.filter is not None:

@@ -10,7 +10,9 @@ The sections of a configuration file (see config/agents.example.yaml)::
 Kept apart from :mod:`amqp_agents.config` (reading the YAML file) so that the broker
 layout (:mod:`amqp_agents.layout`), and through it the run-time path, can read a
 configuration without importing PyYAML. Each route's pattern is compiled here, once,
-while validating: the layout and the router reuse :attr:`RouteConfig.rule`.
+while validating: the layout and the router reuse :attr:`RouteConfig.rule`. A sender
+prefix (``sender:writer*``) is completed with the agents the file knows
+(:attr:`AgentsConfig.agent_ids`), as it binds one key per known sender it names.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ from .errors import InvalidMessageError, RoutingError
 from .message import AGENT_ID_PATTERN
 from .retry import RetryPolicy
 from .routing import CompiledRule, compile_rule
-from .wire import DEFAULT_MAX_BODY_BYTES, validate_namespace
+from .wire import (
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_QUEUE_TYPE,
+    QueueType,
+    validate_namespace,
+)
 
 Loc = tuple[str | int, ...]
 """A place in the document: keys and list indexes from the top, as pydantic reports."""
@@ -136,6 +144,14 @@ class BrokerConfig(_Section):
         max_body_bytes: larger messages are refused before publishing.
         history_max_age: retention of the history stream by age (``7D``, ``12h``).
         history_max_bytes: retention of the history stream by size.
+        senders: RabbitMQ user -> the agent ids it may speak for besides itself, for
+            users that serve several agents (one ``amqp-agents run``); every process of
+            the namespace reads the same file, so all of them believe the same.
+        trust_sender_word: believe a message's claimed sender without checking the
+            ``user_id`` RabbitMQ validated: only for a closed development vhost.
+        history_replicas: nodes that keep the history stream (None: every node).
+        queue_type: ``quorum`` (replicated, for a cluster; the default) or ``classic``
+            (one node); every process of the namespace must use the same.
     """
 
     url: SecretStr | None = None
@@ -147,6 +163,10 @@ class BrokerConfig(_Section):
     max_body_bytes: PositiveInt = DEFAULT_MAX_BODY_BYTES
     history_max_age: str = Field(default="7D", pattern=r"^[0-9]+[YMDhms]$")
     history_max_bytes: PositiveInt = 1_000_000_000
+    senders: dict[Annotated[str, Field(min_length=1)], tuple[AgentId, ...]] = {}
+    trust_sender_word: bool = False
+    history_replicas: PositiveInt | None = None
+    queue_type: QueueType = DEFAULT_QUEUE_TYPE
 
     @field_validator("url")
     @classmethod
@@ -188,10 +208,13 @@ class InboxConfig(_Section):
             ``InboxFullError`` (None: unlimited).
         dead_letter: move messages the agent gives up on to ``{ns}.dead`` (False:
             drop them, with a log line).
+        delivery_limit: quorum mode: deliveries without an ack (its process died each
+            time) before the broker moves a message to ``{ns}.dead``.
     """
 
     max_length: PositiveInt | None = None
     dead_letter: bool = True
+    delivery_limit: PositiveInt = DEFAULT_DELIVERY_LIMIT
 
 
 class AgentConfig(_Section):
@@ -250,6 +273,28 @@ class AgentsConfig(_Section):
     def where(self, *loc: str | int) -> str:
         """``"agents.yaml:12: agents[0].class"``: the place of a field, for error messages."""
         return place_of(self._source, self._lines, loc)
+
+    @property
+    def agent_ids(self) -> tuple[str, ...]:
+        """Every agent the file knows, run here or elsewhere: the senders a sender-prefix
+        route can name."""
+        return _known_ids(self.agents, self.external_agents)
+
+    @field_validator("routes")
+    @classmethod
+    def _prefixes_name_known_agents(
+        cls, routes: tuple[RouteConfig, ...], info: ValidationInfo
+    ) -> tuple[RouteConfig, ...]:
+        # Fields validate in order, so agents and external_agents are known here (when
+        # valid): a sender prefix binds one key per agent id it names.
+        known = _known_ids(info.data.get("agents", ()), info.data.get("external_agents", ()))
+        return tuple(
+            route.model_copy(update={"rule": route.rule.naming(known)}) for route in routes
+        )
+
+
+def _known_ids(agents: tuple[AgentConfig, ...], external: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*(agent.id for agent in agents), *external]))
 
 
 def place_of(source: str, lines: dict[Loc, int], loc: Loc) -> str:

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
-from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from . import wire
-from .errors import TopologyError
+from .errors import QueueUnavailableError, TopologyError, map_exceptions
+from .layout import DEFAULT_INBOX, DEFAULT_OPTIONS, InboxOptions, NamespaceOptions
 from .routing import MessageRouter
-from .topology import Topology
+from .topology import Topology, declaration_errors
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SPARE_DECLARERS = 7
 """Extra channels declaring inboxes while the topology channel is busy (see ensure_inbox)."""
@@ -30,9 +36,10 @@ class Declarations:
     Args:
         open_channel: opens a channel of the connection (waiting while it reconnects).
         namespace: the namespace.
-        timeout_s: how long the base declarations are retried after a broker restart.
+        timeout_s: how long the base declarations are retried while a queue of the base
+            is unavailable (a broker restart, a node down, a leader election).
         declared: records the name of every queue declared (kept across reconnects).
-        **options: :class:`Topology` options (passive, inbox limits, history retention).
+        passive, options, inbox, inboxes: as :class:`Topology`'s.
     """
 
     def __init__(
@@ -42,14 +49,23 @@ class Declarations:
         *,
         timeout_s: float,
         declared: set[str],
-        **options: Any,
+        passive: bool = False,
+        options: NamespaceOptions = DEFAULT_OPTIONS,
+        inbox: InboxOptions = DEFAULT_INBOX,
+        inboxes: Mapping[str, InboxOptions] | None = None,
     ) -> None:
         self._open_channel = open_channel
         self.namespace = namespace
         self.timeout_s = timeout_s
         self.declared = declared
-        self.passive: bool = options.get("passive", False)
-        self._options = options
+        self.passive = passive
+        self.queue_type = options.queue_type
+        self._options: dict[str, Any] = {
+            "passive": passive,
+            "options": options,
+            "inbox": inbox,
+            "inboxes": inboxes,
+        }
         self._topology: Topology | None = None
         self._lock = asyncio.Lock()
         self._idle_declarers: asyncio.Queue[Topology] = asyncio.Queue()
@@ -67,8 +83,9 @@ class Declarations:
         """The namespace's declarations, made on a channel of their own.
 
         Right after a broker restart its durable queues take a moment to come back
-        (RabbitMQ: "home node ... is down or inaccessible"); meanwhile the base
-        declarations are retried, for up to ``timeout_s``.
+        (RabbitMQ: "home node ... is down or inaccessible"), and a quorum queue has no
+        leader while one is elected; meanwhile (:class:`QueueUnavailableError`) the
+        base declarations are retried with backoff, logged once, for up to ``timeout_s``.
         """
         async with self._lock:
             if self._topology is None or self._topology.channel.is_closed:
@@ -76,22 +93,20 @@ class Declarations:
             return self._topology
 
     async def _declare_base(self) -> Topology:
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.timeout_s
-        while True:
-            channel = await self._open_channel()
-            topology = self._new(channel)
-            try:
-                await topology.declare_base()
-                return topology
-            except TopologyError as exc:
-                # The failed declaration closed the channel; a robust one left open-ended
-                # would be reopened, and its declarations replayed, at every reconnect.
-                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                    await channel.close()
-                if "down or inaccessible" not in str(exc) or loop.time() > give_up:
-                    raise
-            await asyncio.sleep(0.1)  # polling: nothing says when the queues are back
+        return await retry_unavailable(self._try_declare_base, self.timeout_s, "the namespace")
+
+    async def _try_declare_base(self) -> Topology:
+        channel = await self._open_channel()
+        topology = self._new(channel)
+        try:
+            await topology.declare_base()
+        except (TopologyError, QueueUnavailableError):
+            # The failed declaration closed the channel; a robust one left open-ended
+            # would be reopened, and its declarations replayed, at every reconnect.
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await channel.close()
+            raise
+        return topology
 
     async def ensure_inbox(self, agent_id: str) -> AbstractQueue:
         """Declare the agent's inbox if it does not exist yet (idempotent)."""
@@ -137,15 +152,13 @@ class Declarations:
         if self.passive:
             # A robust channel answers a passive declare of a queue it has seen from
             # memory; only a fresh channel really asks the broker.
-            name = wire.inbox_name(self.namespace, agent_id)
             channel = await self._open_channel()
             try:
-                await channel.declare_queue(name, passive=True)
-            except ChannelNotFoundEntity as exc:
-                raise TopologyError(
-                    f"inbox {name!r} does not exist and this passive connection may not "
-                    f"create it (run `amqp-agents topology apply`): {exc}"
-                ) from None
+                for name in wire.inbox_queue_names(self.namespace, agent_id, self.queue_type):
+                    with map_exceptions(
+                        declaration_errors("inbox", name, self.namespace, passive=True)
+                    ):
+                        await channel.declare_queue(name, passive=True)
             finally:
                 with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                     await channel.close()
@@ -158,12 +171,68 @@ class Declarations:
     async def bind_routes(self, router: MessageRouter) -> int:
         """Bind every route's key to its destination's inbox (and history); idempotent.
 
+        Declares every destination's inbox, a filtered route's too: it has no binding
+        (the sender addresses its copies by ``BCC``), but its inbox must exist.
+
         Returns:
             how many (key, destination) bindings the routes need.
         """
         bindings = router.bindings()
         topology = await self.topology()
         async with self._lock:
+            for destination in router.destinations:  # a filtered route's have no binding
+                await topology.declare_inbox(destination)
             for key, destination in bindings:
                 await topology.bind_route(key, destination)
         return len(bindings)
+
+
+class Outage:
+    """One episode of a queue being unavailable: logged when it starts and when it is
+    over, not per attempt, with a pause between attempts that grows to 5 s.
+
+    Args:
+        what: names what waits ("agent writer's inbox"), for the log lines.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+        self._backoff_s = 0.1
+
+    def note(self, exc: BaseException) -> None:
+        """An attempt failed for a temporary reason."""
+        if self.since is None:
+            self.since = asyncio.get_running_loop().time()
+            log.warning("%s: %s; retrying until it is back", self.what, exc)
+
+    async def pause(self) -> None:
+        """Wait before the next attempt (polling: nothing says when a queue is back)."""
+        await asyncio.sleep(self._backoff_s)
+        self._backoff_s = min(self._backoff_s * 2, 5.0)
+
+    def over(self) -> None:
+        """An attempt succeeded: end the episode, if there was one."""
+        if self.since is not None:
+            elapsed = asyncio.get_running_loop().time() - self.since
+            log.info("%s: available again after %.1fs", self.what, elapsed)
+        self.since, self._backoff_s = None, 0.1
+
+
+async def retry_unavailable(attempt: Callable[[], Awaitable[T]], timeout_s: float, what: str) -> T:
+    """``attempt()``, again while it raises QueueUnavailableError, for up to
+    ``timeout_s`` (then that error is raised); see :class:`Outage`."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout_s
+    outage = Outage(what)
+    while True:
+        try:
+            result = await attempt()
+        except QueueUnavailableError as exc:
+            if loop.time() > give_up:
+                raise
+            outage.note(exc)
+            await outage.pause()
+            continue
+        outage.over()
+        return result

@@ -14,12 +14,21 @@ from typing import Any
 
 from .agent import MessagePassingAgent
 from .llm import client_from_env, complete_task
-from .message import Message
+from .message import Message, MessageType
 from .queue import MessageQueue
 
 
 class ResearchAgent(MessagePassingAgent):
-    """Researches a topic (canned answer unless an LLM client is configured)."""
+    """Researches a topic (canned answer unless an LLM client is configured).
+
+    With routes (config/agents.example.yaml) its findings also go out without
+    recipient, so the routes hand them on: there, to the writer.
+    """
+
+    async def _handle_task(self, message: Message) -> Any:
+        research = await super()._handle_task(message)
+        await pass_on(self, research, message)
+        return research
 
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
         if self.llm is not None:
@@ -29,23 +38,65 @@ class ResearchAgent(MessagePassingAgent):
 
 
 class WriterAgent(MessagePassingAgent):
-    """Writes an article from the research in its task's context."""
+    """Writes an article from the research in its task's context.
+
+    With routes, findings routed to it (a RESULT from another agent) are written up
+    too, and the article goes out without recipient: in the example, to the
+    coordinator and the monitor.
+    """
+
+    def _setup_handlers(self) -> None:
+        super()._setup_handlers()
+        self.handlers[MessageType.RESULT] = self._write_up
+
+    async def _write_up(self, findings: Message) -> None:
+        task = f"Write an article from the findings of {findings.sender}"
+        article = await self._write(task, {"research": findings.content})
+        await pass_on(self, article, findings)
 
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        if self.llm is None:
+            await self.send_status({"step": "drafting"})
+        return await self._write(task, context)
+
+    async def _write(self, task: str, context: dict[str, Any]) -> Any:
         if self.llm is not None:
             return await complete_task(self.llm, self.model, task, context)
-        await self.send_status({"step": "drafting"})
         return f"Article written based on: {context.get('research', '')}"
+
+
+async def pass_on(agent: MessagePassingAgent, content: Any, handled: Message) -> None:
+    """Publish ``content`` as a RESULT without recipient, if the agent's routes take it.
+
+    Only a client given routes (``router=``) knows them; without (the ``demo``
+    command) nothing is sent. The message continues ``handled``'s conversation.
+    """
+    router = agent.queue.router
+    if router is None:
+        return
+    result = Message(
+        sender=agent.id,
+        type=MessageType.RESULT,
+        priority=handled.priority,
+        content=content,
+        conversation_id=handled.conversation_id,
+    )
+    if router.get_destinations(result):
+        await agent.queue.send(result)
 
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
-    """What the demo produced: the research, the article and the conversation."""
+    """What the demo produced: the research, the article and the conversation.
+
+    ``model`` is the LLM that answered; None when the answers are canned.
+    """
 
     research: str
     article: str
     conversation_id: str
     timeline: list[Message]
+    model: str | None = None
 
 
 async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResult:
@@ -77,4 +128,5 @@ async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResul
         await researcher.stop()
         await writer.stop()
     timeline = await queue.get_conversation(conversation_id)
-    return DemoResult(str(research), str(article), conversation_id, timeline)
+    used = model if llm is not None else None
+    return DemoResult(str(research), str(article), conversation_id, timeline, used)

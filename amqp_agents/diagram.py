@@ -14,7 +14,9 @@ graph CONFIG`` into any Mermaid renderer (GitHub renders it in Markdown)::
 Every exchange, queue and binding drawn is one of :func:`amqp_agents.layout.layout_of`
 (the apply record aside); the history stream's bindings from one exchange are drawn as
 a single edge. Where a queue's messages go next (dead-lettering, a retry's expiry) is
-read from its arguments. Only the agents themselves come from the configuration.
+read from its arguments. Only the agents themselves come from the configuration, and
+the edges of a filtered route: it has no binding (its sender runs the filter and
+addresses each copy by ``BCC``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def mermaid(config: AgentsConfig) -> str:
     for binding in layout.bindings:
         label = binding.role + notes.get(binding.role, "")
         edges[(binding.exchange, binding.queue, label)] = None
+    ns, queue_type = layout.namespace, config.broker.queue_type
+    for route in config.routes:
+        if route.filter is not None:  # no binding: the sender addresses each copy (BCC)
+            label = f"route {route.pattern}" + notes[f"route {route.pattern}"]
+            for dest in route.destinations:
+                for lane in wire.inbox_queue_names(ns, dest, queue_type):
+                    edges[(wire.exchange_name(ns), lane, label)] = None
     for source, target, label in edges:
         arrow = f" -- {_label(label)} -->" if label else " -->"
         add(f"{node(source)}{arrow} {node(target)}")
@@ -69,14 +78,13 @@ def mermaid(config: AgentsConfig) -> str:
         if target in drawn:
             add(f"{node(queue.name)} -. {_label(why)} .-> {node(target)}")
 
-    ns = layout.namespace
     dlx, replies = wire.dead_letter_exchange_name(ns), wire.reply_exchange_name(ns)
     for agent in config.agents:
-        inbox = wire.inbox_name(ns, agent.id)
         cls = agent.class_path.rsplit(":", 1)[-1]
         agent_node = node("agent:" + agent.id)
         add(f"{agent_node}([{_label(agent.id, f'{cls}, concurrency {agent.concurrency}')}])")
-        add(f"{node(inbox)} --> {agent_node}")
+        for inbox in wire.inbox_queue_names(ns, agent.id, queue_type):
+            add(f"{node(inbox)} --> {agent_node}")
         add(f"{agent_node} -. {_label('gives up')} .-> {node(dlx)}")
         add(f"{agent_node} -- {_label('answers')} --> {node(replies)}")
         retries = wire.retry_exchange_name(ns, agent.id)
@@ -85,7 +93,8 @@ def mermaid(config: AgentsConfig) -> str:
     for agent_id in config.external_agents:
         agent_node = node("agent:" + agent_id)
         add(f"{agent_node}([{_label(agent_id, 'external')}]):::external")
-        add(f"{node(wire.inbox_name(ns, agent_id))} --> {agent_node}")
+        for inbox in wire.inbox_queue_names(ns, agent_id, queue_type):
+            add(f"{node(inbox)} --> {agent_node}")
     return "\n".join(lines) + "\n"
 
 
@@ -110,7 +119,7 @@ def _route_notes(route: RouteConfig) -> str:
     notes = [
         note
         for note, present in (
-            ("filtered", route.filter is not None or not route.rule.exact),
+            ("filtered", route.filter is not None),
             ("transformed", route.transform is not None),
         )
         if present

@@ -10,17 +10,25 @@ do", or one branch for the failure it knows how to handle::
     │   └── MessageTooLargeError    refused before publishing: over the size limit
     ├── BrokerConnectionError       broker unreachable, credentials refused, link lost
     ├── TopologyError               a queue/exchange is missing (passive mode) or conflicts
+    ├── QueueUnavailableError       a queue's node is down or its leader being elected:
+    │                               temporary, retried (agents resume when it is back)
     ├── DeliveryError               the broker did not take a message
     │   ├── UnknownRecipientError   no inbox is bound for the recipient (basic.return)
     │   ├── NoRouteError            a recipient-less message that no route matches
     │   ├── InboxFullError          the inbox is at its length limit (reject-publish nack)
+    │   ├── InboxUnavailableError   a quorum lane without a majority refused it (nack)
     │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
     ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
     ├── RemoteError                 the handler on the other side raised; carries its error
-    └── HandlerError                raise it in a handler to fail WITHOUT retry: the
-                                    message goes straight to {ns}.dead (the requester
-                                    gets a RemoteError at once); raised by the library
-                                    when no handler / no LLM client fits a message
+    ├── HandlerError                raise it in a handler to fail WITHOUT retry: the
+    │                               message goes straight to {ns}.dead (the requester
+    │                               gets a RemoteError at once); raised by the library
+    │                               when no handler / no LLM client fits a message
+    └── HistoryError                a history query that cannot be answered (index unreachable)
+        ├── HistoryQueryError       bad arguments: since after until, limit < 1 (also ValueError)
+        ├── HistoryTimeoutError     a stream scan did not reach its end in time (also TimeoutError)
+        └── HistoryLagError         the index did not catch up with the stream in time (also
+                                    TimeoutError); says how far behind it is
 
 Broker failures become these through :func:`map_exceptions`, one table per call site
 (publish.py holds the publishing table), rather than through chains of ``except``.
@@ -66,6 +74,12 @@ class TopologyError(AgentsError):
     """An exchange/queue is missing or was declared elsewhere with other arguments."""
 
 
+class QueueUnavailableError(AgentsError):
+    """A queue exists but cannot answer now: its node is down, or (quorum) its leader
+    is being elected. Temporary: the library retries with backoff; not a TopologyError,
+    which is for what will not heal by waiting (see ``topology.declaration_errors``)."""
+
+
 class DeliveryError(AgentsError):
     """The broker did not accept a message; it was not delivered anywhere."""
 
@@ -85,6 +99,11 @@ class NoRouteError(DeliveryError):
 
 class InboxFullError(DeliveryError):
     """The recipient's inbox is at its length limit and rejected the message."""
+
+
+class InboxUnavailableError(DeliveryError):
+    """The recipient's inbox lane has no majority of its nodes (quorum mode) and refused
+    the message: nothing has it; sending again later may succeed."""
 
 
 class PublishTimeoutError(DeliveryError, TimeoutError):
@@ -137,3 +156,29 @@ def map_exceptions(table: ErrorTable) -> Iterator[None]:
                     raise
                 raise mapped from None
         raise
+
+
+class HistoryError(AgentsError):
+    """A history query cannot be answered (e.g. the history index is unreachable)."""
+
+
+class HistoryQueryError(HistoryError, ValueError):
+    """A history query's arguments are unusable (since after until, limit below 1, ...)."""
+
+
+class HistoryTimeoutError(HistoryError, TimeoutError):
+    """A stream scan did not reach the end of the stream within its timeout."""
+
+
+class HistoryLagError(HistoryError, TimeoutError):
+    """The history index did not catch up with the stream before the query's deadline.
+
+    Attributes:
+        lag_s: seconds since the indexer last committed (None: it never did).
+        indexed_offset: the next stream offset the indexer will read (None: never ran).
+    """
+
+    def __init__(self, message: str, lag_s: float | None, indexed_offset: int | None) -> None:
+        self.lag_s = lag_s
+        self.indexed_offset = indexed_offset
+        super().__init__(message)

@@ -1,4 +1,4 @@
-"""The broker layout of a namespace, the one place that knows it; and how the broker differs.
+"""The broker layout of a namespace, the one place that knows it.
 
 Pure. Every exchange, queue (with its arguments) and binding a namespace needs comes
 from the functions here, one per piece, each returning a :class:`Layout` of specs (the
@@ -6,11 +6,19 @@ names and arguments of docs/wire-format.md, from :mod:`amqp_agents.wire`)::
 
     base_layout(ns, options)             the traffic, dead-letter and replies exchanges,
                                          {ns}.dead, the {ns}.history stream
-    inbox_layout(ns, agent_id, ...)      an inbox, bound for its agent and for history
-    retry_layout(ns, agent_id, delays)   an agent's retry exchange and retry queues
-    route_layout(ns, key, destinations)  a route's bindings on inboxes and history
-    record_layout(ns)                    the queue where ``topology apply`` records
+    inbox_layout(ns, agent_id, options)  an inbox (classic) or its lanes (quorum), bound
+                                         for its agent and for history
+    retry_layout(ns, agent_id, delays, options)  an agent's retry exchange and queues
+    route_layout(ns, key, destinations, options) a route key's bindings on inboxes and
+                                         history
+    record_layout(ns, options)           the queue where ``topology apply`` records
     layout_of(config)                    all of them for a configuration
+
+The queue type (:attr:`NamespaceOptions.queue_type`) decides the shape: a classic
+inbox is one priority queue bound with ``*.*.*.X``; a quorum inbox is one queue per
+lane (:data:`amqp_agents.wire.LANES`), each bound with its own priority words, and
+history is bound with the same per-lane keys, so a key no inbox takes reaches no
+queue at all.
 
 Who reads them: :class:`amqp_agents.topology.Topology` declares them piece by piece
 at run time, ``topology plan/apply`` compares and declares :func:`layout_of`,
@@ -19,42 +27,22 @@ at run time, ``topology plan/apply`` compares and declares :func:`layout_of`,
 that changes the shape of a namespace (the queue type, history on or off) is one
 change to :class:`NamespaceOptions` and the functions that read it.
 
-:func:`plan` compares a layout with what a broker inspection found
-(:func:`amqp_agents.topology.inspect_layout`) and says what ``topology apply`` would
-do::
-
-    plan(layout, observed)     -> Plan(steps=[create queue agents.inbox.writer,
-                                              conflict queue agents.inbox.researcher, ...])
-
-AMQP can check that an exchange or queue exists (a passive declare) and whether its
-arguments differ (a redeclare fails with PRECONDITION_FAILED), but it cannot list
-bindings. So ``apply`` records the bindings it made in ``{ns}.topology`` and the plan
-trusts that record: a binding is "present" when both its ends exist and the record
-has it. ``apply`` only ever adds: a binding recorded earlier that the configuration no
-longer has is reported as stale and left in place.
+:mod:`amqp_agents.plan` compares a layout with what a broker has (``topology plan``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import wire
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:  # only for layout_of's signature: the run-time path never loads it
-    from .config_schema import AgentsConfig
+    from .config_schema import AgentsConfig, InboxConfig
 
 ExchangeType = Literal["topic", "fanout", "direct"]
-Action = Literal["create", "bind", "conflict", "stale", "unchecked"]
-Kind = Literal["exchange", "queue", "binding"]
-
-RECORD_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic", "x-max-length": 1}
-"""The record queue keeps only the newest record: publishing one drops the older."""
-DEAD_QUEUE_ARGUMENTS: Mapping[str, Any] = {"x-queue-type": "classic"}
-"""``{ns}.dead``: a plain durable queue that keeps what nobody could handle."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,15 +50,59 @@ class NamespaceOptions:
     """Settings of a namespace that change what its layout is; every declarer must agree.
 
     Attributes:
+        queue_type: ``quorum`` (replicated; inboxes are lanes) or ``classic`` (one
+            node; inboxes are priority queues). See docs/wire-format.md.
         history_max_age: retention of the history stream by age ("7D", "12h").
         history_max_bytes: retention of the history stream by size.
+        history_replicas: nodes that keep the history stream (None: all of them).
 
-    A future setting of the same kind (the queue type of inboxes, history on or off)
-    is a field here, read by the layout functions below, and nowhere else.
+    A future setting of the same kind (history on or off) is a field here, read by
+    the layout functions below, and nowhere else.
     """
 
+    queue_type: wire.QueueType = wire.DEFAULT_QUEUE_TYPE
     history_max_age: str = "7D"
     history_max_bytes: int = 1_000_000_000
+    history_replicas: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxOptions:
+    """Settings of one agent's inbox; every declarer of that inbox must agree.
+
+    Attributes:
+        max_length: messages the inbox (each lane, in quorum mode) holds at most.
+        delivery_limit: deliveries without an ack before a quorum lane dead-letters a
+            message (classic inboxes have no such limit).
+    """
+
+    max_length: int | None = None
+    delivery_limit: int = wire.DEFAULT_DELIVERY_LIMIT
+
+    def per_agent(
+        self,
+        max_lengths: Mapping[str, int | None] | None,
+        delivery_limits: Mapping[str, int] | None,
+    ) -> dict[str, InboxOptions]:
+        """The options of each agent named in either mapping, these where it is not."""
+        lengths, limits = dict(max_lengths or {}), dict(delivery_limits or {})
+        return {
+            agent_id: InboxOptions(
+                lengths.get(agent_id, self.max_length),
+                limits.get(agent_id, self.delivery_limit),
+            )
+            for agent_id in {*lengths, *limits}
+        }
+
+
+def nack_means_unavailable(options: NamespaceOptions, inbox: InboxOptions) -> bool:
+    """Whether the broker's nack of a message for this inbox means that a lane has no
+    majority of its nodes: a quorum lane without a length limit is never full."""
+    return options.queue_type == "quorum" and inbox.max_length is None
+
+
+DEFAULT_OPTIONS = NamespaceOptions()
+DEFAULT_INBOX = InboxOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +177,7 @@ def _first_of_each_name(specs: Iterable[_Named]) -> tuple[_Named, ...]:
 # -- the pieces -------------------------------------------------------------------------
 
 
-def base_layout(ns: str, options: NamespaceOptions = NamespaceOptions()) -> Layout:
+def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
     """What every namespace has before any agent: traffic, dead letters, replies, history.
 
     The history stream is bound to the replies exchange, so it keeps every reply.
@@ -156,7 +188,9 @@ def base_layout(ns: str, options: NamespaceOptions = NamespaceOptions()) -> Layo
     dead = wire.dead_queue_name(ns)
     history = wire.history_name(ns)
     history_arguments = wire.history_arguments(
-        max_age=options.history_max_age, max_bytes=options.history_max_bytes
+        max_age=options.history_max_age,
+        max_bytes=options.history_max_bytes,
+        replicas=options.history_replicas,
     )
     return Layout(
         ns,
@@ -166,7 +200,7 @@ def base_layout(ns: str, options: NamespaceOptions = NamespaceOptions()) -> Layo
             ExchangeSpec(replies, "topic", "replies"),
         ),
         queues=(
-            QueueSpec(dead, DEAD_QUEUE_ARGUMENTS, "dead letters"),
+            QueueSpec(dead, wire.dead_queue_arguments(options.queue_type), "dead letters"),
             QueueSpec(history, history_arguments, "history"),
         ),
         bindings=(
@@ -188,77 +222,142 @@ def history_binding(ns: str, key: str) -> BindingSpec:
     )
 
 
+def _inbox_bindings(
+    ns: str, agent_id: str, key: str, role: str, options: NamespaceOptions
+) -> tuple[BindingSpec, ...]:
+    """``key`` (a whole inbox's) on the agent's inbox or lanes, and the same on history.
+
+    A quorum lane is bound with its own priority words only (``*.4.*.X``, ``*.3.*.X``),
+    and history with the lanes' keys, never with more: a key that reaches no inbox
+    must reach no queue, or the broker would confirm a message no inbox has.
+    """
+    traffic = wire.exchange_name(ns)
+    if options.queue_type == "classic":
+        return (
+            BindingSpec(traffic, wire.inbox_name(ns, agent_id), key, role),
+            history_binding(ns, key),
+        )
+    lanes = [
+        BindingSpec(traffic, wire.lane_name(ns, agent_id, lane), lane_key, role)
+        for lane in wire.LANES
+        for lane_key in wire.lane_binding_keys(key, lane)
+    ]
+    return (*lanes, *(history_binding(ns, b.key) for b in lanes))
+
+
 def inbox_layout(
-    ns: str, agent_id: str, *, max_length: int | None = None, external: bool = False
+    ns: str,
+    agent_id: str,
+    options: NamespaceOptions = DEFAULT_OPTIONS,
+    inbox: InboxOptions = DEFAULT_INBOX,
+    *,
+    external: bool = False,
 ) -> Layout:
-    """``{ns}.inbox.{agent_id}``, bound for messages to its agent (and history likewise).
+    """``{ns}.inbox.{agent_id}`` (classic) or its lanes (quorum), highest priority
+    first, bound for messages to its agent (and history likewise).
 
     ``external``: the agent runs elsewhere (only the role text says so).
     """
-    inbox = wire.inbox_name(ns, agent_id)
-    key = wire.inbox_binding_key(agent_id)
     role = f"inbox of {agent_id}" + (" (external)" if external else "")
+    arguments = wire.inbox_arguments(
+        ns,
+        max_length=inbox.max_length,
+        queue_type=options.queue_type,
+        delivery_limit=inbox.delivery_limit,
+    )
+    names = wire.inbox_queue_names(ns, agent_id, options.queue_type)
+    lane_roles = (
+        [role] if len(names) == 1 else [f"{role}, {_lane_words(lane)}" for lane in wire.LANES]
+    )
+    key = wire.inbox_binding_key(agent_id)
     return Layout(
         ns,
-        queues=(QueueSpec(inbox, wire.inbox_arguments(ns, max_length=max_length), role),),
-        bindings=(
-            BindingSpec(wire.exchange_name(ns), inbox, key, f"to {agent_id}"),
-            history_binding(ns, key),
-        ),
+        queues=tuple(QueueSpec(n, arguments, r) for n, r in zip(names, lane_roles, strict=True)),
+        bindings=_inbox_bindings(ns, agent_id, key, f"to {agent_id}", options),
     )
 
 
-def retry_layout(ns: str, agent_id: str, delays: Iterable[float]) -> Layout:
-    """The agent's own retry exchange and one retry queue per delay (none: no retry).
+def _lane_words(lane: wire.Lane) -> str:
+    return "priorities " + "+".join(str(p) for p in lane.priorities)
+
+
+def _lanes(options: NamespaceOptions) -> tuple[wire.Lane, ...]:
+    """The lanes an inbox has: a classic inbox is the one NORMAL-named queue."""
+    return (wire.NORMAL_LANE,) if options.queue_type == "classic" else wire.LANES
+
+
+def retry_layout(
+    ns: str, agent_id: str, delays: Iterable[float], options: NamespaceOptions = DEFAULT_OPTIONS
+) -> Layout:
+    """The agent's own retry exchange and one retry queue per delay (and lane; none:
+    no retry).
 
     A retry queue is bound under its own name; its messages expire after the delay
-    back into the inbox (see :meth:`amqp_agents.topology.Topology.declare_retry_queue`).
+    back into the inbox, or the lane they came for (see
+    :meth:`amqp_agents.topology.Topology.declare_retry_queue`).
     """
     delays = list(delays)
     if not delays:
         return Layout(ns)
     exchange = wire.retry_exchange_name(ns, agent_id)
-    queues = tuple(
+    queues = [
         QueueSpec(
-            wire.retry_queue_name(ns, agent_id, delay),
-            wire.retry_queue_arguments(ns, agent_id, delay),
+            wire.retry_queue_name(ns, agent_id, delay, lane),
+            wire.retry_queue_arguments(
+                ns, agent_id, delay, queue_type=options.queue_type, lane=lane
+            ),
             f"retries of {agent_id} after {delay:g}s",
         )
+        for lane in _lanes(options)
         for delay in delays
-    )
+    ]
     bindings = tuple(
-        BindingSpec(exchange, queue.name, queue.name, f"retry after {delay:g}s")
-        for queue, delay in zip(queues, delays, strict=True)
+        BindingSpec(exchange, queue.name, queue.name, queue.role.replace("retries of", "retry of"))
+        for queue in queues
     )
     return Layout(
-        ns, (ExchangeSpec(exchange, "direct", f"retries of {agent_id}"),), queues, bindings
+        ns, (ExchangeSpec(exchange, "direct", f"retries of {agent_id}"),), tuple(queues), bindings
     )
 
 
 def agent_layout(
-    ns: str, agent_id: str, *, max_length: int | None = None, retry: RetryPolicy | None = None
+    ns: str,
+    agent_id: str,
+    options: NamespaceOptions = DEFAULT_OPTIONS,
+    inbox: InboxOptions = DEFAULT_INBOX,
+    *,
+    retry: RetryPolicy | None = None,
 ) -> Layout:
     """An agent run here: its inbox and the retry queues its policy uses."""
     delays = [] if retry is None else retry.distinct_delays()
-    return inbox_layout(ns, agent_id, max_length=max_length) + retry_layout(ns, agent_id, delays)
+    return inbox_layout(ns, agent_id, options, inbox) + retry_layout(ns, agent_id, delays, options)
 
 
-def route_layout(ns: str, key: str, destinations: Sequence[str], *, pattern: str = "") -> Layout:
-    """A compiled route's bindings: each destination's inbox and history, with ``key``.
+def route_layout(
+    ns: str,
+    key: str,
+    destinations: Sequence[str],
+    options: NamespaceOptions = DEFAULT_OPTIONS,
+    *,
+    pattern: str = "",
+) -> Layout:
+    """A compiled route's bindings: each destination's inbox (lanes) and history.
 
     Route keys end in ``-`` (recipient-less messages), so they never overlap an
     inbox's own ``*.*.*.{agent_id}`` binding. ``pattern`` only names the route.
     """
-    traffic = wire.exchange_name(ns)
     role = f"route {pattern}" if pattern else "route"
-    inboxes = (BindingSpec(traffic, wire.inbox_name(ns, d), key, role) for d in destinations)
-    return Layout(ns, bindings=(*inboxes, history_binding(ns, key)))
+    history = wire.history_name(ns)
+    bindings = [b for d in destinations for b in _inbox_bindings(ns, d, key, role, options)]
+    inboxes = [b for b in bindings if b.queue != history]
+    return Layout(ns, bindings=tuple(dict.fromkeys(inboxes + bindings)))
 
 
-def record_layout(ns: str) -> Layout:
+def record_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
     """The queue where ``topology apply`` records the bindings it made."""
     name = wire.topology_record_name(ns)
-    return Layout(ns, queues=(QueueSpec(name, RECORD_ARGUMENTS, "apply record"),))
+    arguments = wire.record_arguments(options.queue_type)
+    return Layout(ns, queues=(QueueSpec(name, arguments, "apply record"),))
 
 
 def layout_of(config: AgentsConfig) -> Layout:
@@ -267,177 +366,58 @@ def layout_of(config: AgentsConfig) -> Layout:
     Inboxes for every configured and external agent (a route destination must keep
     its messages before its agent starts), a retry queue per delay an agent uses (on
     the agent's own retry exchange), the dead letters, the history stream, and each
-    route's bindings (its rule was compiled when the configuration was validated).
+    unfiltered route's bindings (its rule was compiled when the configuration was
+    validated; a sender prefix binds one key per agent it names). A filtered route has
+    none: the broker cannot run the filter, so the sender addresses the copies (BCC).
     """
-    broker = config.broker
-    ns = broker.namespace
-    layout = base_layout(ns, namespace_options(config))
+    ns = config.broker.namespace
+    options = namespace_options(config)
+    layout = base_layout(ns, options)
     for agent in config.agents:
-        layout += inbox_layout(ns, agent.id, max_length=agent.inbox.max_length)
+        layout += inbox_layout(ns, agent.id, options, inbox_options(agent.inbox))
     for agent_id in config.external_agents:
-        layout += inbox_layout(ns, agent_id, external=True)
+        layout += inbox_layout(ns, agent_id, options, external=True)
     for agent in config.agents:
-        layout += retry_layout(ns, agent.id, agent.retry.distinct_delays())
+        layout += retry_layout(ns, agent.id, agent.retry.distinct_delays(), options)
     for route in config.routes:
-        layout += route_layout(
-            ns, route.rule.binding_key, route.destinations, pattern=route.pattern
-        )
-    return layout + record_layout(ns)
+        if route.filter is not None:
+            continue  # the broker cannot filter: the sender addresses the copies (BCC)
+        for key in route.rule.binding_keys:
+            layout += route_layout(ns, key, route.destinations, options, pattern=route.pattern)
+    return layout + record_layout(ns, options)
 
 
 def namespace_options(config: AgentsConfig) -> NamespaceOptions:
     """The :class:`NamespaceOptions` a configuration's broker section sets."""
     broker = config.broker
-    return NamespaceOptions(broker.history_max_age, broker.history_max_bytes)
+    return NamespaceOptions(
+        queue_type=broker.queue_type,
+        history_max_age=broker.history_max_age,
+        history_max_bytes=broker.history_max_bytes,
+        history_replicas=broker.history_replicas,
+    )
+
+
+def inbox_options(inbox: InboxConfig) -> InboxOptions:
+    """The :class:`InboxOptions` an agent's ``inbox`` section sets."""
+    return InboxOptions(inbox.max_length, inbox.delivery_limit)
 
 
 def retry_exchange_of(ns: str, queue: str) -> str | None:
     """The retry exchange that feeds ``queue`` if it is a retry queue of ``ns``, else None.
 
-    ``retry_exchange_of("agents", "agents.retry.writer.200ms") -> "agents.retry.writer"``;
-    for deleting what the run-time path declared, known only by queue names.
+    ``retry_exchange_of("agents", "agents.retry.writer.200ms") -> "agents.retry.writer"``
+    (and likewise for a lane's ``agents.retry.writer.high.200ms``); for deleting what
+    the run-time path declared, known only by queue names.
     """
     prefix = wire.retry_exchange_name(ns, "")
-    agent_id, dot, delay = queue.removeprefix(prefix).rpartition(".")
+    rest, dot, delay = queue.removeprefix(prefix).rpartition(".")
     if not (queue.startswith(prefix) and delay.endswith("ms") and delay[:-2].isdigit()):
         return None
-    if not dot or "." in agent_id:  # agent ids have no dots
+    agent_id = rest.partition(".")[0]  # agent ids have no dots
+    if not dot or not agent_id:
         return None
-    if wire.retry_queue_name(ns, agent_id, int(delay[:-2]) / 1000) != queue:
+    delay_s = int(delay[:-2]) / 1000
+    if all(wire.retry_queue_name(ns, agent_id, delay_s, lane) != queue for lane in wire.LANES):
         return None
     return wire.retry_exchange_name(ns, agent_id)
-
-
-# -- comparing with the broker ----------------------------------------------------------
-
-
-class Status(Enum):
-    """What an inspection found for one exchange or queue."""
-
-    PRESENT = "present"
-    MISSING = "missing"
-    CONFLICT = "conflict"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """The finding for one exchange or queue; ``detail`` is the broker's own words."""
-
-    status: Status
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Observed:
-    """What the broker has of a layout.
-
-    Attributes:
-        exchanges: exchange name -> finding.
-        queues: queue name -> finding.
-        recorded: the bindings the last ``topology apply`` recorded (None: no record).
-    """
-
-    exchanges: Mapping[str, Check]
-    queues: Mapping[str, Check]
-    recorded: frozenset[BindingSpec] | None = None
-
-    def status(self, kind: Kind, name: str) -> Status:
-        """The finding for ``name``; anything not inspected counts as missing."""
-        checks = self.exchanges if kind == "exchange" else self.queues
-        check = checks.get(name)
-        return Status.MISSING if check is None else check.status
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One line of a plan.
-
-    Attributes:
-        action: ``create`` / ``bind`` (what apply would do), ``conflict`` (exists with
-            other arguments; apply refuses), ``stale`` (recorded, no longer configured;
-            apply leaves it), ``unchecked`` (exists; this user may not compare its
-            arguments).
-        kind: exchange, queue or binding.
-        name: the object's name (a binding: ``exchange -> queue``).
-        detail: type, role and arguments; for a conflict the broker's message.
-        binding: the binding, for binding steps.
-    """
-
-    action: Action
-    kind: Kind
-    name: str
-    detail: str = ""
-    binding: BindingSpec | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What ``topology apply`` would change, and what stands in its way."""
-
-    layout: Layout
-    steps: tuple[Step, ...]
-
-    @property
-    def changes(self) -> list[Step]:
-        """The steps apply would carry out."""
-        return [s for s in self.steps if s.action in ("create", "bind")]
-
-    @property
-    def conflicts(self) -> list[Step]:
-        """Objects that exist with other arguments; apply refuses while there are any."""
-        return [s for s in self.steps if s.action == "conflict"]
-
-    @property
-    def nothing_to_do(self) -> bool:
-        """Everything exists as configured."""
-        return not self.changes and not self.conflicts
-
-
-def plan(layout: Layout, observed: Observed) -> Plan:
-    """The steps that take the broker from ``observed`` to ``layout``.
-
-    Exchanges, then queues, then bindings, in layout order. A binding is to do unless
-    both its ends are present and the apply record has it (AMQP cannot list bindings).
-    """
-    steps: list[Step] = []
-    for ex in layout.exchanges:
-        steps += _object_step("exchange", ex.name, f"{ex.type}, {ex.role}", observed.exchanges)
-    for queue in layout.queues:
-        detail = f"{queue.role}; {format_arguments(queue.arguments)}"
-        steps += _object_step("queue", queue.name, detail, observed.queues)
-    recorded = observed.recorded or frozenset()
-    for b in layout.bindings:
-        present = (
-            observed.status("exchange", b.exchange) is Status.PRESENT
-            and observed.status("queue", b.queue) is Status.PRESENT
-            and b in recorded
-        )
-        if not present:
-            steps.append(Step("bind", "binding", binding_name(b), f"key {b.key!r}", b))
-    for b in sorted(recorded - set(layout.bindings)):
-        detail = f"key {b.key!r}: recorded by an earlier apply, not in this configuration"
-        steps.append(Step("stale", "binding", binding_name(b), detail, b))
-    return Plan(layout, tuple(steps))
-
-
-def _object_step(kind: Kind, name: str, detail: str, checks: Mapping[str, Check]) -> list[Step]:
-    check = checks.get(name, Check(Status.MISSING))
-    if check.status is Status.MISSING:
-        return [Step("create", kind, name, detail)]
-    if check.status is Status.CONFLICT:
-        return [Step("conflict", kind, name, check.detail)]
-    if check.detail:
-        return [Step("unchecked", kind, name, check.detail)]
-    return []
-
-
-def binding_name(binding: BindingSpec) -> str:
-    """``"agents -> agents.inbox.writer"``."""
-    return f"{binding.exchange} -> {binding.queue}"
-
-
-def format_arguments(arguments: Mapping[str, Any]) -> str:
-    """``{"x-max-length": 5, "x-queue-type": "classic"} -> "classic, x-max-length=5"``."""
-    kind = str(arguments.get("x-queue-type", "classic"))
-    rest = [f"{k}={v}" for k, v in sorted(arguments.items()) if k != "x-queue-type"]
-    return ", ".join([kind, *rest])

@@ -32,7 +32,7 @@ def client_from_env() -> Any:
     if not os.environ.get("OPENAI_API_KEY"):
         return None
     try:
-        from openai import AsyncOpenAI  # type: ignore[import-not-found]
+        from openai import AsyncOpenAI
     except ImportError:
         return None
     return AsyncOpenAI()

@@ -39,7 +39,7 @@ from .errors import (
     BrokerConnectionError,
     ErrorTable,
     InboxFullError,
-    InvalidMessageError,
+    InboxUnavailableError,
     MessageTooLargeError,
     NoRouteError,
     PublishTimeoutError,
@@ -48,6 +48,7 @@ from .errors import (
 )
 from .errors import DeliveryError as AgentsDeliveryError
 from .message import Message
+from .senders import SenderPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,9 @@ class PublishAttempt:
     timeout_s: float
     failure: Callable[[], BrokerConnectionError | None]
     """Why the connection gave up reconnecting, if it did (asked when the publish fails)."""
+    nack_means_unavailable: bool = False
+    """A nack cannot be a full inbox: the recipient's quorum lanes have no length limit
+    this client knows of, so a lane without a majority refused it."""
 
 
 def publish_errors(attempt: PublishAttempt) -> ErrorTable:
@@ -79,12 +83,18 @@ def publish_errors(attempt: PublishAttempt) -> ErrorTable:
         return UnknownRecipientError(attempt.recipient, mid)
 
     def nacked(exc: BaseException) -> BaseException:
-        if isinstance(cast(DeliveryError, exc).frame, Basic.Nack):
-            return InboxFullError(
-                f"the broker refused message {mid} for {key!r}: "
-                "a destination queue is full (x-overflow reject-publish)"
+        if not isinstance(cast(DeliveryError, exc).frame, Basic.Nack):
+            return AgentsDeliveryError(f"message {mid} not delivered: {exc}")
+        if attempt.nack_means_unavailable:
+            return InboxUnavailableError(
+                f"the broker refused message {mid} for {key!r}: an inbox lane of"
+                f" {attempt.recipient!r} has no majority of its nodes; nothing has it"
             )
-        return AgentsDeliveryError(f"message {mid} not delivered: {exc}")
+        return InboxFullError(
+            f"the broker refused message {mid} for {key!r}: "
+            "a destination queue is full (x-overflow reject-publish), or (quorum)"
+            " has no majority of its nodes"
+        )
 
     def timed_out(_: BaseException) -> BaseException:
         return PublishTimeoutError(
@@ -169,11 +179,14 @@ class Publisher:
         connection: the open connection.
         channel: the publishing channel (publisher confirms on, returns raise).
         namespace: the namespace messages are sent in.
-        user_id: the AMQP ``user_id`` every publish carries (``authenticate_senders``).
+        senders: whom our RabbitMQ user may speak for; every publish carries that user
+            as the AMQP ``user_id``, which RabbitMQ validates (senders.py).
         max_body_bytes: larger messages are refused before publishing.
         timeout_s: how long a publish waits for the broker's confirm.
         connect_timeout_s: how long to wait for a reopening default-exchange channel.
         failure: why the connection stopped reconnecting, if it did (else None).
+        nack_means_unavailable: whether a nack of a message to this agent means its
+            quorum lanes had no majority (they have no length limit), not a full inbox.
     """
 
     def __init__(
@@ -182,20 +195,24 @@ class Publisher:
         channel: AbstractChannel,
         *,
         namespace: str,
-        user_id: str | None,
+        senders: SenderPolicy,
         max_body_bytes: int,
         timeout_s: float,
         connect_timeout_s: float,
         failure: Callable[[], BrokerConnectionError | None],
+        nack_means_unavailable: Callable[[str], bool] = lambda _recipient: False,
     ) -> None:
         self._connection = connection
         self._channel = channel
         self.namespace = namespace
-        self.user_id = user_id
+        self.senders = senders
+        self.user_id = senders.own_user
+        """The ``user_id`` of every message we publish: our connection's user."""
         self.max_body_bytes = max_body_bytes
         self.timeout_s = timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._failure = failure
+        self._nack_means_unavailable = nack_means_unavailable
         self._default_exchange_channel: AbstractChannel | None = None
         self._default_exchange_lock = asyncio.Lock()
 
@@ -217,10 +234,11 @@ class Publisher:
         one, to its routes' bindings).
 
         Raises:
-            InvalidMessageError: ``user_id`` is set and the sender is another agent;
-                or as :func:`wire.encode` and :meth:`publish`.
+            InvalidMessageError: our user may not speak for the sender
+                (:meth:`SenderPolicy.check_sendable`); or as :func:`wire.encode` and
+                :meth:`publish`.
         """
-        self._check_sender(message)
+        self.senders.check_sendable(message)
         out = wire.encode(
             message,
             reply_to=reply_to,
@@ -248,7 +266,7 @@ class Publisher:
         with a ``BCC`` of the history stream, on :meth:`default_exchange_channel`.
         Raises as :meth:`send`.
         """
-        self._check_sender(message)
+        self.senders.check_sendable(message)
         if wire.is_reply_queue(self.namespace, queue_name):
             out = wire.encode(message, max_body_bytes=self.max_body_bytes)
             exchange = wire.reply_exchange_name(self.namespace)
@@ -263,14 +281,6 @@ class Publisher:
         channel = await self.default_exchange_channel()
         props = properties(out, self.user_id)
         await self.publish("", queue_name, out.body, props, message.id, via=channel)
-
-    def _check_sender(self, message: Message) -> None:
-        """With ``authenticate_senders``, only this connection's agent may send."""
-        if self.user_id is not None and message.sender != self.user_id:
-            raise InvalidMessageError(
-                f"message {message.id}: sender {message.sender!r} is not this connection's"
-                f" agent {self.user_id!r} (authenticate_senders)"
-            )
 
     async def publish(
         self,
@@ -291,7 +301,13 @@ class Publisher:
         """
         channel = via or self._channel
         attempt = PublishAttempt(
-            message_id, exchange, routing_key, recipient, self.timeout_s, self._failure
+            message_id,
+            exchange,
+            routing_key,
+            recipient,
+            self.timeout_s,
+            self._failure,
+            bool(recipient) and self._nack_means_unavailable(recipient or ""),
         )
         with map_exceptions(publish_errors(attempt)):
             if channel.is_closed:

@@ -106,13 +106,15 @@ async def retry_later(
 ) -> None:
     """Park a delivery in the agent's retry queue for ``delay_s``, then ack it.
 
-    The retry queue's TTL dead-letters the copy back into the inbox, through the
-    agent's own retry exchange; its ``x-attempt`` header says how many attempts failed.
+    The copy goes through the agent's own retry exchange into the retry queue of its
+    priority's lane, whose TTL dead-letters it back into that lane (or the classic
+    inbox); its ``x-attempt`` header says how many attempts failed.
 
     Raises:
         DeliveryError and subclasses (the original is then not acknowledged).
     """
-    retry_queue = await topology.declare_retry_queue(agent_id, delay_s)
+    lane = wire.lane_of(incoming.priority)
+    retry_queue = await topology.declare_retry_queue(agent_id, delay_s, lane)
     await republish(
         publisher,
         incoming,

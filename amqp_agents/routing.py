@@ -7,12 +7,18 @@ A route says "messages like this go to these agents"::
     router.add_route("sender:agent_*", ["auditor"])
     router.add_filter("sender:agent_*", lambda m: m.priority >= 3)
 
-Two places read the same routes. The broker: each route becomes a topic binding of
-its destinations' inboxes (:func:`compile_rule` gives the key), so one publish reaches
-every inbox that may want it. The consumer: a binding cannot say everything (a sender
-prefix, a filter function), so :meth:`MessageRouter.accept` finishes the decision for
-each delivery and applies the route's transforms. :meth:`MessageRouter.get_destinations`
-predicts the outcome of both; the integration tests hold the broker to it.
+Two places read the same routes. The broker: each route becomes topic bindings of its
+destinations' inboxes (:func:`compile_rule` gives the keys), so one publish reaches
+every inbox the route names, and no other: a pattern's bindings are exact, whoever
+reads the inbox. A sender prefix has no topic form (``*`` is a whole word), so it
+binds one key per known agent id that starts with it (the configuration's agents and
+external agents): a prefix route matches only known senders. The consumer: a filter
+is a function the broker cannot run, so a filtered route has no binding: the sending
+client runs the filter and addresses a copy to each of the route's destinations that
+keep the message (``BCC``: ``BrokerClient.send``). :meth:`MessageRouter.accept` applies
+the transforms (and drops what bindings left from older routes deliver).
+:meth:`MessageRouter.get_destinations` predicts the outcome of both; the integration
+tests hold the broker to it.
 
 Pure: nothing here does IO. A broker client given ``router=`` makes the bindings
 (:class:`amqp_agents.client.BrokerClient`), and :func:`amqp_agents.admission.admit`
@@ -22,12 +28,12 @@ calls :meth:`MessageRouter.accept`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from . import wire
-from .errors import RoutingError
+from .errors import NoRouteError, RoutingError
 from .message import AGENT_ID_PATTERN, Message, MessageType
 
 Filter = Callable[[Message], bool]
@@ -51,21 +57,19 @@ class CompiledRule:
 
     Attributes:
         pattern: the pattern as written.
-        binding_key: the topic binding that delivers every message the pattern matches
-            (and, when not ``exact``, some more).
-        exact: the binding delivers exactly the matching messages; when False the
-            consumer must check :meth:`matches` and drop the rest.
+        binding_keys: the topic bindings that deliver exactly the messages the pattern
+            matches (a sender prefix: one per known sender it names; none if it names
+            none).
         attribute: the message attribute the pattern tests (``*``: none).
         value: the value it is compared with (for a sender prefix: the prefix).
-        prefix: ``value`` is a sender prefix rather than a whole id.
+        senders: for a sender prefix, the known agent ids that start with it.
     """
 
     pattern: str
-    binding_key: str
-    exact: bool
+    binding_keys: tuple[str, ...]
     attribute: Attribute
     value: str = ""
-    prefix: bool = False
+    senders: tuple[str, ...] | None = None
 
     def matches(self, message: Message) -> bool:
         """Whether ``message`` matches the pattern (filters are not part of a rule)."""
@@ -74,59 +78,71 @@ class CompiledRule:
         if self.attribute == "priority":
             return str(int(message.priority)) == self.value
         if self.attribute == "sender":
-            if self.prefix:
-                return message.sender.startswith(self.value)
+            if self.senders is not None:
+                return message.sender in self.senders
             return message.sender == self.value
         return True
 
+    def naming(self, senders: Iterable[str]) -> CompiledRule:
+        """This rule with a sender prefix expanded to the ids of ``senders`` it names.
 
-def compile_rule(pattern: str) -> CompiledRule:
-    """Compile a route pattern into its topic binding key and consumer-side predicate.
+        Any other rule is returned as it is. A configuration compiles its patterns while
+        validating each route and knows its agents only afterwards; this completes the
+        rule without compiling the pattern again.
+        """
+        if self.senders is None:
+            return self
+        named = tuple(dict.fromkeys(s for s in senders if s.startswith(self.value)))
+        keys = tuple(wire.route_binding_key(sender=s) for s in named)
+        return replace(self, binding_keys=keys, senders=named)
+
+
+def compile_rule(pattern: str, senders: Iterable[str] = ()) -> CompiledRule:
+    """Compile a route pattern into the topic binding keys that deliver exactly its matches.
 
     Route keys end in ``-``: routes only ever see recipient-less messages. A sender
-    prefix has no topic-binding form (``*`` stands for a whole word), so it binds as
-    narrowly as possible and the consumer completes the match::
+    prefix has no topic-binding form (``*`` stands for a whole word), so it binds one
+    key per agent id of ``senders`` (the known agents) that starts with it::
 
-        "*"              -> "*.*.*.-"      exact
-        "type:task"      -> "task.*.*.-"   exact
-        "priority:4"     -> "*.4.*.-"      exact
-        "sender:bob"     -> "*.*.bob.-"    exact
-        "sender:agent_*" -> "*.*.*.-"      not exact: the consumer checks the prefix
+        "*"              -> ("*.*.*.-",)
+        "type:task"      -> ("task.*.*.-",)
+        "priority:4"     -> ("*.4.*.-",)
+        "sender:bob"     -> ("*.*.bob.-",)
+        "sender:agent_*" -> ("*.*.agent_1.-", "*.*.agent_2.-")   senders agent_1, agent_2
         "type:job"       -> RoutingError   (not a message type)
         "recipient:bob"  -> RoutingError   (unknown pattern form)
 
-    >>> rule = compile_rule("sender:agent_*")
-    >>> rule.binding_key, rule.exact
-    ('*.*.*.-', False)
+    >>> compile_rule("sender:agent_*", ["agent_1", "bob", "agent_2"]).binding_keys
+    ('*.*.agent_1.-', '*.*.agent_2.-')
 
     Raises:
         RoutingError: unknown pattern form or invalid value; the message lists the forms.
     """
     if pattern == "*":
-        return CompiledRule(pattern, wire.route_binding_key(), exact=True, attribute="*")
+        return CompiledRule(pattern, (wire.route_binding_key(),), attribute="*")
     kind, colon, value = pattern.partition(":")
     compile_value = _COMPILERS.get(kind) if colon else None
     if compile_value is None:
         raise RoutingError(f"unknown route pattern {pattern!r}: expected {_PATTERN_FORMS}")
-    return compile_value(pattern, value)
+    return compile_value(pattern, value, tuple(senders))
 
 
-def _compile_type(pattern: str, value: str) -> CompiledRule:
+def _compile_type(pattern: str, value: str, senders: tuple[str, ...]) -> CompiledRule:
     if value not in {t.value for t in MessageType}:
         kinds = ", ".join(t.value for t in MessageType)
         raise RoutingError(f"route pattern {pattern!r}: {value!r} is not a message type ({kinds})")
     key = wire.route_binding_key(msg_type=value)
-    return CompiledRule(pattern, key, exact=True, attribute="type", value=value)
+    return CompiledRule(pattern, (key,), attribute="type", value=value)
 
 
-def _compile_priority(pattern: str, value: str) -> CompiledRule:
+def _compile_priority(pattern: str, value: str, senders: tuple[str, ...]) -> CompiledRule:
     if not _PRIORITY.fullmatch(value):
         raise RoutingError(f"route pattern {pattern!r}: priority must be 1, 2, 3 or 4")
     key = wire.route_binding_key(priority=value)
-    return CompiledRule(pattern, key, exact=True, attribute="priority", value=value)
+    return CompiledRule(pattern, (key,), attribute="priority", value=value)
 
 
-def _compile_sender(pattern: str, value: str) -> CompiledRule:
+def _compile_sender(pattern: str, value: str, senders: tuple[str, ...]) -> CompiledRule:
     if value.endswith("*"):
         prefix = value[:-1]
         if not _SENDER_PREFIX.fullmatch(prefix):
@@ -134,16 +150,14 @@ def _compile_sender(pattern: str, value: str) -> CompiledRule:
                 f"route pattern {pattern!r}: a sender prefix must be the non-empty start of"
                 " an agent id, with '*' only at the end (use '*' alone to match every sender)"
             )
-        key = wire.route_binding_key()
-        return CompiledRule(
-            pattern, key, exact=False, attribute="sender", value=prefix, prefix=True
-        )
+        unnamed = CompiledRule(pattern, (), attribute="sender", value=prefix, senders=())
+        return unnamed.naming(senders)
     _check_agent_id(pattern, value, "sender")
     key = wire.route_binding_key(sender=value)
-    return CompiledRule(pattern, key, exact=True, attribute="sender", value=value)
+    return CompiledRule(pattern, (key,), attribute="sender", value=value)
 
 
-_COMPILERS: dict[str, Callable[[str, str], CompiledRule]] = {
+_COMPILERS: dict[str, Callable[[str, str, tuple[str, ...]], CompiledRule]] = {
     "type": _compile_type,
     "priority": _compile_priority,
     "sender": _compile_sender,
@@ -156,7 +170,7 @@ class RouteVerdict:
 
     Attributes:
         pattern: the route's pattern.
-        binding_key: its topic binding.
+        binding_keys: its topic bindings.
         destinations: where it sends what it takes.
         matches: the pattern matches the message.
         filtered_out: the route's filter returned False.
@@ -165,7 +179,7 @@ class RouteVerdict:
     """
 
     pattern: str
-    binding_key: str
+    binding_keys: tuple[str, ...]
     destinations: tuple[str, ...]
     matches: bool
     filtered_out: bool = False
@@ -224,23 +238,39 @@ class MessageRouter:
     are evaluated in the order they were first added. Filters and transforms run on
     both the sender's side (to refuse a message no route takes) and the consumer's, so
     they must be deterministic and quick; a transform gets a private copy to change.
+
+    Args:
+        senders: the known agent ids, which a sender-prefix route expands to (one
+            binding each); a configuration's agents and external agents.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, senders: Iterable[str] = ()) -> None:
         self._routes: dict[str, _Route] = {}
+        self.senders = tuple(dict.fromkeys(senders))
 
     def add_route(self, pattern: str | CompiledRule, destinations: Sequence[str]) -> None:
         """Send messages matching ``pattern`` to the inboxes of ``destinations``.
 
         ``pattern`` may come compiled already (a configuration compiles its routes
-        while validating), so that it is compiled once on its way to the bindings.
+        while validating), so that it is compiled once on its way to the bindings; a
+        sender prefix is then expanded to this router's ``senders``.
 
         Raises:
-            RoutingError: bad pattern (see :func:`compile_rule`), no destination, or a
-                destination that is not a valid agent id.
+            RoutingError: bad pattern (see :func:`compile_rule`), a sender prefix that
+                names no known sender, no destination, or a destination that is not a
+                valid agent id.
         """
-        rule = pattern if isinstance(pattern, CompiledRule) else compile_rule(pattern)
+        if isinstance(pattern, CompiledRule):
+            rule = pattern.naming(self.senders)
+        else:
+            rule = compile_rule(pattern, self.senders)
         pattern = rule.pattern
+        if rule.senders == ():
+            raise RoutingError(
+                f"route {pattern!r}: no known agent id starts with {rule.value!r}; a sender"
+                " prefix matches only known senders (MessageRouter(senders=...); in a"
+                " configuration: agents and external_agents)"
+            )
         dests = _destinations(pattern, destinations)
         route = self._routes.get(pattern)
         if route is None:
@@ -269,8 +299,18 @@ class MessageRouter:
         """The compiled patterns, in route order."""
         return [route.rule for route in self._routes.values()]
 
+    @property
+    def destinations(self) -> list[str]:
+        """Every agent some route sends to, each once, in route order."""
+        return list(
+            dict.fromkeys(dest for route in self._routes.values() for dest in route.destinations)
+        )
+
     def bindings(self) -> list[tuple[str, str]]:
         """``(binding_key, destination)`` pairs the broker needs, without repeats.
+
+        A route with a filter has none: the broker cannot run the filter, so the sender
+        runs it and addresses the copies itself (:meth:`filtered_destinations`).
 
         >>> router = MessageRouter()
         >>> router.add_route("type:task", ["researcher", "writer"])
@@ -278,11 +318,46 @@ class MessageRouter:
         [('task.*.*.-', 'researcher'), ('task.*.*.-', 'writer')]
         """
         pairs = (
-            (route.rule.binding_key, dest)
+            (key, dest)
             for route in self._routes.values()
+            if route.filter is None
+            for key in route.rule.binding_keys
             for dest in route.destinations
         )
         return list(dict.fromkeys(pairs))
+
+    def filtered_destinations(self, message: Message) -> list[str]:
+        """The destinations of the filtered routes that take ``message``.
+
+        No binding delivers to them; the sender adds a ``BCC`` for each
+        (``BrokerClient.send`` does), so their inboxes get exactly what the filters keep.
+        """
+        found = (
+            dest
+            for route in self._routes.values()
+            if route.filter is not None and route.takes(message)
+            for dest in route.destinations
+        )
+        return list(dict.fromkeys(found))
+
+    def send_headers(
+        self, message: Message, extra_headers: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """``extra_headers`` for publishing routed ``message`` once: plus a ``BCC`` of
+        the routed key per destination of a filtered route that keeps it (a filtered
+        route has no binding: the broker cannot run a filter).
+
+        Raises:
+            NoRouteError: no route takes ``message`` (an error here, not a message
+                nobody reads).
+        """
+        if not self.get_destinations(message):
+            raise NoRouteError(f"no route takes message {message.id} ({wire.routing_key(message)})")
+        if filtered := self.filtered_destinations(message):
+            copies = (message.model_copy(update={"recipient": d}) for d in filtered)
+            bcc = [wire.routing_key(copy) for copy in copies]
+            return {**(extra_headers or {}), "BCC": bcc}
+        return extra_headers
 
     def get_destinations(self, message: Message) -> list[str]:
         """The agents that receive ``message`` if it is sent without a recipient.
@@ -316,7 +391,7 @@ class MessageRouter:
             verdicts.append(
                 RouteVerdict(
                     route.rule.pattern,
-                    route.rule.binding_key,
+                    route.rule.binding_keys,
                     tuple(route.destinations),
                     matches,
                     filtered_out,
@@ -329,8 +404,8 @@ class MessageRouter:
     def accept(self, message: Message, destination: str) -> Message | None:
         """What ``destination`` receives of a routed message delivered into its inbox.
 
-        Bindings may deliver more than the routes mean (a sender prefix binds every
-        routed message; an inbox keeps old bindings), so this decides for real: None
+        Bindings deliver what the patterns match, but a filter may refuse it (and an
+        inbox keeps the bindings of routes since removed), so this decides: None
         unless a route listing ``destination`` matches and its filter keeps the message.
         Otherwise a copy with ``recipient=destination``, passed through the transforms
         of those routes in route order. ``message`` itself is never changed: a transform

@@ -6,7 +6,11 @@
 Requests carry ``reply_to`` = this queue's name, which is bound to ``{ns}.replies`` with
 that name as key; replies (and STATUS progress reports) come back through that exchange
 with ``correlation_id`` = the request's id and resolve a future kept here,
-as in aio-pika's RPC pattern. Replies never pass through an agent's inbox, so waiting
+as in aio-pika's RPC pattern. Anyone who may write to ``{ns}.replies`` (every agent)
+can put a message into the queue, and its name travels in every request, so a reply
+is taken only when it answers a request sent from here, comes from the agent asked,
+is addressed back to the request's sender, and its ``user_id`` may speak for the
+agent asked (:meth:`ReplyListener.refusal`). Replies never pass through an agent's inbox, so waiting
 for one never takes, delays or drops any other message addressed to the agent, and a
 handler that waits for a sub-task cannot deadlock the inbox's prefetch window.
 """
@@ -35,6 +39,7 @@ from .errors import (
     map_exceptions,
 )
 from .message import Message, MessageType
+from .senders import SenderPolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,10 @@ StatusCallback = Callable[[Message], Awaitable[None] | None]
 class _Pending:
     future: asyncio.Future[Message]
     on_status: StatusCallback | None
-    responder: str | None = None
+    requester: str
+    """The request's sender: a reply must be addressed to it."""
+    responder: str | None
+    """The agent asked (None: a routed request, answered by whoever a route chose)."""
 
 
 class ReplyListener:
@@ -55,10 +63,7 @@ class ReplyListener:
         channel: a channel of its own.
         namespace: the namespace (the queue's name prefix).
         owner: the agent id in the queue's name, if any.
-        authenticate: take only replies whose RabbitMQ-validated ``user_id`` is their
-            sender (``MessageQueue(authenticate_senders=True)``): anyone who may write
-            to the replies exchange (every agent) or the default exchange can put a
-            message into this queue.
+        senders: whom each RabbitMQ user may speak for (the replies' ``user_id`` check).
     """
 
     def __init__(
@@ -67,11 +72,11 @@ class ReplyListener:
         namespace: str,
         owner: str | None = None,
         *,
-        authenticate: bool = False,
+        senders: SenderPolicy,
     ) -> None:
         self._channel = channel
         self._namespace = namespace
-        self.authenticate = authenticate
+        self.senders = senders
         # A client-chosen name (not server-named) so that a reconnecting robust channel
         # redeclares the very queue that in-flight requests named as their reply_to.
         # The owner's id in it lets a broker permission grant exactly its reply queues.
@@ -102,19 +107,24 @@ class ReplyListener:
         self._channel.close_callbacks.add(self._on_channel_close)
 
     def expect(
-        self,
-        request_id: str,
-        on_status: StatusCallback | None = None,
-        responder: str | None = None,
+        self, request: Message, on_status: StatusCallback | None = None
     ) -> asyncio.Future[Message]:
-        """Register interest in the reply to ``request_id`` (call before publishing).
-
-        With ``authenticate`` on, only a reply whose validated ``user_id`` is its
-        sender, and that sender ``responder`` (the agent asked), is taken.
-        """
+        """Register interest in the reply to ``request`` (call before publishing)."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = _Pending(future, on_status, responder)
+        pending = _Pending(future, on_status, request.sender, request.recipient or None)
+        self._pending[request.id] = pending
         return future
+
+    def refusal(self, incoming: AbstractIncomingMessage, reply: Message) -> str | None:
+        """Why ``reply`` does not answer a request of ours, or None (it does)."""
+        pending = self._pending.get(reply.reply_to or "")
+        if pending is None:
+            return "it answers no request waiting here"
+        if pending.responder is not None and reply.sender != pending.responder:
+            return f"it is from {reply.sender!r}, the request went to {pending.responder!r}"
+        if reply.recipient != pending.requester:
+            return f"it is addressed to {reply.recipient!r}, not to {pending.requester!r}"
+        return self.senders.refusal(incoming.user_id, reply.sender)
 
     def forget(self, request_id: str) -> None:
         """Stop waiting for ``request_id`` (timed out or cancelled); a late reply is dropped."""
@@ -131,26 +141,20 @@ class ReplyListener:
         except InvalidMessageError as exc:
             log.warning("undecodable reply %s ignored: %s", incoming.message_id, exc)
             return
-        pending = self._pending.get(reply.reply_to or "")
-        if pending is None:
-            log.debug(
-                "reply %s to %s arrived after its requester stopped waiting",
-                reply.id,
-                reply.reply_to,
-            )
-            return
-        if self.authenticate and not (
-            incoming.user_id == reply.sender and pending.responder in (None, reply.sender)
-        ):
-            log.warning(
-                "reply %s to %s ignored: user_id %r, sender %r, asked %r",
+        if refused := self.refusal(incoming, reply):
+            # A late reply (its requester stopped waiting) is routine; anything else
+            # is someone else's answer or a forgery.
+            late = reply.reply_to not in self._pending
+            log.log(
+                logging.DEBUG if late else logging.WARNING,
+                "reply %s to %s (user_id %r) ignored: %s",
                 reply.id,
                 reply.reply_to,
                 incoming.user_id,
-                reply.sender,
-                pending.responder,
+                refused,
             )
             return
+        pending = self._pending[reply.reply_to or ""]
         if reply.type is MessageType.STATUS:
             if pending.on_status is not None:
                 try:
@@ -237,8 +241,7 @@ class RpcClient:
         send: publishes a message with ``reply_to`` and ``deadline`` (confirmed).
         namespace: the namespace.
         owner: the agent id in the reply queue's name, if any.
-        authenticate: take only replies from their authenticated sender (see
-            :class:`ReplyListener`).
+        senders: whom each RabbitMQ user may speak for (see :class:`ReplyListener`).
     """
 
     def __init__(
@@ -248,13 +251,13 @@ class RpcClient:
         namespace: str,
         owner: str | None,
         *,
-        authenticate: bool,
+        senders: SenderPolicy,
     ) -> None:
         self._open_channel = open_channel
         self._send = send
         self._namespace = namespace
         self._owner = owner
-        self._authenticate = authenticate
+        self._senders = senders
         self._listener: ReplyListener | None = None
         self._lock = asyncio.Lock()
 
@@ -272,7 +275,7 @@ class RpcClient:
                     await self._open_channel(),
                     self._namespace,
                     self._owner,
-                    authenticate=self._authenticate,
+                    senders=self._senders,
                 )
                 await listener.start()
                 self._listener = listener
@@ -290,7 +293,7 @@ class RpcClient:
             The errors of the ``send`` given (UnknownRecipientError, ...).
         """
         replies = await self.listener()
-        future = replies.expect(message.id, on_status, responder=message.recipient)
+        future = replies.expect(message, on_status)
         deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
         try:
             await self._send(message, reply_to=replies.queue_name, deadline=deadline)

@@ -32,7 +32,8 @@ from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import AgentConnection, connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
-from .layout import Status, layout_of
+from .layout import layout_of
+from .plan import Status
 from .queue import MessageQueue
 from .routed_queue import RoutingMessageQueue
 from .topology import inspect_layout
@@ -296,8 +297,9 @@ def queue_from_config(
 ) -> MessageQueue:
     """The (unconnected) queue the broker section describes; with routes, a routing one.
 
-    Every agent's inbox limit comes from the file, whoever declares the inbox: an inbox
-    declared with another limit elsewhere would fail with PRECONDITION_FAILED.
+    Every agent's inbox limits and the queue type come from the file, whoever declares
+    the inbox: an inbox declared with other arguments elsewhere would fail with
+    PRECONDITION_FAILED.
 
     Raises:
         ConfigError: as :func:`ssl_context_of` and :func:`~amqp_agents.config.build_router`.
@@ -312,9 +314,14 @@ def queue_from_config(
         "history_max_age": broker.history_max_age,
         "history_max_bytes": broker.history_max_bytes,
         "inbox_max_lengths": {agent.id: agent.inbox.max_length for agent in config.agents},
+        "inbox_delivery_limits": {agent.id: agent.inbox.delivery_limit for agent in config.agents},
+        "queue_type": broker.queue_type,
+        "history_replicas": broker.history_replicas,
         "connection_name": connection_name,
         "ssl_context": ssl_context_of(config),
         "reply_owner": reply_owner,
+        "senders": broker.senders,
+        "trust_sender_word": broker.trust_sender_word,
     }
     if config.routes:
         return RoutingMessageQueue(build_router(config), broker.secret_url(), **options)

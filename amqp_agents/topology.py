@@ -10,6 +10,7 @@ without configure permission. :func:`inspect_layout` and :func:`apply_layout` ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -27,20 +28,17 @@ from aio_pika.exceptions import ChannelClosed, ChannelNotFoundEntity
 from aiormq.exceptions import ChannelAccessRefused
 
 from . import wire
-from .errors import ErrorTable, TopologyError, map_exceptions
+from .errors import ErrorTable, QueueUnavailableError, TopologyError, map_exceptions
 from .layout import (
+    DEFAULT_INBOX,
+    DEFAULT_OPTIONS,
     BindingSpec,
-    Check,
     ExchangeSpec,
+    InboxOptions,
     Layout,
     NamespaceOptions,
-    Observed,
-    Plan,
     QueueSpec,
-    Status,
-    Step,
     base_layout,
-    binding_name,
     history_binding,
     inbox_layout,
     record_layout,
@@ -48,6 +46,7 @@ from .layout import (
     retry_layout,
     route_layout,
 )
+from .plan import Check, Observed, Plan, Status, Step, binding_name
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +61,9 @@ class Topology:
         channel: a channel used only for declarations (a failed declaration closes it).
         namespace: the name prefix.
         passive: check that things exist instead of creating them.
-        inbox_max_length: length limit of every inbox declared here (None: unlimited).
-        inbox_max_lengths: per-agent limits that override ``inbox_max_length``.
-        history_max_age: retention of the history stream by age ("7D", "12h").
-        history_max_bytes: retention of the history stream by size.
+        options: the namespace's settings (queue type, history).
+        inbox: the settings of every inbox declared here (length limit, delivery limit).
+        inboxes: per-agent settings that override ``inbox``.
         declared: a set that records the name of every queue declared (for teardown).
     """
 
@@ -75,23 +73,23 @@ class Topology:
         namespace: str,
         *,
         passive: bool = False,
-        inbox_max_length: int | None = None,
-        history_max_age: str = "7D",
-        history_max_bytes: int = 1_000_000_000,
+        options: NamespaceOptions = DEFAULT_OPTIONS,
+        inbox: InboxOptions = DEFAULT_INBOX,
+        inboxes: Mapping[str, InboxOptions] | None = None,
         declared: set[str] | None = None,
-        inbox_max_lengths: Mapping[str, int | None] | None = None,
     ) -> None:
         self.channel = channel
         self.declared = declared if declared is not None else set()
         self.ns = namespace
         self.passive = passive
-        self.inbox_max_length = inbox_max_length
-        self.inbox_max_lengths = dict(inbox_max_lengths or {})
-        self.options = NamespaceOptions(history_max_age, history_max_bytes)
+        self.options = options
+        self.inbox = inbox
+        self.inboxes = dict(inboxes or {})
         self._exchanges: dict[str, AbstractExchange] = {}
         self._queues: dict[str, AbstractQueue] = {}
         self._base_declared = False
         self._inboxes: dict[str, AbstractQueue] = {}
+        self._retry_queues: dict[str, asyncio.Future[None]] = {}
 
     async def declare_base(self) -> AbstractExchange:
         """Declare :func:`~amqp_agents.layout.base_layout`; returns the traffic exchange."""
@@ -100,14 +98,18 @@ class Topology:
         return self._exchanges[wire.exchange_name(self.ns)]
 
     async def declare_inbox(self, agent_id: str) -> AbstractQueue:
-        """Declare :func:`~amqp_agents.layout.inbox_layout` of ``agent_id``; cached."""
+        """Declare :func:`~amqp_agents.layout.inbox_layout` of ``agent_id``; cached.
+
+        Returns its first queue: the inbox (classic), or its highest lane (quorum).
+        """
         queue = self._inboxes.get(agent_id)
         if queue is not None:
             return queue
         wire.validate_namespace(self.ns)
         await self._ensure_base()
-        max_length = self.inbox_max_lengths.get(agent_id, self.inbox_max_length)
-        layout = inbox_layout(self.ns, agent_id, max_length=max_length)
+        layout = inbox_layout(
+            self.ns, agent_id, self.options, self.inboxes.get(agent_id, self.inbox)
+        )
         await self._declare(layout)
         queue = self._inboxes[agent_id] = self._queues[layout.queues[0].name]
         return queue
@@ -116,7 +118,9 @@ class Topology:
         """Drop the cached declaration, so the next :meth:`declare_inbox` goes to the broker."""
         self._inboxes.pop(agent_id, None)
 
-    async def declare_retry_queue(self, agent_id: str, delay_s: float) -> str:
+    async def declare_retry_queue(
+        self, agent_id: str, delay_s: float, lane: wire.Lane = wire.NORMAL_LANE
+    ) -> str:
         """Declare the queue that holds ``agent_id``'s failed messages for ``delay_s``.
 
         The agent publishes them to its own retry exchange (``{ns}.retry.{agent_id}``)
@@ -124,15 +128,28 @@ class Topology:
         dead-lettered straight back into the agent's inbox (by the broker, through the
         default exchange, so history does not record the retry twice). One queue per
         delay keeps expiry in order: per-message TTLs in one queue would expire only at
-        its head.
+        its head. In quorum mode each lane has its own, leading back into it.
 
         Returns:
             the queue's name, which is also its binding key.
         """
-        layout = retry_layout(self.ns, agent_id, [delay_s])
-        name = layout.queues[0].name
-        if name not in self._queues:
-            await self._declare(layout)
+        if self.options.queue_type == "classic":
+            lane = wire.NORMAL_LANE  # a classic inbox is one queue, the NORMAL lane's name
+        name = wire.retry_queue_name(self.ns, agent_id, delay_s, lane)
+        # One declaration (queue AND binding) for handlers failing at once: unroutable else.
+        declaring = self._retry_queues.get(name)
+        if declaring is None:
+            layout = retry_layout(self.ns, agent_id, [delay_s], self.options)
+            queues = tuple(q for q in layout.queues if q.name == name)
+            bindings = tuple(b for b in layout.bindings if b.queue == name)
+            declare = self._declare(Layout(self.ns, layout.exchanges, queues, bindings))
+            declaring = self._retry_queues[name] = asyncio.ensure_future(declare)
+        try:
+            await asyncio.shield(declaring)
+        except BaseException:
+            if declaring.done() and self._retry_queues.get(name) is declaring:
+                del self._retry_queues[name]  # failed: the next retry declares again
+            raise
         return name
 
     async def bind_route(self, routing_key: str, agent_id: str) -> None:
@@ -142,7 +159,7 @@ class Topology:
         The bindings are :func:`~amqp_agents.layout.route_layout`'s.
         """
         await self.declare_inbox(agent_id)
-        await self._declare(route_layout(self.ns, routing_key, [agent_id]))
+        await self._declare(route_layout(self.ns, routing_key, [agent_id], self.options))
 
     async def bind_history(self, routing_key: str) -> None:
         """Make the history stream keep messages published with ``routing_key``.
@@ -158,10 +175,10 @@ class Topology:
         Kept for callers that bind routes in two steps; :meth:`bind_route` does both.
         """
         await self.declare_inbox(agent_id)
-        inbox = wire.inbox_name(self.ns, agent_id)
-        route = route_layout(self.ns, routing_key, [agent_id])
+        route = route_layout(self.ns, routing_key, [agent_id], self.options)
+        history = wire.history_name(self.ns)
         await self._declare(
-            Layout(self.ns, bindings=tuple(b for b in route.bindings if b.queue == inbox))
+            Layout(self.ns, bindings=tuple(b for b in route.bindings if b.queue != history))
         )
 
     async def _ensure_base(self) -> None:
@@ -198,22 +215,56 @@ class Topology:
             )
 
     def _errors(self, kind: str, name: str) -> ErrorTable:
-        """How a failed declaration of ``kind`` ``name`` maps to TopologyError."""
-        return [((ChannelClosed,), lambda exc: self._error(kind, name, exc))]
+        """How a failed declaration of ``kind`` ``name`` maps to our errors."""
+        return declaration_errors(kind, name, self.ns, passive=self.passive)
 
-    def _error(self, kind: str, name: str, exc: BaseException) -> TopologyError:
+
+TEMPORARY_REPLIES = ("down or inaccessible", "timeout", "noproc", "nodedown")
+"""RabbitMQ 3.10's words for a queue that cannot answer now: a classic queue's home node
+is down (404 "home node 'rabbit@b' of durable queue 'q' ... is down or inaccessible"),
+a quorum queue has no leader yet (``timeout``) or lost a member (``noproc``)."""
+
+
+def is_temporary(exc: BaseException) -> bool:
+    """Whether the broker refused because a queue is unavailable for now."""
+    text = str(exc)
+    return isinstance(exc, ChannelClosed) and any(word in text for word in TEMPORARY_REPLIES)
+
+
+def declaration_errors(kind: str, name: str, ns: str, *, passive: bool) -> ErrorTable:
+    """The one table of what the broker's refusal of a declaration or consume means::
+
+        ACCESS_REFUSED                -> TopologyError: no configure permission (fatal)
+        a node down, no leader yet    -> QueueUnavailableError (TEMPORARY_REPLIES): retried
+        NOT_FOUND                     -> TopologyError: missing; passive: apply it (fatal)
+        PRECONDITION_FAILED           -> TopologyError: other arguments or type (fatal)
+
+    Refused credentials and a missing vhost fail the connection (BrokerConnectionError).
+    """
+
+    def refusal(exc: BaseException) -> BaseException:
         if isinstance(exc, ChannelAccessRefused):
             return TopologyError(
                 f"not allowed to declare {kind} {name!r}: set `passive: true` for a user"
                 f" without configure permission (docs/deploy.md): {exc}"
             )
-        if isinstance(exc, ChannelNotFoundEntity) or self.passive:
+        if is_temporary(exc):
+            return QueueUnavailableError(f"{kind} {name!r} is unavailable for now: {exc}")
+        if isinstance(exc, ChannelNotFoundEntity) or passive:
             hint = "run `amqp-agents topology apply` with a user that may configure it"
             return TopologyError(f"{kind} {name!r} does not exist ({hint}): {exc}")
+        if "x-queue-type" in str(exc):
+            return TopologyError(
+                f"{kind} {name!r} exists as another queue type: every process of {ns!r}"
+                " must use the namespace's queue_type (docs/deploy.md says how to move a"
+                f" namespace from classic to quorum): {exc}"
+            )
         return TopologyError(
-            f"{kind} {name!r} exists with other arguments than {self.ns!r} needs "
+            f"{kind} {name!r} exists with other arguments than {ns!r} needs "
             f"(see `amqp-agents topology plan`): {exc}"
         )
+
+    return [((ChannelClosed,), refusal)]
 
 
 async def delete_namespace(
@@ -237,7 +288,8 @@ async def delete_namespace(
     exchanges = {e.name for e in everything.exchanges}
     exchanges |= {e for e in (retry_exchange_of(namespace, q) for q in names) if e is not None}
     for name in sorted(names):
-        await channel.queue_delete(name)
+        # Explicitly unconditional: RabbitMQ refuses if_unused/if_empty on quorum queues.
+        await channel.queue_delete(name, if_unused=False, if_empty=False)
     for name in sorted(exchanges):
         await channel.exchange_delete(name)
 

@@ -40,6 +40,8 @@ class Implementation(abc.ABC):
 
     def __init__(self) -> None:
         self.prefix = ""
+        self.queue_type = "quorum"
+        """The type of every durable queue this run declares (``--queue-type``)."""
         self.queues: set[str] = set()
         self.exchanges: set[str] = set()
         self._seq = 0
@@ -83,6 +85,14 @@ class Implementation(abc.ABC):
         Optional: the default raises NotImplementedError (shown as "n/a").
         """
         raise NotImplementedError("memory")
+
+    async def history(self, n: int, db: str) -> Figures:
+        """History at ``n`` retained messages: stream scan, indexer ingest, indexed queries.
+
+        ``db`` is a PostgreSQL URL where a database may be created (and dropped).
+        Optional: the default raises NotImplementedError (shown as "n/a").
+        """
+        raise NotImplementedError("history")
 
     # --- helpers for subclasses -------------------------------------------------------
     def new_name(self, role: str) -> str:

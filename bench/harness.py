@@ -28,6 +28,7 @@ from bench import spec
 from bench.base import Figures, Implementation
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 IMPLEMENTATIONS: dict[str, str] = {
     "aio-pika": "bench.impl_aiopika:AioPikaImplementation",
@@ -35,8 +36,8 @@ IMPLEMENTATIONS: dict[str, str] = {
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
 
-WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout", "memory")
-SINGLE_RUN: frozenset[str] = frozenset({"memory"})
+WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout", "memory", "history")
+SINGLE_RUN: frozenset[str] = frozenset({"memory", "history"})
 """Workloads measured once whatever ``--runs`` says: a growth check, not a race."""
 RATIO: tuple[str, str] = ("amqp_agents", "aio-pika")
 """The ratio column is ``RATIO[0] / RATIO[1]`` (of the medians)."""
@@ -56,10 +57,11 @@ class Sizes:
     warmup: int
     memory: int
     memory_agents: int
+    history: int
     in_flight: int = spec.RPC_CONC_IN_FLIGHT
 
     @classmethod
-    def for_mode(cls, quick: bool) -> Sizes:
+    def for_mode(cls, quick: bool, history: int | None = None) -> Sizes:
         d = spec.QUICK_DIVISOR if quick else 1
         return cls(
             pipe=spec.PIPE_N // d,
@@ -69,6 +71,7 @@ class Sizes:
             warmup=spec.WARMUP_N // d,
             memory=spec.MEMORY_N // d,
             memory_agents=spec.MEMORY_AGENTS // d,
+            history=history or (spec.HISTORY_QUICK_N if quick else spec.HISTORY_N),
         )
 
     def n(self, workload: str) -> int:
@@ -84,7 +87,12 @@ def call_budget(workload: str, n: int) -> float:
 
 
 async def call_workload(
-    impl: Implementation, workload: str, n: int, sizes: Sizes, payload: dict[str, Any]
+    impl: Implementation,
+    workload: str,
+    n: int,
+    sizes: Sizes,
+    payload: dict[str, Any],
+    db: str = DEFAULT_DB,
 ) -> Figures:
     budget = call_budget(workload, n)
     try:
@@ -99,6 +107,8 @@ async def call_workload(
                 return await impl.fanout(n)
             if workload == "memory":
                 return await impl.memory(n, sizes.memory_agents)
+            if workload == "history":
+                return await impl.history(n, db)
     except TimeoutError:
         if scope.expired():
             raise TimeoutError(f"{workload}(n={n}) did not finish in {budget:.0f}s") from None
@@ -270,15 +280,18 @@ async def measure(
     sizes: Sizes,
     payload: dict[str, Any],
     broker: Broker,
+    db: str = DEFAULT_DB,
+    queue_type: str = spec.QUEUE_TYPES[0],
 ) -> Figures:
     """One measured run: fresh instance and connection, warm-up, measurement, clean-up."""
     impl = cls()
+    impl.queue_type = queue_type
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
         if workload not in SINGLE_RUN:
             await call_workload(impl, workload, sizes.warmup, sizes, payload)
-        return await call_workload(impl, workload, sizes.n(workload), sizes, payload)
+        return await call_workload(impl, workload, sizes.n(workload), sizes, payload, db)
     finally:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -293,7 +306,7 @@ async def measure(
 
 async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str]:
     """Run everything; return the cells and the RabbitMQ version."""
-    sizes = Sizes.for_mode(args.quick)
+    sizes = Sizes.for_mode(args.quick, args.history_messages)
     payload = spec.make_payload()
     run_prefix = f"bench-{secrets.token_hex(4)}"
     broker = Broker(args.url)
@@ -326,7 +339,15 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                     t0 = time.perf_counter()
                     try:
                         figures = await measure(
-                            classes[name], args.url, prefix, workload, sizes, payload, broker
+                            classes[name],
+                            args.url,
+                            prefix,
+                            workload,
+                            sizes,
+                            payload,
+                            broker,
+                            args.db,
+                            args.queue_type,
                         )
                     except NotImplementedError as exc:
                         cell.status = "n/a"
@@ -363,7 +384,7 @@ def report(
     started: float,
 ) -> int:
     """Print the table, write the JSON files; return the exit status."""
-    sizes = Sizes.for_mode(args.quick)
+    sizes = Sizes.for_mode(args.quick, args.history_messages)
     wall = time.perf_counter() - started
     print()
     print(render_table(results, args.workloads, args.impl))
@@ -374,7 +395,8 @@ def report(
         for line in ([cell.note] if cell.note else []) + cell.errors:
             print(f"  {workload}/{name}: {line}")
     load_end = os.getloadavg()
-    print(f"\nwall time {wall:.1f}s ({'quick' if args.quick else 'full'}, {args.runs} runs)")
+    mode = "quick" if args.quick else "full"
+    print(f"\nwall time {wall:.1f}s ({mode}, {args.runs} runs, {args.queue_type} queues)")
     print(
         f"load average {args.load_at_start[0]:.1f} at the start, {load_end[0]:.1f} at the end"
         f" ({os.cpu_count()} cores; other processes on the machine skew the figures)"
@@ -383,6 +405,7 @@ def report(
     document = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
+        "queue_type": args.queue_type,
         "runs": args.runs,
         "wall_s": wall,
         "machine": {
@@ -440,6 +463,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--url", default=os.environ.get("BENCH_AMQP_URL", DEFAULT_URL))
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("BENCH_PG_URL", DEFAULT_DB),
+        help="PostgreSQL server for the history index (a database is created and dropped)",
+    )
+    parser.add_argument(
+        "--history-messages",
+        type=int,
+        default=None,
+        help=f"messages retained for the history workload (default {spec.HISTORY_N:,})",
+    )
+    parser.add_argument(
+        "--queue-type",
+        choices=spec.QUEUE_TYPES,
+        default=spec.QUEUE_TYPES[0],
+        help="type of both sides' durable queues (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be >= 1")

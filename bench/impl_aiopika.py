@@ -227,7 +227,7 @@ class AioPikaImplementation(Implementation):
         return await channel.declare_queue(
             name,
             durable=True,
-            arguments={"x-max-priority": spec.MAX_PRIORITY},
+            arguments=spec.inbox_arguments(self.queue_type),
             timeout=OP_TIMEOUT,
         )
 

@@ -136,6 +136,7 @@ class AmqpAgentsImplementation(Implementation):
             "publish_timeout_s": OP_TIMEOUT,
             "connect_timeout_s": OP_TIMEOUT,
             "connection_name": f"bench {ns}",
+            "queue_type": self.queue_type,
         }
         mq = (
             MessageQueue(self._url, **options)
@@ -167,17 +168,21 @@ class AmqpAgentsImplementation(Implementation):
         """A fresh agent id (one per workload call), its inbox tracked for clean-up."""
         self._seq += 1
         agent_id = f"{role}{self._seq}"
-        self.track_queue(wire.inbox_name(self.prefix, agent_id))
+        for name in wire.inbox_queue_names(self.prefix, agent_id, self._queue_type()):
+            self.track_queue(name)
         return agent_id
+
+    def _queue_type(self) -> wire.QueueType:
+        return wire.validate_queue_type(self.queue_type)
 
     async def _delete_inboxes(self, mq: MessageQueue, *agent_ids: str) -> None:
         channel = await mq.channel()
         try:
             for agent_id in agent_ids:
-                name = wire.inbox_name(mq.namespace, agent_id)
-                await channel.queue_delete(name, timeout=OP_TIMEOUT)
-                self.queues.discard(name)
-                mq.declared_queues.discard(name)
+                for name in mq.inbox_queue_names(agent_id):
+                    await channel.queue_delete(name, timeout=OP_TIMEOUT)
+                    self.queues.discard(name)
+                    mq.declared_queues.discard(name)
         finally:
             await channel.close()
 
@@ -327,13 +332,44 @@ class AmqpAgentsImplementation(Implementation):
             raise RuntimeError(f"{done.count} deliveries for {n} messages, expected {total}")
         return {"deliveries_per_s": total / (t_end - t0)}
 
+    async def history(self, n: int, db: str) -> Figures:
+        """History figures from a child process (``bench/history.py``); no aio-pika side."""
+        ns = f"{self.prefix}.history"
+        for name in (wire.history_name(ns), wire.dead_queue_name(ns)):
+            self.track_queue(name)
+        for name in (wire.exchange_name(ns), wire.dead_letter_exchange_name(ns)):
+            self.track_exchange(name)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.history",
+            str(n),
+            "--url",
+            self._url,
+            "--namespace",
+            ns,
+            "--db",
+            db,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.history {n} exited with {proc.returncode}")
+        return dict(json.loads(out))
+
     async def memory(self, n: int, agents: int) -> Figures:
         """RSS figures from child processes (``bench/memory.py``); no aio-pika counterpart."""
         figures: Figures = {}
         for mode, count in (("agent", n), ("agents", agents)):
             ns = f"{self.prefix}.{mode}"
             inboxes = ["consumer"] if mode == "agent" else [f"agent{k}" for k in range(count)]
-            queues = {wire.inbox_name(ns, agent_id) for agent_id in inboxes}
+            queue_type = self._queue_type()
+            queues = {q for a in inboxes for q in wire.inbox_queue_names(ns, a, queue_type)}
             queues |= {wire.dead_queue_name(ns), wire.history_name(ns)}
             exchanges = {wire.exchange_name(ns), wire.dead_letter_exchange_name(ns)}
             for name in queues:
@@ -350,6 +386,8 @@ class AmqpAgentsImplementation(Implementation):
                 self._url,
                 "--namespace",
                 ns,
+                "--queue-type",
+                self.queue_type,
                 stdout=asyncio.subprocess.PIPE,
             )
             try:

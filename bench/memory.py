@@ -124,6 +124,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("n", type=int)
     parser.add_argument("--url", required=True)
     parser.add_argument("--namespace", required=True)
+    parser.add_argument("--queue-type", default="quorum")
     args = parser.parse_args(argv)
     mq = MessageQueue(
         args.url,
@@ -131,6 +132,7 @@ async def main(argv: list[str] | None = None) -> int:
         publish_timeout_s=OP_TIMEOUT,
         connect_timeout_s=OP_TIMEOUT,
         connection_name=f"bench {args.namespace}",
+        queue_type=args.queue_type,
     )
     await mq.connect()
     try:

@@ -22,6 +22,10 @@ MEMORY_N: Final = 200_000
 """Messages one agent handles while its process's RSS is sampled (``memory``)."""
 MEMORY_AGENTS: Final = 1_000
 """Agents started in one process (``memory``)."""
+HISTORY_N: Final = 1_000_000
+"""Messages retained in the history stream for the ``history`` workload."""
+HISTORY_QUICK_N: Final = 10_000
+"""The same with ``--quick``: N / 10 would still take minutes to fill and index."""
 QUICK_DIVISOR: Final = 10
 
 # --- broker-facing parameters -----------------------------------------------------------
@@ -37,6 +41,19 @@ PREFETCH: Final = 100
 MAX_PRIORITY: Final = 4
 """``x-max-priority`` of inbox queues (native RabbitMQ priority): 4, as amqp_agents'
 inboxes (``wire.INBOX_MAX_PRIORITY``), so both sides' queues do the same work."""
+
+QUEUE_TYPES: Final = ("quorum", "classic")
+"""``--queue-type``: both sides' durable queues are of this type (amqp_agents' default
+first). Quorum queues have no priorities on RabbitMQ 3.10: the raw side's inbox is one
+plain quorum queue, amqp_agents' is its lanes (only the NORMAL one gets traffic here)."""
+
+
+def inbox_arguments(queue_type: str) -> dict[str, Any]:
+    """The raw side's inbox: native priority (classic), or a plain quorum queue."""
+    if queue_type == "classic":
+        return {"x-max-priority": MAX_PRIORITY}
+    return {"x-queue-type": "quorum"}
+
 
 PIPE_PRIORITY: Final = 2
 PIPE_ROUTING_KEY: Final = "task.2.producer.consumer"

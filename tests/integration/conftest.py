@@ -124,9 +124,11 @@ Run = Callable[..., Awaitable[tuple[int, str]]]
 def run_cli(spawn: Spawn) -> Run:
     """Run a CLI command to its end: (exit status, output)."""
 
-    async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    async def run(
+        *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+    ) -> tuple[int, str]:
         cli = await spawn(*args, env=env)
-        status = await cli.finish(timeout_s=60)
+        status = await cli.finish(timeout_s=timeout_s)
         return status, cli.output
 
     return run

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from amqp_agents import MessagePassingAgent
@@ -35,3 +36,20 @@ class StuckAgent(MessagePassingAgent):
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
         await self.send_status({"step": "stuck"})
         await asyncio.Event().wait()
+
+
+class ReplicaAgent(MessagePassingAgent):
+    """One of several processes serving the same agent id: answers with its pid and
+    prints each task it handles, so a test can check every task was handled once."""
+
+    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        print(f"handled {task} in {os.getpid()}", flush=True)
+        return {"task": task, "pid": os.getpid()}
+
+
+class PoisonedAgent(MessagePassingAgent):
+    """Its process dies on every task, before any ack: a message that kills its agent."""
+
+    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        print(f"dying on {task}", flush=True)
+        os._exit(3)

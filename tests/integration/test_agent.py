@@ -26,6 +26,7 @@ from amqp_agents import (
     UnknownRecipientError,
     wire,
 )
+from amqp_agents.senders import connection_user
 
 MakeQueue = Callable[..., Awaitable[MessageQueue]]
 FAST_RETRY = RetryPolicy(max_attempts=3, delays_s=(0.05, 0.1))
@@ -284,7 +285,7 @@ async def test_stop_cancels_handlers_past_the_drain_timeout_and_requeues(
 
 
 async def test_foreign_client_gets_result_in_its_own_reply_queue(
-    start_agent: Any, raw_channel: aio_pika.abc.AbstractChannel, namespace: str
+    start_agent: Any, raw_channel: aio_pika.abc.AbstractChannel, namespace: str, amqp_url: str
 ) -> None:
     await start_agent("worker")
     reply_queue = await raw_channel.declare_queue(exclusive=True)
@@ -298,6 +299,7 @@ async def test_foreign_client_gets_result_in_its_own_reply_queue(
             reply_to=reply_queue.name,
             type="task",
             priority=2,
+            user_id=connection_user(amqp_url),  # the user it connects as: authentic
         ),
         routing_key="task.2.-.worker",
     )

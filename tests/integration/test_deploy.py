@@ -28,13 +28,28 @@ from .conftest import ROOT, Run, Spawn
 
 AGENTS = ("researcher", "writer")
 CONFIG = """
-broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}", passive: true}
+broker:
+  url: "${{AMQP_URL}}"
+  namespace: "${{AMQP_NAMESPACE}}"
+  passive: true
+  senders: {senders}
 agents:
-  - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
-  - {id: writer, class: "amqp_agents.demo:WriterAgent"}
+  - {{id: researcher, class: "amqp_agents.demo:ResearchAgent"}}
+  - {{id: writer, class: "amqp_agents.demo:WriterAgent"}}
 routes:
-  - {pattern: "type:notification", destinations: [writer]}
+  - {{pattern: "type:notification", destinations: [writer]}}
 """
+
+
+def users_of(namespace: str) -> dict[str, str]:
+    """Role ("admin" or an agent id) -> its RabbitMQ user: node-wide, so made unique."""
+    return {role: f"{namespace}-{role}" for role in ("admin", *AGENTS)}
+
+
+def senders_of(namespace: str) -> dict[str, list[str]]:
+    """The ``senders`` map: each agent's user (not named as the agent) speaks for it."""
+    users = users_of(namespace)
+    return {users[agent]: [agent] for agent in AGENTS}
 
 
 def doc_blocks() -> dict[str, str]:
@@ -58,7 +73,7 @@ class Deployment:
 def deployment(rabbitmqctl: str, amqp_url: str, namespace: str) -> Iterator[Deployment]:
     vhost = namespace  # unique to the test; deleting it deletes all it holds
     base = urlsplit(amqp_url)
-    users = {role: f"{namespace}-{role}" for role in ("admin", *AGENTS)}
+    users = users_of(namespace)
     passwords = {role: secrets.token_hex(12) for role in users}
     env = {"PATH": "/usr/sbin:/usr/bin:/bin", "VHOST": vhost, "NS": namespace}
     env |= {"ADMIN_USER": users["admin"], "ADMIN_PASSWORD": passwords["admin"]}
@@ -72,8 +87,8 @@ def deployment(rabbitmqctl: str, amqp_url: str, namespace: str) -> Iterator[Depl
     def ctl(*args: str) -> None:
         subprocess.run([rabbitmqctl, "-q", *args], check=True, capture_output=True, timeout=60)
 
-    ctl("add_vhost", vhost)
     try:
+        ctl("add_vhost", vhost)  # inside: one that timed out may still appear later
         done = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             env=env,
@@ -96,9 +111,9 @@ def deployment(rabbitmqctl: str, amqp_url: str, namespace: str) -> Iterator[Depl
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Path:
+def config(tmp_path: Path, namespace: str) -> Path:
     path = tmp_path / "agents.yaml"
-    path.write_text(CONFIG, encoding="utf-8")
+    path.write_text(CONFIG.format(senders=json.dumps(senders_of(namespace))), encoding="utf-8")
     return path
 
 
@@ -120,8 +135,9 @@ async def test_agent_users_run_serve_and_send_in_passive_mode(
     run = await spawn("run", str(config), "--agent", "researcher", env=as_researcher)
     await run.expect("1 agent(s) running")
     send = await spawn(
-        *("send", "--passive", "--namespace", ns, "--from", "writer", "--to", "researcher"),
+        *("send", "--namespace", ns, "--from", "writer", "--to", "researcher"),
         *("deploy notes", "--wait"),
+        *(f"--senders={user}={','.join(ids)}" for user, ids in senders_of(ns).items()),
         env={"AMQP_URL": urls["writer"]},
     )
     assert await send.finish() == 0, send.output
@@ -131,13 +147,19 @@ async def test_agent_users_run_serve_and_send_in_passive_mode(
 
     # The researcher sends to the writer: addressed, and along the route.
     async with MessageQueue(
-        urls["researcher"], namespace=ns, passive=True, reply_owner="researcher"
+        urls["researcher"],
+        namespace=ns,
+        passive=True,
+        reply_owner="researcher",
+        senders=senders_of(ns),
     ) as researcher:
         await researcher.send(Message(sender="researcher", recipient="writer", content=1))
         await researcher.send(
             Message(sender="researcher", type=MessageType.NOTIFICATION, content=2)
         )
-    async with MessageQueue(urls["admin"], namespace=ns, passive=True) as admin:
+    async with MessageQueue(
+        urls["admin"], namespace=ns, passive=True, senders=senders_of(ns)
+    ) as admin:
         received = await admin.receive_all("writer")
     assert sorted(m.content for m in received) == [1, 2]
 
@@ -262,10 +284,13 @@ async def test_agent_user_retries_and_answers_without_the_default_exchange(
         "topology", "apply", str(config), env={"AMQP_URL": urls["admin"]}
     )
     assert status == 0, output
+    senders = senders_of(ns)
     researcher_queue = MessageQueue(
-        urls["researcher"], namespace=ns, passive=True, reply_owner="researcher"
+        urls["researcher"], namespace=ns, passive=True, reply_owner="researcher", senders=senders
     )
-    writer_queue = MessageQueue(urls["writer"], namespace=ns, passive=True, reply_owner="writer")
+    writer_queue = MessageQueue(
+        urls["writer"], namespace=ns, passive=True, reply_owner="writer", senders=senders
+    )
     failed: set[str] = set()
 
     async def fail_once(message: Message) -> list[Any]:
@@ -287,12 +312,14 @@ async def test_agent_user_retries_and_answers_without_the_default_exchange(
             assert len(failed) == 1, "answered after one retry"
 
             # A foreign client (here the admin user) with its own reply queue, bound to
-            # {ns}.replies under its name as docs/deploy.md describes.
+            # {ns}.replies under its name as docs/deploy.md describes, sending as itself:
+            # its user_id, and its user name as sender and as the reply queue's owner.
+            admin = users_of(ns)["admin"]
             connection = await aio_pika.connect(urls["admin"])
             try:
                 channel = await connection.channel(publisher_confirms=True)
                 reply_queue = await channel.declare_queue(
-                    f"{ns}.reply.legacy.{secrets.token_hex(4)}", exclusive=True
+                    f"{ns}.reply.{admin}.{secrets.token_hex(4)}", exclusive=True
                 )
                 await reply_queue.bind(wire.reply_exchange_name(ns), reply_queue.name)
                 answered: asyncio.Future[AbstractIncomingMessage] = (
@@ -311,8 +338,10 @@ async def test_agent_user_retries_and_answers_without_the_default_exchange(
                         type="task",
                         message_id="legacy-1",
                         reply_to=reply_queue.name,
+                        user_id=admin,
+                        headers={wire.H_SENDER: admin},
                     ),
-                    "task.2.-.researcher",
+                    f"task.2.{admin}.researcher",
                 )
                 answer = await asyncio.wait_for(answered, 20)
                 assert answer.correlation_id == "legacy-1"

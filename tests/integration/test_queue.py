@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from amqp_agents import (
     create_task_message,
     wire,
 )
+from amqp_agents.senders import connection_user
 
 MakeQueue = Callable[..., Awaitable[MessageQueue]]
 
@@ -124,7 +126,7 @@ async def test_conversation_history_survives_reopening(make_queue: MakeQueue) ->
 
 
 async def test_foreign_client_following_the_docs_reaches_an_inbox(
-    queue: MessageQueue, raw_channel: aio_pika.abc.AbstractChannel, namespace: str
+    queue: MessageQueue, raw_channel: aio_pika.abc.AbstractChannel, namespace: str, amqp_url: str
 ) -> None:
     """Publish as docs/wire-format.md says, with only the required pieces."""
     await queue.ensure_inbox("bob")
@@ -136,6 +138,7 @@ async def test_foreign_client_following_the_docs_reaches_an_inbox(
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             priority=3,
             type="request",
+            user_id=connection_user(amqp_url),  # the user it connects as: authentic
         ),
         routing_key="request.3.legacy-svc.bob",
     )
@@ -147,6 +150,67 @@ async def test_foreign_client_following_the_docs_reaches_an_inbox(
     assert got.type is MessageType.REQUEST
     assert got.priority is MessagePriority.HIGH
     assert got.id  # a default id was given
+
+
+@pytest.mark.parametrize(
+    ("user_id", "believed"),
+    [("the connection's user", True), (None, False)],
+    ids=["same user", "no user_id"],
+)
+async def test_by_default_a_sender_is_believed_only_with_a_user_id(
+    queue: MessageQueue,
+    raw_channel: aio_pika.abc.AbstractChannel,
+    namespace: str,
+    amqp_url: str,
+    user_id: str | None,
+    believed: bool,
+) -> None:
+    """The default settings: a foreign message claiming a sender is refused without a
+    user_id, and believed with the user_id of the user we connect as (rule b)."""
+    await queue.ensure_inbox("bob")
+    exchange = await raw_channel.get_exchange(namespace)
+    claimed = aio_pika.Message(
+        b'"claims to be legacy-svc"',
+        content_type="application/json",
+        priority=2,
+        message_id="claimed",
+        user_id=connection_user(amqp_url) if user_id else None,
+        headers={wire.H_SENDER: "legacy-svc"},
+    )
+    await exchange.publish(claimed, routing_key="notification.2.legacy-svc.bob")
+    after = Message(sender="alice", recipient="bob", content="after it")  # same priority
+    await queue.send(after)
+    first = await queue.receive("bob", timeout=5)
+    assert first is not None
+    if believed:
+        assert (first.id, first.sender) == ("claimed", "legacy-svc")
+        return
+    assert first.id == after.id, "the claim was believed"
+    dead = await raw_channel.get_queue(wire.dead_queue_name(namespace))
+    corpse = await dead.get(timeout=5)
+    assert corpse is not None
+    await corpse.ack()
+    assert corpse.message_id == "claimed"
+    reason = str(corpse.headers[wire.H_DEAD_REASON])
+    assert reason.startswith("unauthenticated sender: no user_id"), reason
+
+
+async def test_trusting_the_sender_word_is_said_at_connect(
+    make_queue: MakeQueue,
+    raw_channel: aio_pika.abc.AbstractChannel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    trusting = await make_queue(trust_sender_word=True)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("trust_sender_word is on" in r.getMessage() for r in warnings), warnings
+    await trusting.ensure_inbox("bob")
+    exchange = await raw_channel.get_exchange(trusting.namespace)
+    await exchange.publish(
+        aio_pika.Message(b'"hi"', content_type="application/json", headers={"x-sender": "eve"}),
+        routing_key="notification.2.eve.bob",
+    )
+    got = await trusting.receive("bob", timeout=5)
+    assert got is not None and got.sender == "eve"  # believed without a user_id
 
 
 async def test_library_message_reads_correctly_in_a_foreign_client(

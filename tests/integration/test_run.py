@@ -28,7 +28,7 @@ async def test_run_serves_a_task_sent_with_send_wait(
     )
     assert await send.finish() == 0, send.output
     assert send.lines[-1] == '"Research completed on: message queues"'
-    assert 'status: {"step": "searching sources"}' in send.lines
+    assert 'status from researcher: {"step": "searching sources"}' in send.lines
 
     run.process.send_signal(signal.SIGTERM)
     assert await run.finish() == 0, run.output
@@ -48,7 +48,7 @@ async def test_sigterm_drains_the_task_in_flight(
     run = await spawn("run", str(config), "--drain-timeout", "30")
     await run.expect(RUNNING)
     send = await spawn("send", "--namespace", namespace, "--to", "slow", "job-1", "--wait")
-    await send.expect("status:")  # the handler is running now
+    await send.expect("status from")  # the handler is running now
 
     run.process.send_signal(signal.SIGTERM)
     await run.expect("SIGTERM received: stopping 1 agent(s)")
@@ -71,7 +71,7 @@ async def test_drain_is_bounded_by_the_drain_timeout(
     run = await spawn("run", str(config_file(STUCK)), "--drain-timeout", "0.5")
     await run.expect(RUNNING)
     send = await spawn("send", "--namespace", namespace, "--to", "stuck", "forever", "--wait")
-    await send.expect("status:")
+    await send.expect("status from")
     run.process.send_signal(signal.SIGTERM)
     await run.expect("stuck: 1 handlers cancelled at stop; their messages return to the inbox")
     assert await run.finish() == 0, run.output
@@ -83,7 +83,7 @@ async def test_a_second_signal_cancels_the_drain(
     run = await spawn("run", str(config_file(STUCK)), "--drain-timeout", "600")
     await run.expect(RUNNING)
     send = await spawn("send", "--namespace", namespace, "--to", "stuck", "forever", "--wait")
-    await send.expect("status:")
+    await send.expect("status from")
     run.process.send_signal(signal.SIGTERM)
     await run.expect("SIGTERM received")
     run.process.send_signal(signal.SIGINT)

@@ -15,7 +15,8 @@ import pytest
 from amqp_agents import wire
 from amqp_agents.config import load_config
 from amqp_agents.diagram import mermaid
-from amqp_agents.layout import layout_of, plan
+from amqp_agents.layout import layout_of
+from amqp_agents.plan import plan
 from amqp_agents.runner import broker_connection, prepare
 from amqp_agents.topology import delete_namespace, inspect_layout
 
@@ -79,7 +80,8 @@ async def test_apply_twice_changes_nothing_the_second_time(
     status, second = await run_cli("topology", "apply", str(example_config))
     assert status == 0, second
     assert second.splitlines()[1:] == [
-        "nothing to do: 5 exchanges, 10 queues and 22 bindings exist as configured"
+        f"nothing to do: {len(layout.exchanges)} exchanges, {len(layout.queues)} queues and"
+        f" {len(layout.bindings)} bindings exist as configured"
     ]
     assert await broker_state(rabbitmqctl, namespace) == state
 
@@ -106,7 +108,8 @@ async def test_agents_declare_what_apply_declared(
         topology = await runner.queue.topology()
         for agent in runner.agents:
             for delay in agent.retry.delays_s:
-                await topology.declare_retry_queue(agent.id, delay)
+                for lane in wire.LANES:  # the retry queue of each lane
+                    await topology.declare_retry_queue(agent.id, delay, lane)
         await runner.stop()
         # A conflicting argument would have raised above; an extra or changed durable
         # entity (exclusive reply queues go with the connection) shows here.
@@ -135,7 +138,9 @@ async def test_plan_reports_a_conflicting_queue_and_apply_refuses(
     # The rest of the plan is still there.
     assert f"create   exchange {namespace}  (topic, agent traffic)" in lines
     assert any(line.startswith(f"create   queue {namespace}.inbox.writer") for line in lines)
-    assert lines[-1] == "plan: 14 to create, 22 to bind, 1 conflict(s)"
+    layout = layout_of(load_config(example_config, env={"AMQP_NAMESPACE": namespace}))
+    creates = len(layout.exchanges) + len(layout.queues) - 1  # all but the conflict
+    assert lines[-1] == f"plan: {creates} to create, {len(layout.bindings)} to bind, 1 conflict(s)"
 
     status, output = await run_cli("topology", "apply", str(example_config))
     assert status == 1
@@ -185,7 +190,8 @@ async def test_declare_plan_graph_and_delete_read_one_layout(
         topology = await runner.queue.topology()
         for agent in runner.agents:
             for delay in agent.retry.distinct_delays():
-                await topology.declare_retry_queue(agent.id, delay)
+                for lane in wire.LANES:  # the retry queue of each lane
+                    await topology.declare_retry_queue(agent.id, delay, lane)
         declared = sorted(runner.queue.declared_queues)
     finally:
         await runner.stop()
@@ -217,3 +223,26 @@ async def test_declare_plan_graph_and_delete_read_one_layout(
         "queues": [],
         "bindings": [],
     }
+
+
+async def test_plan_reports_queues_of_the_other_type_and_that_classic_is_for_one_node(
+    run_cli: Run,
+    example_config: Path,
+    namespace: str,
+    raw_channel: aio_pika.abc.AbstractChannel,
+) -> None:
+    """A namespace that exists as classic, planned as quorum (the default): the plan
+    names the queues of the other type and where the way to move is; planned as
+    classic, it says classic is for a single node."""
+    dead = wire.dead_queue_name(namespace)
+    await raw_channel.declare_queue(dead, durable=True, arguments={"x-queue-type": "classic"})
+    status, output = await run_cli("topology", "plan", str(example_config))
+    assert status == 2, output
+    assert f"note: {dead} exist with another queue type than this configuration's quorum" in (
+        output
+    )
+    status, output = await run_cli(
+        "topology", "plan", str(example_config), "--queue-type", "classic"
+    )
+    assert status == 0, output
+    assert "classic queues live on one node" in output

@@ -20,6 +20,7 @@ from pamqp.commands import Basic
 
 from amqp_agents import MessageQueue, wire
 from amqp_agents.demo import ResearchAgent
+from amqp_agents.senders import connection_user
 
 
 @pytest.fixture
@@ -65,7 +66,7 @@ async def take(channel: aiormq.abc.AbstractChannel, queue: str, n: int) -> list[
 
 
 async def test_a_task_without_priority_is_answered_at_normal_priority(
-    researcher: ResearchAgent, raw: aiormq.abc.AbstractChannel, namespace: str
+    researcher: ResearchAgent, raw: aiormq.abc.AbstractChannel, namespace: str, amqp_url: str
 ) -> None:
     """Mismatch 1: aio-pika reads a missing priority as 0; the contract says NORMAL (2)."""
     reply_queue = wire.reply_queue_name(namespace, "legacy", uuid.uuid4().hex)
@@ -82,6 +83,7 @@ async def test_a_task_without_priority_is_answered_at_normal_priority(
             message_type="task",
             reply_to=reply_queue,
             headers={"x-sender": "legacy"},
+            user_id=connection_user(amqp_url),  # the user it connects as: authentic
         ),
         mandatory=True,
     )

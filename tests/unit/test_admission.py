@@ -15,6 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from amqp_agents import Message, MessageRouter, MessageType, wire
 from amqp_agents.admission import Admit, DeadLetter, Gate, RecentIds, Skip, Verdict, admit
+from amqp_agents.senders import SenderPolicy
 
 from .test_wire import FakeIncoming
 
@@ -47,12 +48,27 @@ def delivery(
     return cast(AbstractIncomingMessage, Delivery(**{**fields, **over}))
 
 
+def gate(
+    *, own_user: str = "bob", senders: dict[str, frozenset[str]] | None = None, **over: Any
+) -> Gate:
+    """Bob's inbox, on a connection as RabbitMQ user ``own_user``."""
+    return Gate(NS, "bob", SenderPolicy(own_user, senders or {}), **over)
+
+
+SVC = {"svc": frozenset({"alice", "carol"})}
+"""A ``senders`` map: the user svc serves alice and carol."""
+
+
+def delivery_headers(message: Message) -> dict[str, Any]:
+    return dict(wire.encode(message).headers)
+
+
 def task(sender: str = "alice", recipient: str = "bob", **over: Any) -> Message:
     return Message(sender=sender, recipient=recipient, type=MessageType.TASK, content="x", **over)
 
 
 def router() -> MessageRouter:
-    routes = MessageRouter()
+    routes = MessageRouter(senders=["agent_1", "zed"])
     routes.add_route("sender:agent_*", ["bob"])
     return routes
 
@@ -72,11 +88,11 @@ FUTURE = datetime.now(UTC) + timedelta(minutes=5)
 SEEN = task()
 
 CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdict], str]] = [
-    ("addressed", delivery(task()), Gate(NS, "bob"), {}, Admit, ""),
+    ("addressed", delivery(task()), gate(), {}, Admit, ""),
     (
         "undecodable body",
         delivery(task(), body=b"{"),
-        Gate(NS, "bob"),
+        gate(),
         {},
         DeadLetter,
         "undecodable",
@@ -84,7 +100,7 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "over the size limit",
         delivery(task()),
-        Gate(NS, "bob", max_body_bytes=2),
+        gate(max_body_bytes=2),
         {},
         DeadLetter,
         "undecodable",
@@ -92,23 +108,68 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "a CC copy for another agent",
         delivery(task(recipient="carol")),
-        Gate(NS, "bob"),
+        gate(),
         {},
         DeadLetter,
         "misaddressed",
     ),
     (
+        "a CC header, key addressed to us",
+        delivery(task(), headers={**delivery_headers(task()), "CC": ["task.2.alice.carol"]}),
+        gate(),
+        {},
+        DeadLetter,
+        "misaddressed",
+    ),
+    (
+        "a CC copy of a routed key",
+        delivery(
+            task(sender="agent_1", recipient=""),
+            headers={**delivery_headers(task(sender="agent_1")), "CC": ["task.2.agent_1.bob"]},
+        ),
+        gate(router=router()),
+        {},
+        DeadLetter,
+        "misaddressed",
+    ),
+    (
+        "a BCC header",
+        delivery(task(), headers={**delivery_headers(task()), "BCC": ["task.2.alice.bob"]}),
+        gate(),
+        {},
+        DeadLetter,
+        "misaddressed",
+    ),
+    ("no user_id", delivery(task(), user_id=None), gate(), {}, DeadLetter, "unauthenticated"),
+    (
         "user_id is not the sender",
         delivery(task(), user_id="mallory"),
-        Gate(NS, "bob", user_id="bob"),
+        gate(),
         {},
         DeadLetter,
         "unauthenticated",
     ),
     (
-        "our own retry copy",
-        delivery(task(), user_id="bob"),
-        Gate(NS, "bob", user_id="bob"),
+        "user_id the map lets speak for the sender",
+        delivery(task(), user_id="svc"),
+        gate(senders=SVC),
+        {},
+        Admit,
+        "",
+    ),
+    (
+        "user_id the map does not let speak for the sender",
+        delivery(task(sender="dave"), user_id="svc"),
+        gate(senders=SVC),
+        {},
+        DeadLetter,
+        "unauthenticated",
+    ),
+    ("our own user: a retry copy", delivery(task(), user_id="bob"), gate(), {}, Admit, ""),
+    (
+        "trust_sender_word, no user_id",
+        delivery(task(), user_id=None),
+        Gate(NS, "bob", SenderPolicy("bob", trust_sender_word=True)),
         {},
         Admit,
         "",
@@ -116,7 +177,7 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "routed, a route of ours takes it",
         delivery(task(sender="agent_1", recipient="")),
-        Gate(NS, "bob", router=router()),
+        gate(router=router()),
         {},
         Admit,
         "",
@@ -124,7 +185,7 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "routed, no route of ours takes it",
         delivery(task(sender="zed", recipient="")),
-        Gate(NS, "bob", router=router()),
+        gate(router=router()),
         {},
         Skip,
         "not for bob",
@@ -132,7 +193,7 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "routed, the filter raises",
         delivery(task(recipient="")),
-        Gate(NS, "bob", router=raising_router()),
+        gate(router=raising_router()),
         {},
         DeadLetter,
         "route filter/transform failed",
@@ -140,17 +201,17 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "expired, for a handler",
         delivery(task(), deadline=PAST),
-        Gate(NS, "bob"),
+        gate(),
         {"handling": True},
         DeadLetter,
         "expired",
     ),
-    ("expired, pulled", delivery(task(), deadline=PAST), Gate(NS, "bob"), {}, Admit, ""),
-    ("in time", delivery(task(), deadline=FUTURE), Gate(NS, "bob"), {"handling": True}, Admit, ""),
+    ("expired, pulled", delivery(task(), deadline=PAST), gate(), {}, Admit, ""),
+    ("in time", delivery(task(), deadline=FUTURE), gate(), {"handling": True}, Admit, ""),
     (
         "reply_to an inbox",
         delivery(task(), reply_to="ns.inbox.carol"),
-        Gate(NS, "bob"),
+        gate(),
         {"handling": True},
         DeadLetter,
         "is not a reply queue",
@@ -158,7 +219,31 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "reply_to a reply queue",
         delivery(task(), reply_to="ns.reply.alice.0f3a"),
-        Gate(NS, "bob"),
+        gate(),
+        {"handling": True},
+        Admit,
+        "",
+    ),
+    (
+        "reply_to a reply queue without owner",
+        delivery(task(), reply_to="ns.reply.0f3a"),
+        gate(),
+        {"handling": True},
+        Admit,
+        "",
+    ),
+    (
+        "reply_to another agent's reply queue",
+        delivery(task(), reply_to="ns.reply.carol.0f3a"),
+        gate(),
+        {"handling": True},
+        DeadLetter,
+        "reply_to not the sender's",
+    ),
+    (
+        "reply_to a reply queue of an agent the map lets the user speak for",
+        delivery(task(), reply_to="ns.reply.carol.0f3a", user_id="svc"),
+        gate(senders=SVC),
         {"handling": True},
         Admit,
         "",
@@ -166,7 +251,7 @@ CASES: list[tuple[str, AbstractIncomingMessage, Gate, dict[str, Any], type[Verdi
     (
         "a duplicate",
         delivery(SEEN),
-        Gate(NS, "bob"),
+        gate(),
         {"handling": True, "seen": {SEEN.id}},
         Skip,
         "duplicate",
@@ -195,13 +280,13 @@ def test_admit_decides_each_delivery(
 def test_a_routed_message_is_admitted_as_its_route_presents_it() -> None:
     routes = router()
     routes.add_transform("sender:agent_*", lambda m: m.model_copy(update={"content": "[x]"}))
-    got = admit(delivery(task(sender="agent_1", recipient="")), Gate(NS, "bob", router=routes))
+    got = admit(delivery(task(sender="agent_1", recipient="")), gate(router=routes))
     assert isinstance(got, Admit)
     assert (got.message.recipient, got.message.content) == ("bob", "[x]")
 
 
 def test_a_raising_filter_is_dead_lettered_with_its_error() -> None:
-    got = admit(delivery(task(recipient="")), Gate(NS, "bob", router=raising_router()))
+    got = admit(delivery(task(recipient="")), gate(router=raising_router()))
     assert isinstance(got, DeadLetter) and isinstance(got.error, ValueError)
 
 

@@ -75,8 +75,11 @@ def test_example_routes_build_a_router() -> None:
     router = build_router(load_config(EXAMPLE, env={}))
     task = Message(sender="coordinator", type=MessageType.TASK)
     assert router.get_destinations(task) == ["researcher", "monitor"]
-    report = Message(sender="writer-2", type=MessageType.STATUS)
+    report = Message(sender="writer", type=MessageType.STATUS)
     assert router.get_destinations(report) == ["coordinator", "monitor"]
+    # A sender prefix names only the agents the file knows (docs/wire-format.md).
+    stranger = Message(sender="writer-2", type=MessageType.STATUS)
+    assert router.get_destinations(stranger) == ["monitor"]
 
 
 # -- errors name file, line and field ---------------------------------------------------

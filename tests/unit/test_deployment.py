@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from amqp_agents import MessagePassingAgent
-from amqp_agents.cli import build_parser, cmd_run
+from amqp_agents.cli import parse_args
+from amqp_agents.commands.topology import cmd_run
 from amqp_agents.config import load_config
 from amqp_agents.runner import agent_class, prepare
 
@@ -36,7 +37,7 @@ def test_agents_command_runs_an_existing_valid_config(compose: dict[str, Any]) -
     command = agents["command"]
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert command[0] in scripts, "the console script the image installs"
-    args = build_parser().parse_args(command[1:])
+    args = parse_args(command[1:])
     assert args.func is cmd_run
     env = {key: str(value) for key, value in agents["environment"].items()}
     config = load_config(ROOT / args.config, env=env)  # the file exists and is valid

@@ -15,21 +15,18 @@ from amqp_agents.config import AgentsConfig, load_config
 from amqp_agents.diagram import mermaid
 from amqp_agents.layout import (
     BindingSpec,
-    Check,
+    InboxOptions,
     Layout,
     NamespaceOptions,
-    Observed,
-    Status,
     agent_layout,
     base_layout,
-    format_arguments,
     inbox_layout,
     layout_of,
-    plan,
     retry_exchange_of,
     retry_layout,
     route_layout,
 )
+from amqp_agents.plan import Check, Observed, Status, format_arguments, plan
 from amqp_agents.retry import RetryPolicy
 
 EXAMPLE = Path(__file__).parents[2] / "config" / "agents.example.yaml"
@@ -56,8 +53,21 @@ def test_retry_delays_are_those_the_agent_uses(
     assert RetryPolicy(max_attempts, delays_s).distinct_delays() == expected
 
 
-def test_layout_of_the_example(example: AgentsConfig) -> None:
-    layout = layout_of(example)
+CLASSIC = NamespaceOptions(queue_type="classic")
+QUORUM = NamespaceOptions(queue_type="quorum")
+
+
+def with_queue_type(config: AgentsConfig, queue_type: str) -> AgentsConfig:
+    broker = config.broker.model_copy(update={"queue_type": queue_type})
+    return config.model_copy(update={"broker": broker})
+
+
+def test_quorum_is_the_default_queue_type(example: AgentsConfig) -> None:
+    assert example.broker.queue_type == "quorum" == NamespaceOptions().queue_type
+
+
+def test_layout_of_the_example_in_classic_mode(example: AgentsConfig) -> None:
+    layout = layout_of(with_queue_type(example, "classic"))
     assert [(e.name, e.type) for e in layout.exchanges] == [
         ("ns", "topic"),
         ("ns.dlx", "fanout"),
@@ -79,15 +89,24 @@ def test_layout_of_the_example(example: AgentsConfig) -> None:
     ]
     queues = {q.name: q.arguments for q in layout.queues}
     # The same arguments the agents declare with: a difference would be a conflict.
-    assert queues["ns.inbox.researcher"] == wire.inbox_arguments("ns", max_length=10000)
-    assert queues["ns.inbox.monitor"] == wire.inbox_arguments("ns")
-    assert queues["ns.retry.writer.2000ms"] == wire.retry_queue_arguments("ns", "writer", 2.0)
+    classic: wire.QueueType = "classic"
+    assert queues["ns.inbox.researcher"] == wire.inbox_arguments(
+        "ns", max_length=10000, queue_type=classic
+    )
+    assert queues["ns.inbox.monitor"] == wire.inbox_arguments("ns", queue_type=classic)
+    assert queues["ns.inbox.monitor"]["x-max-priority"] == 4
+    assert queues["ns.retry.writer.2000ms"] == wire.retry_queue_arguments(
+        "ns", "writer", 2.0, queue_type=classic
+    )
+    assert queues["ns.dead"] == {"x-queue-type": "classic"}
     assert queues["ns.history"] == wire.history_arguments(max_age="7D", max_bytes=1_000_000_000)
     bindings = set(layout.bindings)
     assert BindingSpec("ns.dlx", "ns.dead", "") in bindings
     assert BindingSpec("ns", "ns.inbox.writer", "*.*.*.writer") in bindings
     assert BindingSpec("ns", "ns.inbox.researcher", "task.*.*.-") in bindings
-    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.*.-") in bindings  # sender prefix
+    # A sender prefix binds one key per known agent it names, never every routed message.
+    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.writer.-") in bindings
+    assert BindingSpec("ns", "ns.inbox.coordinator", "*.*.*.-") not in bindings
     assert BindingSpec("ns", "ns.history", "*.4.*.-") in bindings
     # Every reply (through ns.replies) is kept in history; retries reach their queue
     # through the agent's own exchange, under the queue's name.
@@ -104,13 +123,81 @@ def test_layout_of_the_example(example: AgentsConfig) -> None:
     assert "ns.topology" not in {q.name for q in layout.without_record().queues}
 
 
+def test_layout_of_the_example_in_quorum_mode(example: AgentsConfig) -> None:
+    layout = layout_of(example)
+    queues = {q.name: q.arguments for q in layout.queues}
+    assert [name for name in queues if ".inbox." in name] == [
+        "ns.inbox.researcher.high",
+        "ns.inbox.researcher",
+        "ns.inbox.writer.high",
+        "ns.inbox.writer",
+        "ns.inbox.coordinator.high",
+        "ns.inbox.coordinator",
+        "ns.inbox.monitor.high",
+        "ns.inbox.monitor",
+    ]
+    # Every durable queue but the history stream is a quorum queue.
+    assert {name: args["x-queue-type"] for name, args in queues.items()} == {
+        name: "stream" if name == "ns.history" else "quorum" for name in queues
+    }
+    assert queues["ns.inbox.researcher"] == {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": "ns.dlx",
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": 4,  # returns let pass: 5 deliveries
+        "x-max-length": 10000,
+    }
+    assert "x-max-priority" not in queues["ns.inbox.monitor.high"]
+    # A retry queue per lane leads back into that lane.
+    assert queues["ns.retry.writer.high.2000ms"]["x-dead-letter-routing-key"] == (
+        "ns.inbox.writer.high"
+    )
+    assert queues["ns.retry.writer.2000ms"]["x-dead-letter-routing-key"] == "ns.inbox.writer"
+    bindings = {(b.queue, b.key) for b in layout.bindings if b.exchange == "ns"}
+    own = {(q, k) for q, k in bindings if k.endswith(".writer")}
+    assert own == {
+        ("ns.inbox.writer.high", "*.4.*.writer"),
+        ("ns.inbox.writer.high", "*.3.*.writer"),
+        ("ns.inbox.writer", "*.2.*.writer"),
+        ("ns.inbox.writer", "*.1.*.writer"),
+    } | {
+        ("ns.history", k) for k in ("*.4.*.writer", "*.3.*.writer", "*.2.*.writer", "*.1.*.writer")
+    }
+    # The route "priority:4" binds only the lane that takes priority 4.
+    urgent = {(q, k) for q, k in bindings if k == "*.4.*.-" and q.startswith("ns.inbox.coord")}
+    assert urgent == {("ns.inbox.coordinator.high", "*.4.*.-")}
+    assert ("ns.history", "*.*.*.writer") not in bindings, "history: the lanes' keys only"
+
+
+@pytest.mark.parametrize(
+    ("key", "lane", "keys"),
+    [
+        ("*.*.*.w", wire.HIGH_LANE, ["*.4.*.w", "*.3.*.w"]),
+        ("*.*.*.w", wire.NORMAL_LANE, ["*.2.*.w", "*.1.*.w"]),
+        ("task.4.*.-", wire.HIGH_LANE, ["task.4.*.-"]),
+        ("task.4.*.-", wire.NORMAL_LANE, []),
+        ("task.1.bob.-", wire.NORMAL_LANE, ["task.1.bob.-"]),
+    ],
+)
+def test_a_lane_is_bound_with_its_own_priority_words(
+    key: str, lane: wire.Lane, keys: list[str]
+) -> None:
+    assert wire.lane_binding_keys(key, lane) == keys
+
+
 # -- the pieces -------------------------------------------------------------------------
 
 
-def test_every_key_that_reaches_an_inbox_also_reaches_history() -> None:
-    """Addressed and routed traffic is in history: the inbox's and each route's key."""
+@pytest.mark.parametrize("options", [CLASSIC, QUORUM], ids=["classic", "quorum"])
+def test_every_key_that_reaches_an_inbox_also_reaches_history(options: NamespaceOptions) -> None:
+    """Addressed and routed traffic is in history: the inbox's and each route's key;
+    and no other key, or a message no inbox takes would be confirmed into history."""
     history = wire.history_name("ns")
-    pieces = [inbox_layout("ns", "writer"), route_layout("ns", "task.*.*.-", ["a", "b"])]
+    pieces = [
+        inbox_layout("ns", "writer", options),
+        route_layout("ns", "task.*.*.-", ["a", "b"], options),
+    ]
     for piece in pieces:
         inbox_keys = {b.key for b in piece.bindings if b.queue != history}
         history_keys = {b.key for b in piece.bindings if b.queue == history}
@@ -118,7 +205,7 @@ def test_every_key_that_reaches_an_inbox_also_reaches_history() -> None:
 
 
 def test_a_route_binds_each_destination_once_and_history_once() -> None:
-    route = route_layout("ns", "task.*.*.-", ["a", "b"], pattern="type:task")
+    route = route_layout("ns", "task.*.*.-", ["a", "b"], CLASSIC, pattern="type:task")
     assert [(b.queue, b.key) for b in route.bindings] == [
         ("ns.inbox.a", "task.*.*.-"),
         ("ns.inbox.b", "task.*.*.-"),
@@ -128,25 +215,50 @@ def test_a_route_binds_each_destination_once_and_history_once() -> None:
     assert not route.exchanges and not route.queues, "a route declares nothing of its own"
 
 
-def test_an_agent_is_its_inbox_and_the_retry_queues_its_policy_uses() -> None:
+def test_a_route_binds_each_lane_of_each_destination_with_its_words() -> None:
+    route = route_layout("ns", "task.*.*.-", ["a"], QUORUM)
+    assert [(b.queue, b.key) for b in route.bindings] == [
+        ("ns.inbox.a.high", "task.4.*.-"),
+        ("ns.inbox.a.high", "task.3.*.-"),
+        ("ns.inbox.a", "task.2.*.-"),
+        ("ns.inbox.a", "task.1.*.-"),
+        ("ns.history", "task.4.*.-"),
+        ("ns.history", "task.3.*.-"),
+        ("ns.history", "task.2.*.-"),
+        ("ns.history", "task.1.*.-"),
+    ]
+
+
+@pytest.mark.parametrize("options", [CLASSIC, QUORUM], ids=["classic", "quorum"])
+def test_an_agent_is_its_inbox_and_the_retry_queues_its_policy_uses(
+    options: NamespaceOptions,
+) -> None:
     policy = RetryPolicy(max_attempts=4, delays_s=(1.0, 5.0))
-    assert agent_layout("ns", "w", max_length=5, retry=policy) == inbox_layout(
-        "ns", "w", max_length=5
-    ) + retry_layout("ns", "w", [1.0, 5.0])
-    assert agent_layout("ns", "w", retry=RetryPolicy(max_attempts=1)) == inbox_layout("ns", "w")
+    inbox = InboxOptions(max_length=5)
+    assert agent_layout("ns", "w", options, inbox, retry=policy) == inbox_layout(
+        "ns", "w", options, inbox
+    ) + retry_layout("ns", "w", [1.0, 5.0], options)
+    once = RetryPolicy(max_attempts=1)
+    assert agent_layout("ns", "w", options, retry=once) == inbox_layout("ns", "w", options)
 
 
 def test_namespace_options_set_the_history_stream() -> None:
-    options = NamespaceOptions(history_max_age="12h", history_max_bytes=5_000)
+    options = NamespaceOptions(history_max_age="12h", history_max_bytes=5_000, history_replicas=3)
     (history,) = (q for q in base_layout("ns", options).queues if q.name == "ns.history")
-    assert history.arguments == wire.history_arguments(max_age="12h", max_bytes=5_000)
+    assert history.arguments == wire.history_arguments(max_age="12h", max_bytes=5_000, replicas=3)
+    assert history.arguments["x-initial-cluster-size"] == 3
 
 
 def test_joined_layouts_keep_each_piece_once_in_first_order() -> None:
     inbox = inbox_layout("ns", "a")
     joined = base_layout("ns") + inbox + base_layout("ns") + inbox
     assert joined == base_layout("ns") + inbox
-    assert [q.name for q in joined.queues] == ["ns.dead", "ns.history", "ns.inbox.a"]
+    assert [q.name for q in joined.queues] == [
+        "ns.dead",
+        "ns.history",
+        "ns.inbox.a.high",
+        "ns.inbox.a",
+    ]
     with pytest.raises(ValueError, match="cannot join"):
         _ = base_layout("ns") + base_layout("other")
 
@@ -156,6 +268,8 @@ def test_joined_layouts_keep_each_piece_once_in_first_order() -> None:
     [
         ("ns.retry.writer.200ms", "ns.retry.writer"),
         ("ns.retry.a-1.5000ms", "ns.retry.a-1"),
+        ("ns.retry.writer.high.200ms", "ns.retry.writer"),
+        ("ns.retry.writer.low.200ms", None),  # no such lane
         ("ns.inbox.writer", None),
         ("ns.retry.writer", None),
         ("ns.retry.writer.fast", None),
@@ -264,7 +378,9 @@ def test_format_arguments() -> None:
 # -- the Mermaid diagram ----------------------------------------------------------------
 
 
-def test_graph_draws_every_queue_agent_and_route(example: AgentsConfig) -> None:
+@pytest.mark.parametrize("queue_type", ["classic", "quorum"])
+def test_graph_draws_every_queue_agent_and_route(example: AgentsConfig, queue_type: str) -> None:
+    example = with_queue_type(example, queue_type)
     graph = mermaid(example)
     assert graph.startswith("flowchart LR\n")
     layout = layout_of(example).without_record()
@@ -273,10 +389,13 @@ def test_graph_draws_every_queue_agent_and_route(example: AgentsConfig) -> None:
     for exchange in layout.exchanges:
         assert f'"{exchange.name}<br/>' in graph, exchange.name
     for route in example.routes:
-        assert f"route {route.pattern}" in graph
+        # In quorum mode "priority:4" binds what "sender:writer*" binds on the
+        # coordinator's HIGH lane already: one binding, drawn with the first route.
+        subsumed = queue_type == "quorum" and route.pattern == "priority:4"
+        assert subsumed or f"route {route.pattern}" in graph
     assert "ResearchAgent, concurrency 4" in graph
     assert '"coordinator<br/>external"' in graph
-    assert "route sender:writer* (filtered)" in graph, "consumer-side match is shown"
+    assert 'route sender:writer*"' in graph, "a prefix route is exact: not drawn as filtered"
 
 
 def test_graph_node_ids_and_labels_are_valid_mermaid(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from pamqp.header import ContentHeader
 from amqp_agents import (
     BrokerConnectionError,
     InboxFullError,
+    InboxUnavailableError,
     MessageTooLargeError,
     NoRouteError,
     PublishTimeoutError,
@@ -98,3 +99,14 @@ async def test_a_dropped_confirm_is_a_lost_link_but_a_cancelled_caller_stays_can
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_a_nack_from_quorum_lanes_without_a_limit_means_no_majority() -> None:
+    """A quorum lane with no length limit cannot be full: its nack is a lane without a
+    majority, a typed error of its own (the message is nowhere; sending later may work)."""
+    quorum = PublishAttempt(
+        "m1", "ns", "task.2.alice.bob", "bob", 5.0, lambda: None, nack_means_unavailable=True
+    )
+    table = publish_errors(quorum)
+    with pytest.raises(InboxUnavailableError, match="no majority"), map_exceptions(table):
+        raise DeliveryError(None, Basic.Nack())

@@ -26,21 +26,30 @@ from amqp_agents.routing import compile_rule
 
 # -- compiling patterns -----------------------------------------------------------------
 
+KNOWN = ["bob", "agent_1", "agent_", "agent", "a", "writer-2", "writer-22", "alice"]
+"""The known agent ids a sender prefix expands to."""
+
 COMPILE_TABLE = [
-    ("*", "*.*.*.-", True),
-    *[(f"type:{t.value}", f"{t.value}.*.*.-", True) for t in MessageType],
-    *[(f"priority:{p}", f"*.{p}.*.-", True) for p in range(1, 5)],
-    ("sender:bob", "*.*.bob.-", True),
-    ("sender:writer-2", "*.*.writer-2.-", True),
-    ("sender:agent_*", "*.*.*.-", False),
-    ("sender:a*", "*.*.*.-", False),
+    ("*", ("*.*.*.-",)),
+    *[(f"type:{t.value}", (f"{t.value}.*.*.-",)) for t in MessageType],
+    *[(f"priority:{p}", (f"*.{p}.*.-",)) for p in range(1, 5)],
+    ("sender:bob", ("*.*.bob.-",)),
+    ("sender:writer-2", ("*.*.writer-2.-",)),
+    ("sender:agent_*", ("*.*.agent_1.-", "*.*.agent_.-")),
+    ("sender:a*", ("*.*.agent_1.-", "*.*.agent_.-", "*.*.agent.-", "*.*.a.-", "*.*.alice.-")),
+    ("sender:zed*", ()),
 ]
 
 
-@pytest.mark.parametrize(("pattern", "key", "exact"), COMPILE_TABLE)
-def test_compile_rule_gives_binding_key_and_exactness(pattern: str, key: str, exact: bool) -> None:
-    rule = compile_rule(pattern)
-    assert (rule.pattern, rule.binding_key, rule.exact) == (pattern, key, exact)
+@pytest.mark.parametrize(("pattern", "keys"), COMPILE_TABLE)
+def test_compile_rule_gives_binding_keys(pattern: str, keys: tuple[str, ...]) -> None:
+    rule = compile_rule(pattern, KNOWN)
+    assert (rule.pattern, rule.binding_keys) == (pattern, keys)
+
+
+def test_a_prefix_route_that_names_no_known_sender_is_refused() -> None:
+    with pytest.raises(RoutingError, match="no known agent id starts with 'zed'"):
+        MessageRouter(senders=KNOWN).add_route("sender:zed*", ["auditor"])
 
 
 @pytest.mark.parametrize(
@@ -97,7 +106,8 @@ def test_unknown_pattern_error_lists_the_valid_forms() -> None:
         ("sender:bob", {"sender": "bob"}, True),
         ("sender:bob", {"sender": "bobby"}, False),
         ("sender:bob", {"sender": ""}, False),
-        ("sender:agent_*", {"sender": "agent_7"}, True),
+        ("sender:agent_*", {"sender": "agent_1"}, True),
+        ("sender:agent_*", {"sender": "agent_7"}, False),  # not a known agent
         ("sender:agent_*", {"sender": "agent_"}, True),
         ("sender:agent_*", {"sender": "agent"}, False),
         ("sender:agent_*", {"sender": "my_agent_7"}, False),
@@ -105,7 +115,7 @@ def test_unknown_pattern_error_lists_the_valid_forms() -> None:
     ],
 )
 def test_rule_predicate(pattern: str, fields: dict[str, Any], expected: bool) -> None:
-    assert compile_rule(pattern).matches(Message(**fields)) is expected
+    assert compile_rule(pattern, KNOWN).matches(Message(**fields)) is expected
 
 
 def _topic_matches(binding_key: str, routing_key: str) -> bool:
@@ -116,8 +126,8 @@ def _topic_matches(binding_key: str, routing_key: str) -> bool:
     )
 
 
-PATTERNS = [pattern for pattern, _, _ in COMPILE_TABLE]
-SENDERS = ["", "bob", "bobby", "agent_1", "agent", "a", "writer-2", "writer-22"]
+PATTERNS = [pattern for pattern, _ in COMPILE_TABLE]
+SENDERS = ["", "bob", "bobby", "agent_1", "agent_7", "agent", "a", "writer-2", "writer-22"]
 routed_messages = st.builds(
     Message,
     sender=st.sampled_from(SENDERS),
@@ -128,22 +138,21 @@ routed_messages = st.builds(
 
 @settings(database=None, max_examples=300)
 @given(pattern=st.sampled_from(PATTERNS), message=routed_messages)
-def test_binding_key_covers_the_predicate_and_equals_it_when_exact(
+def test_binding_keys_deliver_exactly_what_the_pattern_matches(
     pattern: str, message: Message
 ) -> None:
     """The pure model of the broker; tests/integration/test_routing.py asks the broker."""
-    rule = compile_rule(pattern)
-    delivered = _topic_matches(rule.binding_key, wire.routing_key(message))
-    if rule.matches(message):
-        assert delivered
-    if rule.exact:
-        assert delivered == rule.matches(message)
+    rule = compile_rule(pattern, KNOWN)
+    key = wire.routing_key(message)
+    delivered = any(_topic_matches(binding, key) for binding in rule.binding_keys)
+    assert delivered == rule.matches(message)
 
 
 def test_route_keys_never_catch_addressed_messages() -> None:
     addressed = Message(sender="bob", recipient="writer", type=MessageType.TASK)
     for pattern in PATTERNS:
-        assert not _topic_matches(compile_rule(pattern).binding_key, wire.routing_key(addressed))
+        for binding in compile_rule(pattern, KNOWN).binding_keys:
+            assert not _topic_matches(binding, wire.routing_key(addressed))
 
 
 def test_docstring_examples_hold() -> None:
@@ -154,7 +163,7 @@ def test_docstring_examples_hold() -> None:
 
 
 def test_get_destinations_keeps_route_order_and_lists_each_agent_once() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("type:result", ["coordinator", "writer"])
     router.add_route("sender:bob", ["writer", "auditor"])
     router.add_route("*", ["archive", "coordinator"])
@@ -164,20 +173,20 @@ def test_get_destinations_keeps_route_order_and_lists_each_agent_once() -> None:
 
 
 def test_get_destinations_is_empty_when_nothing_matches() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("type:task", ["researcher"])
     assert router.get_destinations(Message(type=MessageType.STATUS)) == []
 
 
 def test_get_destinations_ignores_the_recipient() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("type:task", ["researcher"])
     addressed = Message(recipient="writer", type=MessageType.TASK)
     assert router.get_destinations(addressed) == ["researcher"]
 
 
 def test_a_failing_filter_removes_only_its_routes_destinations() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("sender:agent_*", ["auditor", "archive"])
     router.add_route("type:status", ["archive", "monitor"])
     router.add_filter("sender:agent_*", lambda m: m.priority >= MessagePriority.HIGH)
@@ -188,7 +197,7 @@ def test_a_failing_filter_removes_only_its_routes_destinations() -> None:
 
 
 def test_adding_a_route_again_replaces_destinations_and_keeps_hooks() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("type:task", ["researcher"])
     router.add_route("*", ["archive"])
     router.add_filter("type:task", lambda m: m.content != "skip")
@@ -199,7 +208,7 @@ def test_adding_a_route_again_replaces_destinations_and_keeps_hooks() -> None:
 
 
 def test_hooks_need_an_existing_route() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     with pytest.raises(RoutingError, match="add_route first"):
         router.add_filter("type:task", lambda m: True)
     with pytest.raises(RoutingError, match="add_route first"):
@@ -227,11 +236,13 @@ def test_bad_pattern_in_add_route_raises() -> None:
 
 
 def test_bindings_pair_keys_with_destinations_once() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("sender:agent_*", ["auditor"])
     router.add_route("*", ["auditor", "archive"])
     router.add_route("priority:4", ["auditor", "auditor"])
     assert router.bindings() == [
+        ("*.*.agent_1.-", "auditor"),
+        ("*.*.agent_.-", "auditor"),
         ("*.*.*.-", "auditor"),
         ("*.*.*.-", "archive"),
         ("*.4.*.-", "auditor"),
@@ -250,7 +261,7 @@ def _tag(label: str) -> routing.Transform:
 
 
 def test_accept_sets_recipient_and_applies_matching_transforms_in_route_order() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("type:result", ["writer", "coordinator"])
     router.add_route("sender:bob", ["writer"])
     router.add_route("priority:4", ["writer"])
@@ -271,7 +282,7 @@ def test_accept_sets_recipient_and_applies_matching_transforms_in_route_order() 
 
 
 def test_accept_refuses_what_no_route_for_the_destination_takes() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("sender:agent_*", ["auditor"])
     router.add_route("*", ["archive"])
     assert router.accept(Message(sender="bobby"), "auditor") is None  # prefix binding overshoots
@@ -281,7 +292,7 @@ def test_accept_refuses_what_no_route_for_the_destination_takes() -> None:
 
 
 def test_accept_skips_the_transform_of_a_route_whose_filter_fails() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("sender:agent_*", ["auditor"])
     router.add_route("priority:4", ["auditor"])
     router.add_filter("sender:agent_*", lambda m: not m.metadata.get("draft"))
@@ -294,7 +305,7 @@ def test_accept_skips_the_transform_of_a_route_whose_filter_fails() -> None:
 
 
 def test_transform_returning_something_else_raises() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("*", ["a"])
     router.add_transform("*", lambda m: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(RoutingError, match="returned NoneType, not a Message"):
@@ -302,7 +313,7 @@ def test_transform_returning_something_else_raises() -> None:
 
 
 def test_a_raising_hook_is_named_in_the_error() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("type:task", ["a"])
     router.add_filter("type:task", lambda m: 1 / 0 > 0)
     with pytest.raises(ZeroDivisionError) as info:
@@ -314,7 +325,7 @@ def test_a_raising_hook_is_named_in_the_error() -> None:
 class _Hooks:
     """A random router: each route may have a filter on priority and a transform."""
 
-    router: MessageRouter = field(default_factory=MessageRouter)
+    router: MessageRouter = field(default_factory=lambda: MessageRouter(senders=KNOWN))
     destinations: set[str] = field(default_factory=set)
 
 
@@ -322,7 +333,8 @@ class _Hooks:
 def routers(draw: st.DrawFn) -> _Hooks:
     hooks = _Hooks()
     agents = ["a", "b", "c"]
-    for pattern in draw(st.lists(st.sampled_from(PATTERNS), max_size=5, unique=True)):
+    usable = [pattern for pattern, keys in COMPILE_TABLE if keys]
+    for pattern in draw(st.lists(st.sampled_from(usable), max_size=5, unique=True)):
         dests = draw(st.lists(st.sampled_from(agents), min_size=1, max_size=3))
         hooks.router.add_route(pattern, dests)
         hooks.destinations.update(dests)
@@ -383,7 +395,7 @@ def test_routed_deliveries_decode_without_recipient(
 
 
 def test_routing_queue_accepts_addressed_messages_unchanged() -> None:
-    router = MessageRouter()
+    router = MessageRouter(senders=KNOWN)
     router.add_route("sender:agent_*", ["auditor"])
     router.add_transform("sender:agent_*", lambda m: m.model_copy(update={"content": "[x]"}))
     queue = RoutingMessageQueue(router, "amqp://guest:secret@localhost/", namespace="t")
@@ -396,3 +408,27 @@ def test_routing_queue_accepts_addressed_messages_unchanged() -> None:
     accepted = route_view(router, routed, "auditor")
     assert accepted is not None and accepted.content == "[x]"
     assert "secret" not in repr(queue)
+
+
+def test_a_filtered_route_is_not_bound_and_its_destinations_are_named_per_message() -> None:
+    """The broker cannot run a filter: the sender addresses those copies (BCC)."""
+    router = MessageRouter(senders=KNOWN)
+    router.add_route("type:task", ["researcher"])
+    router.add_route("*", ["archive", "auditor"])
+    router.add_filter("*", lambda m: m.priority >= MessagePriority.HIGH)
+    assert router.bindings() == [("task.*.*.-", "researcher")]
+    assert router.destinations == ["researcher", "archive", "auditor"]
+    urgent = Message(sender="bob", type=MessageType.TASK, priority=MessagePriority.URGENT)
+    assert router.filtered_destinations(urgent) == ["archive", "auditor"]
+    assert router.filtered_destinations(Message(sender="bob", type=MessageType.TASK)) == []
+
+
+def test_a_compiled_prefix_rule_is_completed_with_the_routers_known_senders() -> None:
+    # A configuration compiles each pattern once, before it knows its agents.
+    rule = compile_rule("sender:agent_*")
+    assert rule.binding_keys == () and rule.senders == ()
+    router = MessageRouter(senders=["agent_1", "bob", "agent_2"])
+    router.add_route(rule, ["auditor"])
+    assert router.bindings() == [("*.*.agent_1.-", "auditor"), ("*.*.agent_2.-", "auditor")]
+    assert router.get_destinations(Message(sender="agent_2", type=MessageType.TASK)) == ["auditor"]
+    assert router.get_destinations(Message(sender="agent_3", type=MessageType.TASK)) == []

@@ -40,10 +40,12 @@ def test_prepare_builds_the_configured_agents(example: AgentsConfig) -> None:
     assert (writer.id, writer.concurrency, writer.retry.max_attempts) == ("writer", 2, 2)
     assert isinstance(runner.queue, RoutingMessageQueue), "the example has routes"
     assert runner.queue.reply_owner is None, "two agents share the connection"
-    assert runner.queue._topology_options["inbox_max_lengths"] == {
+    inboxes = runner.queue.inboxes
+    assert {agent: inbox.max_length for agent, inbox in inboxes.items()} == {
         "researcher": 10000,
         "writer": None,
     }
+    assert runner.queue.options.queue_type == "quorum"
 
 
 def test_a_subset_of_agents(example: AgentsConfig) -> None:
@@ -174,9 +176,9 @@ def explain(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
 
 
 def test_explain_shows_each_route_and_the_destinations(capsys: pytest.CaptureFixture[str]) -> None:
-    lines = explain(capsys, "--type", "task", "--sender", "writer-2", "--priority", "urgent")
+    lines = explain(capsys, "--type", "task", "--sender", "writer", "--priority", "4")
     assert lines[0] == (
-        "task from writer-2, priority 4 (urgent), no recipient: routing key task.4.writer-2.-"
+        "task from writer, priority 4 (urgent), no recipient: routing key task.4.writer.-"
     )
     assert lines[1:6] == [
         "  routes[0]  type:task            match -> researcher",
@@ -216,3 +218,51 @@ def not_ephemeral(message: object) -> bool:
 
 def broken(message: object) -> bool:
     raise ValueError("bug")
+
+
+def test_a_run_believes_whom_the_senders_map_says(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        broker:
+          url: amqp://svc:pw@localhost:5672/
+          senders: {svc: [researcher, writer], ops-bot: [coordinator]}
+        agents:
+          - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+        """,
+    )
+    senders = prepare(load_config(path, env={})).queue.senders
+    assert senders.own_user == "svc" and not senders.trust_sender_word
+    assert senders.may_speak_for("ops-bot", "coordinator")
+    assert not senders.may_speak_for("ops-bot", "researcher")
+    assert not senders.may_speak_for(None, "coordinator")
+
+
+def test_trust_sender_word_is_passed_on(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        broker: {trust_sender_word: true}
+        agents:
+          - {id: researcher, class: "amqp_agents.demo:ResearchAgent"}
+        """,
+    )
+    assert prepare(load_config(path, env={})).queue.senders.may_speak_for(None, "anyone")
+
+
+@pytest.mark.parametrize(
+    ("senders", "problem"),
+    [("{svc: [not an id]}", "invalid agent id"), ("{svc: researcher}", "expected a list")],
+)
+def test_a_bad_senders_map_names_its_place(tmp_path: Path, senders: str, problem: str) -> None:
+    path = write(
+        tmp_path,
+        f"""
+        broker:
+          senders: {senders}
+        agents:
+          - {{id: researcher, class: "amqp_agents.demo:ResearchAgent"}}
+        """,
+    )
+    with pytest.raises(ConfigError, match=rf"agents.yaml:2: broker\.senders.*{problem}"):
+        load_config(path, env={})

@@ -1,0 +1,126 @@
+"""``history`` and ``history index``: reading what a namespace's stream retained, and
+copying it into the PostgreSQL index (docs/history.md).
+
+``history`` only reads: its queue is passive. A long scan prints its progress on
+stderr, so a large stream is never a silent wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+
+from amqp_agents.connection import resolve_url
+from amqp_agents.errors import ConfigError
+from amqp_agents.history import ScanProgress
+
+from . import options
+from .messages import format_timeline
+
+PROGRESS_EVERY = 10_000
+"""Entries read between two progress lines of a long scan."""
+
+
+def timestamp(text: str) -> datetime:
+    """An ISO 8601 time for ``--since``/``--until`` (no zone: UTC)."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time: {text!r} (e.g. 2026-11-30T09:00)"
+        ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def positive_count(text: str) -> int:
+    """A count of at least 1 (``--limit``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _progress(progress: ScanProgress) -> None:
+    if not progress.done and progress.read and progress.read % PROGRESS_EVERY == 0:
+        print(f"... read {progress.read:,} entries, {progress.matched} match", file=sys.stderr)
+
+
+async def cmd_history(args: argparse.Namespace) -> int:
+    """Print a conversation or an agent's history as a timeline; or run the indexer."""
+    if args.action == "index":
+        return await _run_indexer(args)
+    if not (args.conversation or args.agent):
+        options.usage_error(args, "give --conversation ID or --agent ID (or: history index)")
+    bounds = {"since": args.since, "until": args.until, "limit": args.limit}
+    async with options.existing_namespace(options.message_queue(args, passive=True)) as queue:
+        if args.conversation:
+            messages = await queue.get_conversation(
+                args.conversation, **bounds, timeout=args.timeout, progress=_progress
+            )
+        else:
+            messages = await queue.get_agent_history(
+                args.agent, **bounds, timeout=args.timeout, progress=_progress
+            )
+        namespace = queue.namespace
+    if not messages:
+        print(f"no messages in the retained history of namespace {namespace!r}")
+        return 0
+    print(format_timeline(messages))
+    return 0
+
+
+async def _run_indexer(args: argparse.Namespace) -> int:
+    """Copy the namespace's history stream into PostgreSQL until SIGINT/SIGTERM."""
+    if not args.db:
+        raise ConfigError("history index: --db postgresql://... is required")
+    try:
+        from amqp_agents.history_indexer import Commit, run_indexer
+    except ImportError as exc:
+        raise ConfigError(
+            f"history index needs the postgres extra (pip install 'amqp-agents[postgres]'): {exc}"
+        ) from None
+    config = options.load(args)
+    namespace = options.namespace_of(args, config)
+    url = args.url or (config.broker.secret_url() if config else None)
+    print(f"indexing {namespace}.history into the database; Ctrl-C stops", flush=True)
+
+    def report(commit: Commit) -> None:
+        print(f"indexed to offset {commit.next_offset} (+{commit.rows} messages)", flush=True)
+
+    await run_indexer(resolve_url(url), namespace, args.db, on_commit=report)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
+    """Add ``history``."""
+    history = sub.add_parser(
+        "history",
+        help="print a conversation or an agent's history; `history index` fills the index",
+        description="Print the messages of one conversation, or every message sent by or"
+        " to one agent, that the namespace's history stream still retains. `history index"
+        " --db postgresql://...` copies the stream into PostgreSQL until stopped.",
+    )
+    options.add_config_option(history, required=False)
+    options.add_broker_options(history)
+    history.add_argument("action", nargs="?", choices=["index"], help="index: run the indexer")
+    history.add_argument("--db", help="PostgreSQL URL of the history index (postgresql://...)")
+    which = history.add_mutually_exclusive_group()
+    which.add_argument("--conversation", metavar="ID", help="a conversation id")
+    which.add_argument("--agent", type=options.agent_id, metavar="ID", help="an agent id")
+    history.add_argument("--since", type=timestamp, metavar="TIME", help="from this time on")
+    history.add_argument("--until", type=timestamp, metavar="TIME", help="up to this time")
+    history.add_argument(
+        "--limit", type=positive_count, metavar="N", help="at most N messages (the oldest)"
+    )
+    history.add_argument(
+        "--timeout",
+        type=options.positive_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds the scan may take (default: %(default)s)",
+    )
+    history.set_defaults(func=cmd_history, parser=history)

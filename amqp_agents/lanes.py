@@ -1,0 +1,134 @@
+"""An agent's consumers on the queues of its inbox, and which held delivery starts next.
+
+A quorum inbox is several lanes (docs/wire-format.md, "Lanes"), each consumed with a
+prefetch of its own (:class:`LaneConsumers`), so an agent may hold more deliveries
+than it runs handlers. :class:`PrioritySlots` decides which held delivery starts
+next: the highest priority, then the earliest. So a message already held is still
+overtaken by a more urgent one, as in a classic priority queue; only the
+``concurrency`` already running are not. A classic inbox is one "lane".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+log = logging.getLogger(__name__)
+
+HIGHER_LANE_PREFETCH = 4
+"""A higher lane prefetches this many times ``concurrency``, so that one of its
+messages is at hand whenever a handler slot frees (prefetch is per consumer)."""
+
+
+class PrioritySlots:
+    """At most ``size`` holders at once; waiters get a slot highest priority first.
+
+    >>> slots = PrioritySlots(8)
+    >>> async with slots.hold(priority=4): ...  # doctest: +SKIP
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be at least 1, not {size}")
+        self._free = size
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._arrival = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, priority: int) -> AsyncIterator[None]:
+        """Wait for a slot (more urgent waiters first), hold it for the block."""
+        await self._acquire(priority)
+        try:
+            yield
+        finally:
+            self._release()
+
+    @property
+    def waiting(self) -> int:
+        """How many are waiting for a slot."""
+        return sum(not future.done() for _, _, future in self._waiting)
+
+    async def _acquire(self, priority: int) -> None:
+        if self._free > 0 and not self.waiting:
+            self._free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (-priority, next(self._arrival), future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self._release()  # the slot was handed over as we were cancelled
+            raise
+
+    def _release(self) -> None:
+        # Hand the slot straight to the most urgent live waiter, or free it.
+        while self._waiting:
+            _, _, future = heapq.heappop(self._waiting)
+            if not future.done():
+                future.set_result(None)
+                return
+        self._free += 1
+
+
+class LaneConsumers:
+    """One consumer per queue of an inbox (highest priority first) on one channel.
+
+    Args:
+        channel: the agent's consuming channel.
+        lanes: the inbox's queues, highest priority first.
+        concurrency: handlers at once; the lowest lane's prefetch.
+        on_delivery: called (in a task of its own) with each delivery.
+        on_cancelled: called with a ``basic.cancel`` frame from the broker.
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        lanes: Sequence[AbstractQueue],
+        concurrency: int,
+        on_delivery: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        on_cancelled: Callable[[Any], None],
+    ) -> None:
+        self.channel = channel
+        self.lanes = list(lanes)
+        self.concurrency = concurrency
+        self._on_delivery = on_delivery
+        self._on_cancelled = on_cancelled
+        self._tags: dict[str, str] = {}
+
+    def owns(self, consumer_tag: object) -> bool:
+        """Whether ``consumer_tag`` is one of these consumers'."""
+        return consumer_tag in self._tags.values()
+
+    async def consume(self) -> None:
+        """Start a consumer on each lane on the channel's current link, unless one runs
+        there (aio-pika replays only consumers of queues declared on this channel; the
+        inbox belongs to the topology channel, so the broker's cancels are watched)."""
+        underlay = await self.channel.get_underlay_channel()
+        running = getattr(underlay, "consumers", {})  # aiormq.Channel's
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        for lane in self.lanes:
+            if self._tags.get(lane.name) not in running:
+                factor = 1 if lane is self.lanes[-1] else HIGHER_LANE_PREFETCH
+                await self.channel.set_qos(prefetch_count=self.concurrency * factor)
+                self._tags[lane.name] = await lane.consume(self._on_delivery)
+
+    async def cancel(self) -> None:
+        """Cancel every consumer (deliveries in hand stay unacknowledged)."""
+        for lane in self.lanes:
+            tag = self._tags.pop(lane.name, None)
+            if tag is None or self.channel.is_closed:
+                continue
+            try:
+                await lane.cancel(tag)
+            except CONNECTION_EXCEPTIONS as exc:
+                log.warning("could not cancel the consumer of %s: %r", lane.name, exc)
