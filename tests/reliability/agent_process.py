@@ -25,9 +25,8 @@ import asyncio
 import os
 import signal
 import sys
-from typing import Any
 
-from amqp_agents import Message, MessageQueue, MessageType
+from amqp_agents import Message, MessageQueue, MessageType, wire
 from amqp_agents.agent import MessagePassingAgent
 
 POISONED = 86
@@ -40,14 +39,11 @@ def emit(line: str) -> None:
 
 
 async def main(args: argparse.Namespace) -> None:
-    options: dict[str, Any] = {}
-    if args.queue_type is not None:
-        options["queue_type"] = args.queue_type
     async with MessageQueue(
         args.url,
         namespace=args.namespace,
         connection_name=f"agent_process {args.agent_id}",
-        **options,
+        queue_type=args.queue_type,
     ) as queue:
         agent = MessagePassingAgent(
             args.agent_id,
@@ -80,6 +76,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--dedup-window", type=int, default=0)
     parser.add_argument("--work-ms", type=float, default=20.0)
-    parser.add_argument("--queue-type", default=None, help="the MessageQueue option")
+    parser.add_argument("--queue-type", default=wire.DEFAULT_QUEUE_TYPE, choices=wire.QUEUE_TYPES)
     parser.add_argument("--exit-on", default=None, help="a message id that ends the process")
     asyncio.run(main(parser.parse_args()))

@@ -15,7 +15,6 @@ both suites count alike.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -31,7 +30,7 @@ from amqp_agents import MessagePassingAgent, MessageQueue
 from amqp_agents.connection import AgentConnection
 from amqp_agents.topology import delete_namespace
 
-__all__ = ["MakeClusterRig", "client_node", "persist_declarations", "queue_type_options", "rigs"]
+__all__ = ["MakeClusterRig", "client_node", "persist_declarations", "rigs"]
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +39,6 @@ HEARTBEAT_S = 2
 """Heartbeat of clients that must notice a node cut off by the network: a silent link
 is dropped after (2 + 1) x 3 = 9 s (a cut node sends no reset)."""
 AGENT_CONCURRENCY = 16
-
-_TAKES_QUEUE_TYPE = "queue_type" in inspect.signature(MessageQueue).parameters
-
-
-def queue_type_options(queue_type: str) -> dict[str, Any]:
-    """The ``MessageQueue`` keyword that makes a namespace ``queue_type``.
-
-    Until quorum lanes exist (issue 10 item 1), classic is the only kind and the option
-    is absent; the quorum cases are marked so meanwhile.
-    """
-    if _TAKES_QUEUE_TYPE:
-        return {"queue_type": queue_type}
-    assert queue_type == "classic", "quorum lanes are not in this checkout"
-    return {}
-
-
-def quorum_available() -> bool:
-    """Whether ``MessageQueue`` offers the queue type option (quorum lanes)."""
-    return _TAKES_QUEUE_TYPE
 
 
 def client_node(queue: MessageQueue, cluster: PrivateCluster) -> int:
@@ -100,7 +80,7 @@ async def rigs(cluster: PrivateCluster, test_name: str) -> AsyncIterator[MakeClu
         ns = f"rel-{name}-{uuid.uuid4().hex[:6]}"
         options = {
             "publish_timeout_s": PUBLISH_TIMEOUT_S,
-            **queue_type_options(queue_type),
+            "queue_type": queue_type,
             **queue_options,
         }
         for via, inbox in ((clients[0], False), (inbox_via, True)):

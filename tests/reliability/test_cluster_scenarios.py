@@ -37,7 +37,6 @@ from cluster_rig import (
     MakeClusterRig,
     client_node,
     persist_declarations,
-    quorum_available,
     rigs,
 )
 from crash_loop import CrashLoop, watch_dead_letters
@@ -73,13 +72,11 @@ SETTLE_S = 30.0
 """How long every confirmed message may take to be delivered once the load is done."""
 CANARY_S = 5.0
 WAIT_S = 120.0
-DELIVERY_LIMIT = 5
-"""The lanes' delivery limit (the library's default)."""
+DELIVERY_LIMIT = wire.DEFAULT_DELIVERY_LIMIT
+"""The lanes' delivery limit: the library's default."""
 
-NEEDS_QUORUM = pytest.mark.xfail(
-    not quorum_available(), reason="needs quorum lanes", run=False, strict=False
-)
-QUORUM = pytest.param("quorum", marks=NEEDS_QUORUM, id="quorum")
+QUORUM = "quorum"
+"""The queue type the scenarios must pass on (the classic C1 is the negative control)."""
 
 
 @pytest.fixture(scope="module")
