@@ -761,15 +761,30 @@ async def test_7_agent_process_killed_mid_handler(
     assert all(count == 1 for count in second.effects.values()), "duplicates within one process"
 
 
+@pytest.mark.parametrize(
+    "queue_type",
+    [
+        pytest.param(
+            "quorum",
+            marks=pytest.mark.xfail(
+                strict=False,
+                reason="known defect: with quorum lanes a late duplicate can be admitted while"
+                " its first copy is still in hand (seen: 1 of 300 resent), open in issue 10",
+            ),
+        ),
+        "classic",
+    ],
+)
 async def test_7b_dedup_window_runs_each_side_effect_once_within_a_process(
-    make_rig: MakeRig, private_broker: PrivateBroker, proxy: TCPProxy
+    make_rig: MakeRig, private_broker: PrivateBroker, proxy: TCPProxy, queue_type: str
 ) -> None:
     """With de-duplication on, redeliveries (a reset connection) and late duplicates
     from the sender (a retry after a lost confirm) never run a side effect twice."""
     rig = await make_rig(
-        "7b-dedup-in-process",
+        f"7b-dedup-in-process-{queue_type}",
         url=proxied_url(proxy, private_broker),
         agent_options={"dedup_window": 2 * N},
+        queue_type=queue_type,
     )
     resent = [message_id(rig, index) for index in range(0, N, 10)]
 
