@@ -158,14 +158,19 @@ class ScanProgress:
 ProgressCallback = Callable[[ScanProgress], None]
 
 
-class HistoryBounds(TypedDict, total=False):
-    """The keyword arguments of the client's history queries: a :class:`HistoryQuery`'s
-    bounds, plus :func:`scan_history`'s ``timeout`` and ``progress``."""
+class QueryBounds(TypedDict, total=False):
+    """A :class:`HistoryQuery`'s bounds, as keyword arguments of the history queries."""
 
     since: datetime | None
     until: datetime | None
     limit: int | None
     newest_first: bool
+
+
+class HistoryBounds(QueryBounds, total=False):
+    """The keyword arguments of the client's history queries: the bounds, plus
+    :func:`scan_history`'s ``timeout`` and ``progress``."""
+
     timeout: float | None
     progress: ProgressCallback | None
 

@@ -26,13 +26,13 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 import asyncpg
 from aio_pika.abc import AbstractChannel
 
 from .errors import HistoryError, HistoryLagError
-from .history import HistoryQuery, append_marker
+from .history import HistoryQuery, QueryBounds, append_marker
 from .message import Message, MessagePriority, MessageType
 
 SCHEMA = """
@@ -267,38 +267,14 @@ class HistoryIndex:
             self._committed = asyncio.Event()
 
     async def conversation(
-        self,
-        conversation_id: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
+        self, conversation_id: str, **bounds: Unpack[QueryBounds]
     ) -> list[Message]:
         """A conversation's messages by timestamp (oldest first unless ``newest_first``)."""
-        query = HistoryQuery(
-            conversation_id=conversation_id,
-            since=since,
-            until=until,
-            limit=limit,
-            newest_first=newest_first,
-        )
-        return await self.query(query)
+        return await self.query(HistoryQuery(conversation_id=conversation_id, **bounds))
 
-    async def agent_history(
-        self,
-        agent_id: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-        newest_first: bool = False,
-    ) -> list[Message]:
+    async def agent_history(self, agent_id: str, **bounds: Unpack[QueryBounds]) -> list[Message]:
         """The messages sent by or to ``agent_id`` by timestamp."""
-        query = HistoryQuery(
-            agent_id=agent_id, since=since, until=until, limit=limit, newest_first=newest_first
-        )
-        return await self.query(query)
+        return await self.query(HistoryQuery(agent_id=agent_id, **bounds))
 
     async def query(self, query: HistoryQuery) -> list[Message]:
         """The indexed messages matching ``query``, after waiting for the indexer.
