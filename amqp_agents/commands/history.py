@@ -86,6 +86,7 @@ async def _run_indexer(args: argparse.Namespace) -> int:
     config = options.load(args)
     namespace = options.namespace_of(args, config)
     url = args.url or (config.broker.secret_url() if config else None)
+    await _check_database(args.db)
     print(f"indexing {namespace}.history into the database; Ctrl-C stops", flush=True)
 
     def report(commit: Commit) -> None:
@@ -93,6 +94,20 @@ async def _run_indexer(args: argparse.Namespace) -> int:
 
     await run_indexer(resolve_url(url), namespace, args.db, on_commit=report)
     return 0
+
+
+async def _check_database(dsn: str) -> None:
+    """Fail in one line when the index database does not answer at start (once running,
+    the indexer rides out outages by itself instead)."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(dsn, timeout=10)
+    except Exception as exc:
+        raise ConfigError(
+            f"history index: cannot reach the database --db: {type(exc).__name__}: {exc}"
+        ) from None
+    await connection.close()
 
 
 def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
