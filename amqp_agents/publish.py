@@ -300,16 +300,7 @@ class Publisher:
         DeliveryError; :func:`publish_errors` turns them into ours.
         """
         channel = via or self._channel
-        attempt = PublishAttempt(
-            message_id,
-            exchange,
-            routing_key,
-            recipient,
-            self.timeout_s,
-            self._failure,
-            bool(recipient) and self._nack_means_unavailable(recipient or ""),
-        )
-        with map_exceptions(publish_errors(attempt)):
+        try:
             if channel.is_closed:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
             # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).
@@ -326,6 +317,20 @@ class Publisher:
                 # holds publishers back when the socket is slow.
                 wait=False,
             )
+        except BaseException:
+            # The table is built only for a failure: a publish that succeeds (nearly
+            # all of them) pays for neither it nor its closures.
+            attempt = PublishAttempt(
+                message_id,
+                exchange,
+                routing_key,
+                recipient,
+                self.timeout_s,
+                self._failure,
+                bool(recipient) and self._nack_means_unavailable(recipient or ""),
+            )
+            with map_exceptions(publish_errors(attempt)):
+                raise
 
     async def default_exchange_channel(self) -> AbstractChannel:
         """The channel (confirms on) for answers through the default exchange.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -45,6 +46,8 @@ class Implementation(abc.ABC):
         self.queues: set[str] = set()
         self.exchanges: set[str] = set()
         self._seq = 0
+        self.clock = CpuClock()
+        """Measured window and the CPU spent in it (the harness adds its figures)."""
 
     # --- life cycle -------------------------------------------------------------------
     @abc.abstractmethod
@@ -113,6 +116,48 @@ class Implementation(abc.ABC):
     def _check_prefix(self, name: str) -> None:
         if not self.prefix or not name.startswith(self.prefix):
             raise ValueError(f"name {name!r} does not start with prefix {self.prefix!r}")
+
+
+# --- CPU per operation ------------------------------------------------------------------
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far, from ``/proc/PID/stat``."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuClock:
+    """The measured window of one run and the CPU spent in it, per operation.
+
+    CPU time per operation is far steadier than wall time on a shared machine: the
+    wall clock counts the time other processes held the cores, CPU time does not. The
+    client figure is this process's CPU (every role of the workload runs here); the
+    broker figure is the broker process's (``--broker-pid``, a broker on this machine),
+    and counts whatever else that broker did meanwhile: use a private node.
+    """
+
+    broker_pid: int | None = None
+    """Set by the harness (``--broker-pid``); None: no broker figure."""
+
+    def __init__(self) -> None:
+        self._cpu0 = self._broker0 = 0.0
+        self.figures: Figures = {}
+
+    def start(self) -> float:
+        """Start the window; returns ``time.perf_counter()`` (the workload's t0)."""
+        self.figures = {}
+        if self.broker_pid is not None:
+            self._broker0 = process_cpu_s(self.broker_pid)
+        self._cpu0 = time.process_time()
+        return time.perf_counter()
+
+    def stop(self, ops: int) -> None:
+        """End the window: CPU microseconds per operation (``ops`` operations)."""
+        cpu = time.process_time() - self._cpu0
+        self.figures["client_cpu_us_per_op"] = cpu / ops * 1e6
+        if self.broker_pid is not None:
+            broker = process_cpu_s(self.broker_pid) - self._broker0
+            self.figures["broker_cpu_us_per_op"] = broker / ops * 1e6
 
 
 # --- figure helpers ----------------------------------------------------------------------

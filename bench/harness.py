@@ -41,6 +41,17 @@ SINGLE_RUN: frozenset[str] = frozenset({"memory", "history"})
 """Workloads measured once whatever ``--runs`` says: a growth check, not a race."""
 RATIO: tuple[str, str] = ("amqp_agents", "aio-pika")
 """The ratio column is ``RATIO[0] / RATIO[1]`` (of the medians)."""
+COMPARE_WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout")
+COMPARE_RUNS = 5
+"""``--compare``'s defaults: the races, 5 pairs each."""
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "pipe": ("msg_per_s",),
+    "rpc_seq": ("p50_ms", "calls_per_s"),
+    "rpc_conc": ("calls_per_s", "p99_ms"),
+    "fanout": ("deliveries_per_s",),
+}
+"""The figures of each race that ``--compare``'s Markdown table shows (CPU too)."""
+CPU_FIGURES: tuple[str, ...] = ("client_cpu_us_per_op", "broker_cpu_us_per_op")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OPEN_TIMEOUT = 30.0
@@ -181,6 +192,8 @@ class Cell:
 
     status: str = "ok"  # "ok" | "n/a" | "error"
     runs: list[Figures] = field(default_factory=list)
+    run_numbers: list[int] = field(default_factory=list)
+    """The run (1, 2, ...) each entry of ``runs`` came from: pairs match on it."""
     errors: list[str] = field(default_factory=list)
     note: str = ""
 
@@ -203,9 +216,32 @@ class Cell:
             "status": self.status,
             "note": self.note,
             "runs": self.runs,
+            "run_numbers": self.run_numbers,
             "errors": self.errors,
             "summary": self.summary(),
         }
+
+
+def pair_ratios(ours: Cell, theirs: Cell, figure: str) -> list[float]:
+    """``ours / theirs`` for each run number both measured ``figure`` in: the runs of a
+    pair ran back to back, so each ratio saw about the same load on the machine."""
+    mine = {n: f[figure] for n, f in zip(ours.run_numbers, ours.runs, strict=True) if figure in f}
+    other = {
+        n: f[figure] for n, f in zip(theirs.run_numbers, theirs.runs, strict=True) if figure in f
+    }
+    return [mine[n] / other[n] for n in sorted(mine.keys() & other.keys()) if other[n]]
+
+
+def ratio_text(ours: Cell, theirs: Cell, figure: str) -> str:
+    """The ratio of the medians and, with two or more pairs, the per-pair min-max."""
+    a, b = (c.summary().get(figure, {}).get("median") for c in (ours, theirs))
+    if a is None or not b:
+        return "n/a"
+    text = f"{a / b:.2f}x"
+    pairs = pair_ratios(ours, theirs, figure)
+    if len(pairs) > 1:
+        text += f" ({min(pairs):.2f}-{max(pairs):.2f})"
+    return text
 
 
 def higher_is_better(figure: str) -> bool:
@@ -229,7 +265,7 @@ def render_table(
     header = ["workload", "figure", *(f"{name} median (min-max)" for name in impls)]
     show_ratio = all(name in impls for name in RATIO)
     if show_ratio:
-        header.append(f"{RATIO[0]} / {RATIO[1]}")
+        header.append(f"{RATIO[0]} / {RATIO[1]} (pairs min-max)")
     rows: list[list[str]] = []
     for workload in workloads:
         cells = results[workload]
@@ -245,26 +281,44 @@ def render_table(
                 else (" (higher=better)" if higher_is_better(figure) else " (lower=better)")
             )
             row = [workload, figure + arrow]
-            medians: dict[str, float] = {}
             for name in impls:
                 cell = cells[name]
                 stats = cell.summary().get(figure)
                 if stats is None:
                     row.append("n/a" if cell.status == "n/a" else cell.status)
                     continue
-                medians[name] = stats["median"]
                 text = f"{fmt(stats['median'])} ({fmt(stats['min'])}-{fmt(stats['max'])})"
                 if cell.errors:
                     text += f" [{len(cell.errors)} failed]"
                 row.append(text)
             if show_ratio:
-                a, b = (medians.get(name) for name in RATIO)
-                row.append(f"{a / b:.2f}x" if a is not None and b else "n/a")
+                row.append(ratio_text(cells[RATIO[0]], cells[RATIO[1]], figure))
             rows.append(row)
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_markdown(
+    results: dict[str, dict[str, Cell]], workloads: Sequence[str], queue_type: str
+) -> str:
+    """``--compare``'s table for the README: medians, and the ratio with its pair spread."""
+    ours, theirs = RATIO
+    lines = [
+        f"| workload ({queue_type}) | figure | {theirs} | {ours} | ratio (pairs min-max) |",
+        "|---|---|---|---|---|",
+    ]
+    for workload in workloads:
+        cells = results[workload]
+        for figure in (*HEADLINES.get(workload, ()), *CPU_FIGURES):
+            stats = [cells[name].summary().get(figure) for name in (theirs, ours)]
+            if any(s is None for s in stats):
+                continue
+            values = " | ".join(fmt(s["median"]) for s in stats if s is not None)
+            ratio = ratio_text(cells[ours], cells[theirs], figure)
+            lines.append(f"| {workload} | {figure} | {values} | {ratio} |")
+    return "\n".join(lines)
 
 
 # --- running --------------------------------------------------------------------------------
@@ -282,16 +336,19 @@ async def measure(
     broker: Broker,
     db: str = DEFAULT_DB,
     queue_type: str = spec.QUEUE_TYPES[0],
+    broker_pid: int | None = None,
 ) -> Figures:
     """One measured run: fresh instance and connection, warm-up, measurement, clean-up."""
     impl = cls()
     impl.queue_type = queue_type
+    impl.clock.broker_pid = broker_pid
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
         if workload not in SINGLE_RUN:
             await call_workload(impl, workload, sizes.warmup, sizes, payload)
-        return await call_workload(impl, workload, sizes.n(workload), sizes, payload, db)
+        figures = await call_workload(impl, workload, sizes.n(workload), sizes, payload, db)
+        return {**figures, **impl.clock.figures}
     finally:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
@@ -348,6 +405,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                             broker,
                             args.db,
                             args.queue_type,
+                            args.broker_pid,
                         )
                     except NotImplementedError as exc:
                         cell.status = "n/a"
@@ -363,6 +421,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                         traceback.print_exc(file=sys.stderr)
                         continue
                     cell.runs.append(figures)
+                    cell.run_numbers.append(r + 1)
                     shown = ", ".join(f"{k}={fmt(v)}" for k, v in figures.items())
                     took = time.perf_counter() - t0
                     log(f"[{workload} {r + 1}/{runs}] {name}: {shown} ({took:.1f}s)")
@@ -388,6 +447,9 @@ def report(
     wall = time.perf_counter() - started
     print()
     print(render_table(results, args.workloads, args.impl))
+    if args.compare:
+        print()
+        print(render_markdown(results, args.workloads, args.queue_type))
     failed = [
         (w, i, c) for w, cells in results.items() for i, c in cells.items() if c.errors or c.note
     ]
@@ -422,6 +484,7 @@ def report(
         "order": "for each workload: run 1 of every implementation, then run 2, ...",
         "implementations": list(args.impl),
         "ratio": f"{RATIO[0]} / {RATIO[1]} of medians",
+        "broker_pid_given": args.broker_pid is not None,
         "results": {w: {i: c.to_json() for i, c in cells.items()} for w, cells in results.items()},
     }
     out_dir = Path(args.results_dir)
@@ -480,9 +543,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=spec.QUEUE_TYPES[0],
         help="type of both sides' durable queues (default: %(default)s)",
     )
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help=f"{RATIO[1]} and {RATIO[0]} alternately on {', '.join(COMPARE_WORKLOADS)}"
+        f" (unless --workloads), {COMPARE_RUNS} runs (unless --runs); prints each ratio"
+        " with its spread over the pairs, and a Markdown table",
+    )
+    parser.add_argument(
+        "--broker-pid",
+        type=int,
+        default=None,
+        help="PID of the broker's process on this machine: adds its CPU per operation"
+        " (counts all of its work: use a broker nothing else uses)",
+    )
     args = parser.parse_args(argv)
+    given = set(argv if argv is not None else sys.argv[1:])
+    if args.compare:
+        args.impl = [RATIO[1], RATIO[0]]
+        if not given & {"--workloads"} and not any(a.startswith("--workloads=") for a in given):
+            args.workloads = list(COMPARE_WORKLOADS)
+        if not given & {"--runs"} and not any(a.startswith("--runs=") for a in given):
+            args.runs = COMPARE_RUNS
     if args.runs < 1:
         parser.error("--runs must be >= 1")
+    if args.broker_pid is not None and not os.path.exists(f"/proc/{args.broker_pid}/stat"):
+        parser.error(f"--broker-pid {args.broker_pid}: no such process on this machine")
     return args
 
 

@@ -256,11 +256,12 @@ class AioPikaImplementation(Implementation):
                 return message, spec.PIPE_ROUTING_KEY
 
             budget = wait_budget(n)
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             await _publish_windowed(
                 exchange, n, build, window=spec.PUBLISH_WINDOW, timeout=OP_TIMEOUT
             )
             t_end = await done.wait(budget)
+            self.clock.stop(n)
         return {"msg_per_s": n / (t_end - t0)}
 
     async def _rpc_setup(
@@ -317,12 +318,13 @@ class AioPikaImplementation(Implementation):
             self._cleanup_on_exit(stack, queues, exchanges)
             client, errors = await self._rpc_setup(stack, queues, exchanges)
             latencies: list[float] = []
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             for i in range(n):
                 started = time.perf_counter()
                 await client.call(spec.RpcRequest(method="echo", params={"i": i}), OP_TIMEOUT)
                 latencies.append(time.perf_counter() - started)
             elapsed = time.perf_counter() - t0
+            self.clock.stop(n)
             if errors:
                 raise RuntimeError("server failed") from errors[0]
         return latency_figures(latencies, elapsed)
@@ -351,7 +353,7 @@ class AioPikaImplementation(Implementation):
                     failures.append(exc)
 
             try:
-                t0 = time.perf_counter()
+                t0 = self.clock.start()
                 for i in range(n):
                     await _acquire(sem, OP_TIMEOUT)
                     if failures:
@@ -363,6 +365,7 @@ class AioPikaImplementation(Implementation):
                     async with asyncio.timeout(OP_TIMEOUT):
                         await asyncio.wait(set(pending))
                 elapsed = time.perf_counter() - t0
+                self.clock.stop(n)
             finally:
                 for task in pending:
                     task.cancel()
@@ -399,9 +402,10 @@ class AioPikaImplementation(Implementation):
                 return message, spec.fanout_routing_key(i)
 
             budget = wait_budget(total)
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             await _publish_windowed(
                 exchange, n, build, window=spec.PUBLISH_WINDOW, timeout=OP_TIMEOUT
             )
             t_end = await done.wait(budget)
+            self.clock.stop(n)
         return {"deliveries_per_s": total / (t_end - t0)}

@@ -210,9 +210,10 @@ class AmqpAgentsImplementation(Implementation):
                     )
                 )
 
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             await _run_windowed(n, send, window=spec.PUBLISH_WINDOW, timeout=OP_TIMEOUT)
             t_end = await done.wait(wait_budget(n))
+            self.clock.stop(n)
         finally:
             await consumer.stop()
             await self._delete_inboxes(mq, consumer_id)
@@ -245,12 +246,13 @@ class AmqpAgentsImplementation(Implementation):
         server, client = await self._rpc_agents()
         try:
             latencies: list[float] = []
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             for i in range(n):
                 started = time.perf_counter()
                 await self._call(client, server.id, i)
                 latencies.append(time.perf_counter() - started)
             elapsed = time.perf_counter() - t0
+            self.clock.stop(n)
         finally:
             await server.stop()
             await self._delete_inboxes(server.queue, server.id)
@@ -266,9 +268,10 @@ class AmqpAgentsImplementation(Implementation):
                 await self._call(client, server.id, i)
                 latencies.append(time.perf_counter() - started)
 
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             await _run_windowed(n, one, window=in_flight, timeout=OP_TIMEOUT)
             elapsed = time.perf_counter() - t0
+            self.clock.stop(n)
         finally:
             await server.stop()
             await self._delete_inboxes(server.queue, server.id)
@@ -321,9 +324,10 @@ class AmqpAgentsImplementation(Implementation):
                     )
                 )
 
-            t0 = time.perf_counter()
+            t0 = self.clock.start()
             await _run_windowed(n, send, window=spec.PUBLISH_WINDOW, timeout=OP_TIMEOUT)
             t_end = await done.wait(wait_budget(total))
+            self.clock.stop(n)
         finally:
             for agent in agents:
                 await agent.stop()
