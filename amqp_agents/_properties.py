@@ -173,3 +173,132 @@ class FastProperties(Basic.Properties):
             flags |= 0x0004
             out += _shortstr(value)
         return _U16(flags) + out
+
+
+# --- the other way: reading a delivery's content header ----------------------------------
+_UNPACK = {
+    ord("b"): (struct.Struct(">b").unpack_from, 1),
+    ord("B"): (struct.Struct("B").unpack_from, 1),
+    ord("s"): (struct.Struct(">h").unpack_from, 2),
+    ord("u"): (struct.Struct(">H").unpack_from, 2),
+    ord("I"): (struct.Struct(">i").unpack_from, 4),
+    ord("i"): (struct.Struct(">I").unpack_from, 4),
+    ord("l"): (struct.Struct(">q").unpack_from, 8),
+    ord("L"): (struct.Struct(">q").unpack_from, 8),  # pamqp reads L as signed too
+}
+"""Fixed-size integer field types: how to read them, and their size (pamqp's mapping)."""
+_U32_AT = struct.Struct(">I").unpack_from
+_U64_AT = struct.Struct(">Q").unpack_from
+_S = ord("S")
+_T = ord("t")
+
+_SHORTSTR_FIELDS = {
+    0x8000: "content_type",
+    0x4000: "content_encoding",
+    0x0400: "correlation_id",
+    0x0200: "reply_to",
+    0x0100: "expiration",
+    0x0080: "message_id",
+    0x0020: "message_type",
+    0x0010: "user_id",
+    0x0008: "app_id",
+    0x0004: "cluster_id",
+}
+
+
+def _read_shortstr(data: bytes, offset: int) -> tuple[str, int]:
+    end = offset + 1 + data[offset]
+    if end > len(data):
+        raise _Unusual  # truncated: pamqp decides
+    try:
+        return data[offset + 1 : end].decode("utf-8"), end
+    except UnicodeDecodeError:
+        raise _Unusual from None  # the frame guard's replacement, through pamqp
+
+
+def _read_table(data: bytes, offset: int) -> tuple[dict[str, Any], int]:
+    # pamqp.decode.field_table, for flat tables of strings, integers and booleans.
+    end = offset + 4 + _U32_AT(data, offset)[0]
+    if end > len(data):
+        raise _Unusual
+    offset += 4
+    table: dict[str, Any] = {}
+    while offset < end:
+        name, offset = _read_shortstr(data, offset)
+        if offset >= end:
+            raise _Unusual
+        kind = data[offset]
+        offset += 1
+        if kind == _S:
+            if offset + 4 > end:
+                raise _Unusual
+            stop = offset + 4 + _U32_AT(data, offset)[0]
+            if stop > end:
+                raise _Unusual
+            raw = data[offset + 4 : stop]
+            try:
+                table[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                table[name] = raw  # as pamqp: bytes
+            offset = stop
+        elif kind == _T:
+            if offset + 1 > end:
+                raise _Unusual
+            table[name] = bool(data[offset])
+            offset += 1
+        else:
+            fixed = _UNPACK.get(kind)
+            if fixed is None or offset + fixed[1] > end:
+                raise _Unusual  # nested tables, arrays, floats, timestamps...: pamqp
+            table[name] = fixed[0](data, offset)[0]
+            offset += fixed[1]
+    if offset != end:
+        raise _Unusual
+    return table, end
+
+
+def unmarshal_fast(properties: Basic.Properties, flags: int, data: bytes) -> bool:
+    """Set what ``data`` holds on ``properties``, as ``Basic.Properties.unmarshal``
+    would; False (nothing set) for anything unusual, which pamqp must decode then.
+
+    The hot path of every delivery: pamqp slices the remaining bytes for each field and
+    each header and dispatches on type names; this reads them in place. Held to pamqp,
+    value for value, by ``tests/unit/test_properties.py``.
+    """
+    values: list[tuple[str, Any]] = []
+    offset = 0
+    try:
+        for flag in (0x8000, 0x4000):
+            if flags & flag:
+                text, offset = _read_shortstr(data, offset)
+                values.append((_SHORTSTR_FIELDS[flag], text))
+        if flags & 0x2000:
+            table, offset = _read_table(data, offset)
+            values.append(("headers", table))
+        if flags & 0x1000:
+            values.append(("delivery_mode", data[offset]))
+            offset += 1
+        if flags & 0x0800:
+            values.append(("priority", data[offset]))
+            offset += 1
+        for flag in (0x0400, 0x0200, 0x0100, 0x0080):
+            if flags & flag:
+                text, offset = _read_shortstr(data, offset)
+                values.append((_SHORTSTR_FIELDS[flag], text))
+        if flags & 0x0040:
+            if offset + 8 > len(data):
+                raise _Unusual
+            seconds = _U64_AT(data, offset)[0]
+            if seconds > 0xFFFFFFFF:
+                raise _Unusual  # pamqp reads it as milliseconds; the guard clamps
+            values.append(("timestamp", datetime.fromtimestamp(seconds, tz=UTC)))
+            offset += 8
+        for flag in (0x0020, 0x0010, 0x0008, 0x0004):
+            if flags & flag:
+                text, offset = _read_shortstr(data, offset)
+                values.append((_SHORTSTR_FIELDS[flag], text))
+    except (_Unusual, IndexError, struct.error):
+        return False
+    for name, value in values:
+        setattr(properties, name, value)
+    return True

@@ -1,4 +1,5 @@
-"""FastProperties marshals exactly the bytes pamqp's Basic.Properties does."""
+"""FastProperties marshals exactly the bytes pamqp's Basic.Properties does, and
+unmarshal_fast reads exactly the values pamqp reads (or leaves the frame to pamqp)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import pytest
 from aio_pika import DeliveryMode
 from hypothesis import given
 from hypothesis import strategies as st
+from pamqp.base import BasicProperties
 from pamqp.commands import Basic
 
-from amqp_agents._properties import FastProperties
+from amqp_agents import Message, MessageType, wire
+from amqp_agents._properties import FastProperties, unmarshal_fast
+from amqp_agents.publish import properties as publish_properties
 
 FIELDS = (
     "content_type",
@@ -119,3 +123,62 @@ def test_what_pamqp_refuses_is_refused_alike(kwargs: dict[str, Any]) -> None:
     except Exception as exc:
         fast = type(exc)
     assert fast == reference
+
+
+# --- reading: unmarshal_fast gives what pamqp gives, or leaves the frame to it ----------
+SLOTS = Basic.Properties.__slots__
+
+
+def read_both(flags: int, data: bytes) -> tuple[bool, dict[str, Any], dict[str, Any] | type]:
+    """(fast path taken, its values, pamqp's values or the exception type it raised)."""
+    fast = Basic.Properties()
+    taken = unmarshal_fast(fast, flags, data)
+    reference = Basic.Properties()
+    try:
+        # pamqp's own unmarshal (the class attribute may be the frame guard's wrapper).
+        BasicProperties.unmarshal(reference, flags, data)
+    except Exception as exc:
+        return taken, vars_of(fast), type(exc)
+    return taken, vars_of(fast), vars_of(reference)
+
+
+def vars_of(properties: Basic.Properties) -> dict[str, Any]:
+    return {name: getattr(properties, name) for name in SLOTS}
+
+
+def split(marshalled: bytes) -> tuple[int, bytes]:
+    return int.from_bytes(marshalled[:2], "big"), marshalled[2:]
+
+
+@given(properties)
+def test_reads_what_pamqp_reads(kwargs: dict[str, Any]) -> None:
+    taken, fast, reference = read_both(*split(Basic.Properties(**kwargs).marshal()))
+    if taken:
+        assert fast == reference
+    else:  # left to pamqp: it set nothing
+        assert fast == vars_of(Basic.Properties())
+
+
+@given(st.integers(min_value=0, max_value=0xFFFF), st.binary(max_size=120))
+def test_any_bytes_are_read_as_pamqp_reads_them_or_left_to_it(flags: int, data: bytes) -> None:
+    taken, fast, reference = read_both(flags, data)
+    if taken:
+        assert fast == reference
+    else:
+        assert fast == vars_of(Basic.Properties())
+
+
+@pytest.mark.parametrize("reply", [False, True])
+def test_our_messages_take_the_fast_path(reply: bool) -> None:
+    message = Message(sender="alice", recipient="bob", type=MessageType.TASK, content={"a": 1})
+    out = (
+        wire.encode(message)
+        if reply
+        else wire.encode(
+            message, reply_to="ns.reply.alice.x", deadline=datetime.now(UTC) + timedelta(seconds=9)
+        )
+    )
+    taken, fast, reference = read_both(*split(publish_properties(out, "guest").marshal()))
+    assert taken
+    assert fast == reference
+    assert fast["headers"]["x-sender"] == "alice"
