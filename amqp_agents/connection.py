@@ -40,7 +40,7 @@ from yarl import URL
 
 from . import _frame_guard
 from .broker_url import DEFAULT_URL as DEFAULT_URL
-from .broker_url import node_urls
+from .broker_url import memory_broker, node_urls
 from .broker_url import redact_url as redact_url
 from .broker_url import resolve_url as resolve_url
 from .errors import BrokerConnectionError
@@ -259,6 +259,8 @@ async def connect(
     # the tests: _frame_guard.py). Installed here, not on import, so that importing
     # amqp_agents changes no other library (tests/unit/test_frame_guard.py).
     _frame_guard.install()
+    if (memory := memory_broker(url)) is not None:
+        return await _connect_memory(url, *memory, name=name)
     nodes = node_urls(url)
     connection = AgentConnection(
         URL(nodes[0]),
@@ -273,6 +275,20 @@ async def connect(
     except (TimeoutError, AMQPError, OSError) as exc:
         await connection.close()
         raise BrokerConnectionError(_cannot_connect(url, connection, exc)) from None
+    return connection
+
+
+async def _connect_memory(url: str, broker: str, user: str | None, *, name: str) -> AgentConnection:
+    """A connection to the in-process broker ``broker`` (:mod:`amqp_agents.memory`)."""
+    from .memory.transport import MemoryConnection  # imports this module
+
+    connection = MemoryConnection(
+        URL(url),
+        broker=broker,
+        user=user or "guest",
+        client_properties={"connection_name": name},
+    )
+    await connection.connect()
     return connection
 
 
