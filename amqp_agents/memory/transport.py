@@ -20,6 +20,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aio_pika
 from aio_pika.abc import UnderlayConnection
 from aio_pika.tools import OneShotCallback
 from aiormq.abc import DeliveredMessage
@@ -33,6 +34,9 @@ from aiormq.exceptions import (
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from yarl import URL
+
+from ..broker_url import memory_broker
 from ..connection import AgentConnection
 from .broker import BrokerError, Consumer, MemoryBroker, Queue, Stored, named
 
@@ -242,6 +246,9 @@ class MemoryChannel:
             return spec.Queue.PurgeOk(message_count=self.broker.purge(queue))
         except BrokerError as error:
             raise self._refused(error) from None
+
+    async def confirm_delivery(self, nowait: bool = False, timeout: Any = None) -> None:
+        self.publisher_confirms = True
 
     async def basic_qos(
         self,
@@ -558,6 +565,29 @@ def _delivered(frame: Any, stored: Stored, channel: MemoryChannel) -> DeliveredM
     )
 
 
+def _open_link(connection: aio_pika.Connection, broker: str, user: str | None) -> None:
+    link = MemoryLink(named(broker), user)
+    on_close = OneShotCallback(connection._on_connection_close)
+    link.closing.add_done_callback(on_close)
+    connection.transport = UnderlayConnection(connection=link, close_callback=on_close)  # type: ignore[arg-type]
+
+
+class PlainMemoryConnection(aio_pika.Connection):
+    """A plain (not robust) aio-pika connection to an in-process broker, as
+    ``aio_pika.connect`` gives for ``amqp://``: for playing a foreign client."""
+
+    def __init__(self, url: str) -> None:
+        where = memory_broker(url)
+        if where is None:
+            raise ValueError(f"not a memory:// URL: {url!r}")
+        super().__init__(URL(url))
+        self.broker_name, self.user = where[0], where[1] or "guest"
+
+    async def connect(self, timeout: Any = None) -> None:
+        _open_link(self, self.broker_name, self.user)
+        await self._on_connected()
+
+
 class MemoryConnection(AgentConnection):
     """An :class:`AgentConnection` to the in-process broker named in ``memory://NAME``.
 
@@ -574,10 +604,7 @@ class MemoryConnection(AgentConnection):
         # aio-pika's reconnect loop calls this to open a link; here it cannot fail.
         self.transport = None
         self.connected.clear()
-        link = MemoryLink(named(self.broker_name), self.user)
-        on_close = OneShotCallback(self._on_connection_close)
-        link.closing.add_done_callback(on_close)
-        self.transport = UnderlayConnection(connection=link, close_callback=on_close)  # type: ignore[arg-type]
+        _open_link(self, self.broker_name, self.user)
         await self._on_connected()
         fail_fast = self._RobustConnection__fail_fast_future  # type: ignore[attr-defined]
         if not fail_fast.done():
