@@ -77,6 +77,9 @@ EQUIVALENT_ARGUMENTS = (
     "x-dead-letter-strategy",
 )
 """Queue arguments a redeclare must repeat exactly (RabbitMQ: 406 inequivalent arg)."""
+STREAM_CHUNK = 16
+"""Stream entries delivered to a consumer per turn of the event loop (RabbitMQ sends a
+stream in chunks of entries; a reader sees them arrive over time, not all at once)."""
 
 
 class BrokerError(Exception):
@@ -300,11 +303,17 @@ class Queue:
         if self.deleted:
             return
         if self.is_stream:
+            more = False
             for consumer in list(self.consumers):
-                while consumer.position < len(self.log) and consumer.has_room:
+                chunk = STREAM_CHUNK
+                while consumer.position < len(self.log) and consumer.has_room and chunk:
                     offset = consumer.position
                     consumer.position += 1
+                    chunk -= 1
                     consumer.channel.deliver(consumer, self.log[offset], offset=offset)
+                more = more or (consumer.position < len(self.log) and consumer.has_room)
+            if more:  # the next chunk after the loop turned, as a broker sends chunks
+                self.schedule()
             return
         while self.ready and self.consumers:
             consumer = self._next_with_room()
