@@ -66,6 +66,11 @@ def amqp_url(rabbitmq_url: str) -> str:
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> Iterator[str]:
     """The URL of a real broker; never skips."""
+    yield from find_rabbitmq()
+
+
+def find_rabbitmq() -> Iterator[str]:
+    """``$AMQP_URL``, else the local broker, else a container (stopped after); else fail."""
     if url := os.environ.get("AMQP_URL"):
         yield url
         return
@@ -73,9 +78,7 @@ def rabbitmq_url() -> Iterator[str]:
         yield LOCAL_URL
         return
     try:
-        from testcontainers.rabbitmq import RabbitMqContainer
-
-        container = RabbitMqContainer("rabbitmq:3.13-management")
+        container = rabbitmq_container_class()(RABBITMQ_IMAGE)
         container.start()
     except Exception as exc:  # no Docker engine, no image, ...
         pytest.fail(
@@ -90,6 +93,18 @@ def rabbitmq_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{host}:{port}/"
     finally:
         container.stop()
+
+
+RABBITMQ_IMAGE = "rabbitmq:3.13-management"
+
+
+def rabbitmq_container_class() -> Any:
+    """testcontainers' RabbitMQ container class, from its current module."""
+    try:
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+    except ImportError:  # testcontainers before 4.14
+        from testcontainers.rabbitmq import RabbitMqContainer
+    return RabbitMqContainer
 
 
 @pytest.fixture
