@@ -26,6 +26,8 @@ from amqp_agents import MessageQueue
 from amqp_agents.memory.transport import PlainMemoryConnection
 from amqp_agents.topology import delete_namespace
 
+pytest_plugins = ["amqp_agents.testing"]  # memory_queue, virtual_clock (tests/memory)
+
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SESSION = uuid.uuid4().hex[:6]
 """Every namespace a test uses starts with ``t-{SESSION}-``: leaks are attributable."""
