@@ -114,7 +114,7 @@ class _JumpingSelector:
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
         ready = self._selector.select(0)
-        if ready or timeout is not None and timeout <= 0:
+        if ready or (timeout is not None and timeout <= 0):
             return ready
         if timeout is None:  # nothing scheduled at all: only IO can wake the loop
             return self._selector.select(None)
@@ -268,4 +268,3 @@ async def virtual_clock() -> AsyncIterator[VirtualClock]:
         yield clock
     finally:
         clock.uninstall()
-

@@ -316,13 +316,13 @@ class Queue:
                 self.schedule()
             return
         while self.ready and self.consumers:
-            consumer = self._next_with_room()
-            if consumer is None:
+            taker = self._next_with_room()
+            if taker is None:
                 return
             stored = self.take()
             if stored is None:
                 return
-            consumer.channel.deliver(consumer, stored)
+            taker.channel.deliver(taker, stored)
 
     def _next_with_room(self) -> Consumer | None:
         count = len(self.consumers)
@@ -498,7 +498,7 @@ class MemoryBroker:
     def bind(self, queue: str, exchange: str, key: str) -> None:
         if exchange == "":
             raise BrokerError(
-                403, f"ACCESS_REFUSED - operation not permitted on the default exchange"
+                403, "ACCESS_REFUSED - operation not permitted on the default exchange"
             )
         if queue not in self.queues:
             raise not_found("queue", queue)
@@ -619,9 +619,12 @@ class MemoryBroker:
         if target is None:
             return
         properties = stored.properties
-        headers = dict(properties.headers or {})
-        keys = [stored.routing_key] + _keys(headers.get("CC"))
-        deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+        headers: dict[str, Any] = dict(properties.headers or {})
+        keys = [stored.routing_key, *_keys(headers.get("CC"))]
+        earlier = headers.get("x-death")
+        deaths: list[dict[str, Any]] = [
+            dict(d) for d in (earlier if isinstance(earlier, list) else []) if isinstance(d, dict)
+        ]
         for death in deaths:
             if death.get("queue") == queue.name and death.get("reason") == reason:
                 death["count"] = int(death.get("count", 0)) + 1
@@ -693,5 +696,3 @@ def named(name: str) -> MemoryBroker:
 def forget(name: str) -> None:
     """Drop the broker called ``name`` and everything in it (tests' teardown)."""
     _registry.pop(name, None)
-
-

@@ -33,11 +33,11 @@ from aiormq.exceptions import (
 )
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
-
 from yarl import URL
 
-from ..broker_url import memory_broker
-from ..connection import AgentConnection
+from amqp_agents.broker_url import memory_broker
+from amqp_agents.connection import AgentConnection
+
 from .broker import BrokerError, Consumer, MemoryBroker, Queue, Stored, named
 
 STREAM_OFFSET = "x-stream-offset"
@@ -106,6 +106,7 @@ class MemoryChannel:
         self._tags = itertools.count(1)
         self._unacked: dict[int, tuple[Queue, Stored, Consumer | None]] = {}
         self._consumers: dict[str, Consumer] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def __repr__(self) -> str:
         return f"<MemoryChannel #{self.number} of memory://{self.broker.name}>"
@@ -334,7 +335,8 @@ class MemoryChannel:
             if target.is_stream:
                 if not self.prefetch_count:
                     raise BrokerError(
-                        406, f"PRECONDITION_FAILED - consumer prefetch count is not set for '{queue}'"
+                        406,
+                        f"PRECONDITION_FAILED - consumer prefetch count is not set for '{queue}'",
                     )
                 consumer.position = _stream_start(target, (arguments or {}).get(STREAM_OFFSET))
         except BrokerError as error:
@@ -375,7 +377,7 @@ class MemoryChannel:
         for callback in list(self.on_consumer_cancel_callbacks):
             result = callback(frame)
             if asyncio.iscoroutine(result):
-                loop.create_task(result)
+                self._track(loop.create_task(result))
 
     async def basic_get(
         self, queue: str = "", no_ack: bool = False, timeout: Any = None
@@ -430,7 +432,12 @@ class MemoryChannel:
             body=stored.body,
             channel=self,  # type: ignore[arg-type]
         )
-        asyncio.get_running_loop().create_task(consumer.callback(message))
+        self._track(asyncio.get_running_loop().create_task(consumer.callback(message)))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        # Held until done (the loop keeps only weak references), as aiormq holds its own.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- acknowledging ----------------------------------------------------------------
 
@@ -516,11 +523,12 @@ def _as_on_the_wire(properties: spec.Basic.Properties) -> spec.Basic.Properties:
         return copy
     decoded = ContentHeader()
     decoded.unmarshal(ContentHeader(properties=properties).marshal())
-    return decoded.properties
+    wire_properties: spec.Basic.Properties = decoded.properties
+    return wire_properties
 
 
 def _plain_time(value: Any) -> bool:
-    return type(value) is datetime and (value.tzinfo is None or value.utcoffset() == _ZERO)
+    return type(value) is datetime and (value.tzinfo is None or bool(value.utcoffset() == _ZERO))
 
 
 _ZERO = timedelta(0)
@@ -531,7 +539,7 @@ def _unchanged_on_the_wire(value: Any, depth: int = 0) -> bool:
     if kind in (str, bool, float, bytes) or value is None:
         return kind is not str or len(value) < 65536
     if kind is int:
-        return -(2**63) <= value < 2**63
+        return bool(-(2**63) <= value < 2**63)
     if depth > 8:
         return False
     if kind is list:
@@ -544,8 +552,8 @@ def _unchanged_on_the_wire(value: Any, depth: int = 0) -> bool:
     return False
 
 
-def _copy(properties: spec.Basic.Properties, headers: dict[str, Any] | None) -> Any:
-    copy = spec.Basic.Properties.__new__(spec.Basic.Properties)
+def _copy(properties: spec.Basic.Properties, headers: Any) -> spec.Basic.Properties:
+    copy: spec.Basic.Properties = spec.Basic.Properties.__new__(spec.Basic.Properties)
     for name in spec.Basic.Properties.__slots__:
         setattr(copy, name, getattr(properties, name))
     copy.headers = dict(properties.headers or {}) if headers is None else headers
@@ -557,9 +565,7 @@ def _copy(properties: spec.Basic.Properties, headers: dict[str, Any] | None) -> 
 def _delivered(frame: Any, stored: Stored, channel: MemoryChannel) -> DeliveredMessage:
     return DeliveredMessage(
         delivery=frame,
-        header=ContentHeader(
-            properties=_copy(stored.properties, None), body_size=len(stored.body)
-        ),
+        header=ContentHeader(properties=_copy(stored.properties, None), body_size=len(stored.body)),
         body=stored.body,
         channel=channel,  # type: ignore[arg-type]
     )

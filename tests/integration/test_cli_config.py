@@ -26,7 +26,6 @@ from amqp_agents.layout import layout_of
 from amqp_agents.topology import delete_namespace
 
 from .conftest import EXAMPLE, ROOT, Run, Spawn
-
 from .test_cli import one_error_line
 
 pytestmark = pytest.mark.rabbitmq_only(

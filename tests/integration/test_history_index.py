@@ -34,7 +34,8 @@ from .conftest import ROOT
 from .history_support import append_to_history
 
 pytestmark = pytest.mark.rabbitmq_only(
-    reason="the history indexer is a process of its own (and PostgreSQL) reading the stream over AMQP"
+    reason="the history indexer is a process of its own (with PostgreSQL) reading the"
+    " stream over AMQP"
 )
 
 PG_ADMIN_URL = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")

@@ -57,7 +57,11 @@ async def test_research_retry_and_dead_letter_in_memory(
     assert retried.message.id == first.message.id  # the same message, retried
     assert [h.error is None for h in writing.handled] == [True, False]
     [dead] = await dead_letters(memory_queue)
-    assert (dead.reason, dead.agent, dead.error_type) == ("handler failed", "writer", "HandlerError")
+    assert (dead.reason, dead.agent, dead.error_type) == (
+        "handler failed",
+        "writer",
+        "HandlerError",
+    )
     assert dead.message.content == {"description": "write", "context": {}}
     assert virtual_clock.elapsed_s >= 30.0  # the retry waited its 30 s, virtually
     assert time.perf_counter() - started < 1.0
