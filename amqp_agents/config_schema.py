@@ -179,7 +179,7 @@ class BrokerConfig(_Section):
             return value  # memory://NAME: the in-process broker (amqp_agents.memory)
         if scheme.lower() not in ("amqp", "amqps") or not sep or not host:
             # The value is not shown: it may hold a password.
-            raise ValueError("must be an amqp:// or amqps:// URL with a host (or memory://)")
+            raise ValueError("must be an amqp:// or amqps:// URL with a host")
         return value
 
     @field_validator("namespace")

@@ -41,4 +41,3 @@ class MemoryImplementation(AmqpAgentsImplementation):
 
     async def history(self, n: int, db: str) -> Figures:
         raise NotImplementedError("history (child processes cannot share memory://)")
-

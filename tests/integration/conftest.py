@@ -45,7 +45,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if marker is not None and not marker.kwargs.get("reason"):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: rabbitmq_only needs a reason")
     brokers = ["rabbitmq"] if marker is not None else list(BROKERS)
-    metafunc.parametrize("broker", brokers, indirect=True)
+    params = [
+        pytest.param(b, marks=pytest.mark.rabbitmq) if b == "rabbitmq" else b for b in brokers
+    ]
+    metafunc.parametrize("broker", params, indirect=True)
 
 
 @pytest.fixture
