@@ -5,6 +5,7 @@ from .client import BrokerClient
 from .errors import (
     AgentsError,
     BrokerConnectionError,
+    BrokerUnreachableError,
     ConfigError,
     DeliveryError,
     HandlerError,
@@ -43,6 +44,7 @@ __all__ = [
     "AgentsError",
     "BrokerClient",
     "BrokerConnectionError",
+    "BrokerUnreachableError",
     "ConfigError",
     "DeliveryError",
     "HandlerError",

@@ -43,12 +43,14 @@ from .broker_url import DEFAULT_URL as DEFAULT_URL
 from .broker_url import memory_broker, node_urls
 from .broker_url import redact_url as redact_url
 from .broker_url import resolve_url as resolve_url
-from .errors import BrokerConnectionError
+from .errors import BrokerConnectionError, BrokerUnreachableError
 
 log = logging.getLogger(__name__)
 
 MAX_REFUSED_RECONNECTS = 5
 """Reconnection rounds refused for our credentials or vhost, in a row, before giving up."""
+START_A_BROKER = "start RabbitMQ with `docker compose up -d rabbitmq`, or set AMQP_URL"
+"""The hint every "no broker answers" error ends with."""
 _NOT_ALLOWED = 530
 """connection.close reply code for a vhost the user may not (or no longer) use."""
 
@@ -274,7 +276,11 @@ async def connect(
         await connection.connect(timeout=timeout_s)
     except (TimeoutError, AMQPError, OSError) as exc:
         await connection.close()
-        raise BrokerConnectionError(_cannot_connect(url, connection, exc)) from None
+        failed = connection.failed_nodes or [(redact_url(url), exc)]
+        text = _cannot_connect(failed)
+        if all(isinstance(error, OSError | TimeoutError) for _, error in failed):
+            raise BrokerUnreachableError(f"{text}; {START_A_BROKER}") from None
+        raise BrokerConnectionError(text) from None
     return connection
 
 
@@ -292,8 +298,7 @@ async def _connect_memory(url: str, broker: str, user: str | None, *, name: str)
     return connection
 
 
-def _cannot_connect(url: str, connection: AgentConnection, exc: BaseException) -> str:
-    failed = connection.failed_nodes or [(redact_url(url), exc)]
+def _cannot_connect(failed: Sequence[tuple[str, BaseException]]) -> str:
     if len(failed) == 1:
         node, error = failed[0]
         return f"cannot connect to {node}: {_describe(error)}"

@@ -23,7 +23,7 @@ from amqp_agents import wire
 from amqp_agents.agent import MessagePassingAgent
 from amqp_agents.connection import redact_url
 from amqp_agents.demo import run_demo
-from amqp_agents.errors import BrokerConnectionError, TopologyError
+from amqp_agents.errors import BrokerUnreachableError, TopologyError
 from amqp_agents.message import Message, MessageType, create_task_message
 from amqp_agents.queue import MessageQueue
 from amqp_agents.rpc import TaskHandle
@@ -82,7 +82,6 @@ async def _namespace_exists(args: argparse.Namespace, namespace: str) -> bool:
 
 MEMORY_DEMO_URL = "memory://demo"
 """Where the demo runs when no broker answers (or with ``--memory``): in this process."""
-START_A_BROKER = "start RabbitMQ with `docker compose up -d rabbitmq`, or set AMQP_URL"
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -95,7 +94,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     except _Unreachable as unreachable:
         print(
             f"No broker answers ({unreachable.error}): running the demo in memory instead"
-            f" (memory://, this process only; {START_A_BROKER}).",
+            " (memory://, this process only).",
             flush=True,
         )
         args.url = MEMORY_DEMO_URL
@@ -105,7 +104,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 class _Unreachable(Exception):
     """The demo's broker did not answer before anything ran on it."""
 
-    def __init__(self, error: BrokerConnectionError) -> None:
+    def __init__(self, error: BrokerUnreachableError) -> None:
         super().__init__(str(error))
         self.error = error
 
@@ -118,7 +117,7 @@ async def _demo(args: argparse.Namespace) -> int:
         delete = not args.keep and not existed
         queue = options.message_queue(args, passive=False, namespace=namespace, routes=False)
         await queue.connect()
-    except BrokerConnectionError as exc:
+    except BrokerUnreachableError as exc:
         if in_memory:
             raise
         raise _Unreachable(exc) from None

@@ -40,5 +40,6 @@ def test_the_readme_shows_this_example() -> None:
     root = Path(__file__).parents[2]
     code = Path(__file__).read_text(encoding="utf-8")
     example = code.split("# README example starts here\n")[1].split("# README example ends")[0]
+    example = example.rstrip() + "\n"
     readme = (root / "README.md").read_text(encoding="utf-8")
     assert f"```python\n{example}```" in readme
