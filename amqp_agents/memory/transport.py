@@ -516,8 +516,9 @@ def _as_on_the_wire(properties: spec.Basic.Properties) -> spec.Basic.Properties:
     the wire; anything else goes through pamqp's encoder and decoder.
     """
     stamp = properties.timestamp
-    if _unchanged_on_the_wire(properties.headers) and (stamp is None or _plain_time(stamp)):
-        copy = _copy(properties, properties.headers)
+    headers = properties.headers
+    if (headers is None or _plain_table(headers)) and (stamp is None or _plain_time(stamp)):
+        copy = _copy(properties, headers)
         if stamp is not None:
             copy.timestamp = stamp.replace(microsecond=0, tzinfo=UTC)
         return copy
@@ -532,6 +533,27 @@ def _plain_time(value: Any) -> bool:
 
 
 _ZERO = timedelta(0)
+_INT_RANGE = range(-(2**63), 2**63)
+
+
+def _plain_table(table: Any) -> bool:
+    """Whether a header table decodes to itself: the common case (flat text and
+    integers) is checked inline, anything else by :func:`_unchanged_on_the_wire`."""
+    if type(table) is not dict:
+        return False
+    for key, value in table.items():
+        kind = type(value)
+        if type(key) is not str or len(key) > 128:
+            return False
+        if kind is str:
+            if len(value) >= 65536:
+                return False
+        elif kind is int:
+            if value not in _INT_RANGE:
+                return False
+        elif not _unchanged_on_the_wire(value):
+            return False
+    return True
 
 
 def _unchanged_on_the_wire(value: Any, depth: int = 0) -> bool:
@@ -539,7 +561,7 @@ def _unchanged_on_the_wire(value: Any, depth: int = 0) -> bool:
     if kind in (str, bool, float, bytes) or value is None:
         return kind is not str or len(value) < 65536
     if kind is int:
-        return bool(-(2**63) <= value < 2**63)
+        return value in _INT_RANGE
     if depth > 8:
         return False
     if kind is list:
@@ -553,13 +575,29 @@ def _unchanged_on_the_wire(value: Any, depth: int = 0) -> bool:
 
 
 def _copy(properties: spec.Basic.Properties, headers: Any) -> spec.Basic.Properties:
-    copy: spec.Basic.Properties = spec.Basic.Properties.__new__(spec.Basic.Properties)
-    for name in spec.Basic.Properties.__slots__:
-        setattr(copy, name, getattr(properties, name))
-    copy.headers = dict(properties.headers or {}) if headers is None else headers
-    if not copy.headers and properties.headers is None:
-        copy.headers = None
+    """A copy of ``properties`` with ``headers`` (None: a copy of the original's)."""
+    copy: spec.Basic.Properties = _new_properties(spec.Basic.Properties)
+    copy.content_type = properties.content_type
+    copy.content_encoding = properties.content_encoding
+    if headers is None:
+        original = properties.headers
+        headers = None if original is None else dict(original)
+    copy.headers = headers
+    copy.delivery_mode = properties.delivery_mode
+    copy.priority = properties.priority
+    copy.correlation_id = properties.correlation_id
+    copy.reply_to = properties.reply_to
+    copy.expiration = properties.expiration
+    copy.message_id = properties.message_id
+    copy.timestamp = properties.timestamp
+    copy.message_type = properties.message_type
+    copy.user_id = properties.user_id
+    copy.app_id = properties.app_id
+    copy.cluster_id = properties.cluster_id
     return copy
+
+
+_new_properties = object.__new__
 
 
 def _delivered(frame: Any, stored: Stored, channel: MemoryChannel) -> DeliveredMessage:

@@ -134,8 +134,12 @@ def cli_env(amqp_url: str, namespace: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
-    """Factory of running CLI processes; any still running at teardown is killed."""
+async def spawn(cli_env: dict[str, str], config_files: list[Path]) -> AsyncIterator[Spawn]:
+    """Factory of running CLI processes; any still running at teardown is killed.
+
+    Before ``config_files`` deletes the namespace (it is set up first, so torn down
+    after): a live ``run`` would declare an inbox again as soon as it is deleted.
+    """
     started: list[CliProcess] = []
 
     async def factory(*args: str, env: dict[str, str] | None = None) -> CliProcess:
