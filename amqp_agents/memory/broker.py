@@ -9,7 +9,8 @@ on it. What it keeps of RabbitMQ 3.13's semantics, each as the library relies on
   empty words count); sender-selected distribution (``CC``, ``BCC``; ``BCC`` removed).
 * **Publishing.** ``mandatory``: no queue -> the message is returned; a queue at
   ``x-max-length`` with ``x-overflow: reject-publish`` -> nack (the other queues keep
-  their copy, as on RabbitMQ); the default overflow drops the head (dead-lettered,
+  their copy, as on RabbitMQ; a quorum queue, as RabbitMQ's, takes one message over
+  its limit before it refuses); the default overflow drops the head (dead-lettered,
   reason ``maxlen``); a ``user_id`` other than the connection's user closes the channel
   (406), an unknown exchange too (404).
 * **Queues.** ``x-max-priority`` (classic: highest priority first, FIFO within one);
@@ -106,13 +107,18 @@ def precondition(text: str) -> BrokerError:
 def topic_matches(pattern: str, key: str) -> bool:
     """Whether routing ``key`` matches binding ``pattern`` by AMQP's topic rules.
 
-    Words are separated by dots (an empty string between two dots is a word); ``*``
-    matches exactly one word, ``#`` zero or more.
+    Words are separated by dots (an empty string between two dots, or after a last
+    dot, is a word; the empty key has no words, as RabbitMQ splits it); ``*`` matches
+    exactly one word, ``#`` zero or more.
 
-    >>> topic_matches("a.#", "a"), topic_matches("*.b", ".b"), topic_matches("#.#", "")
-    (True, True, True)
+    >>> topic_matches("a.#", "a"), topic_matches("*.b", ".b"), topic_matches("*", "")
+    (True, True, False)
     """
-    return _match(tuple(pattern.split(".")), tuple(key.split(".")))
+    return _match(_words(pattern), _words(key))
+
+
+def _words(text: str) -> tuple[str, ...]:
+    return tuple(text.split(".")) if text else ()
 
 
 @functools.lru_cache(maxsize=65536)
@@ -233,7 +239,11 @@ class Queue:
         return len(self.log) if self.is_stream else len(self.ready)
 
     def full(self) -> bool:
-        return self.max_length is not None and len(self.ready) >= int(self.max_length)
+        if self.max_length is None:
+            return False
+        if self.kind == "quorum":  # RabbitMQ's quorum queues take one over the limit
+            return len(self.ready) > int(self.max_length)
+        return len(self.ready) >= int(self.max_length)
 
     def enqueue(self, stored: Stored) -> bool:
         """Take a message; False: refused (reject-publish and full)."""

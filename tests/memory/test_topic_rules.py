@@ -17,12 +17,14 @@ from amqp_agents.memory import topic_matches
         ("#.a", "a", True),
         ("a.#.b", "a.b", True),
         ("a.#.b", "a.x.y.b", True),
-        ("#", "", True),
         ("#", "a.b.c", True),
         ("a.*", "a", False),  # exactly one word
         ("a.*", "a.", True),  # ... which may be empty
         ("*.b", ".b", True),
-        ("*", "", True),
+        ("*", "", False),  # the empty key has no words (RabbitMQ)
+        ("#", "", True),
+        ("", "", True),
+        ("", "a", False),
         ("*.*", "a", False),
         ("a.*.c", "a..c", True),
         ("a.b", "a.b.c", False),
