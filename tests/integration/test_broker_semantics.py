@@ -108,3 +108,29 @@ async def test_a_message_past_its_deadline_is_dead_lettered_as_expired(
     assert letter.expiration is None  # RabbitMQ moves it into x-death
     assert "original-expiration" in death[0]
     assert await queue.receive_all("bob") == []
+
+
+async def test_a_quorum_lane_dead_letters_a_message_returned_past_its_delivery_limit(
+    make_queue: MakeQueue, raw_channel: aio_pika.abc.AbstractChannel, namespace: str
+) -> None:
+    """A message given back (nack with requeue: its consumer could not take it) is
+    delivered ``delivery_limit`` times, counted in ``x-delivery-count``, then moved to
+    the dead letters with reason ``delivery_limit``."""
+    queue = await make_queue(queue_type="quorum", inbox_delivery_limit=3)
+    await queue.ensure_inbox("bob")
+    dead = await raw_channel.get_queue(wire.dead_queue_name(namespace), ensure=False)
+    letters: asyncio.Queue[aio_pika.abc.AbstractIncomingMessage] = asyncio.Queue()
+    await dead.consume(letters.put, no_ack=True)
+    counts: list[object] = []
+
+    async def give_back(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
+        counts.append((incoming.headers or {}).get("x-delivery-count"))
+        await incoming.nack(requeue=True)
+
+    lane = await raw_channel.get_queue(queue.inbox_queue_names("bob")[-1], ensure=False)
+    await lane.consume(give_back)
+    await queue.send(Message(sender="alice", recipient="bob", content="hot potato"))
+
+    letter = await asyncio.wait_for(letters.get(), 20)
+    assert letter.headers["x-death"][0]["reason"] == "delivery_limit"  # type: ignore[index,call-overload]
+    assert counts == [None, 1, 2]
