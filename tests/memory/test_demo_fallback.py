@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from amqp_agents import BrokerConnectionError, BrokerUnreachableError, MessageQueue
+
 ROOT = Path(__file__).parents[2]
 CONVERSATION = [
     ("coordinator", "researcher", "task"),
@@ -73,3 +75,16 @@ def test_demo_memory_runs_in_memory_whatever_the_url(url: str) -> None:
     assert "No broker" not in done.stdout
     assert "on memory://demo" in done.stdout
     assert_whole_conversation(done.stdout)
+
+
+async def test_no_broker_answering_is_a_typed_error_that_says_how_to_start_one() -> None:
+    url = f"amqp://guest:guest@127.0.0.1:{closed_port()}/"
+
+    with pytest.raises(BrokerUnreachableError) as failed:
+        await MessageQueue(url, connect_timeout_s=5).connect()
+
+    assert isinstance(failed.value, BrokerConnectionError)
+    assert str(failed.value).startswith("cannot connect to amqp://guest:***@127.0.0.1:")
+    assert str(failed.value).endswith(
+        "start RabbitMQ with `docker compose up -d rabbitmq`, or set AMQP_URL"
+    )
