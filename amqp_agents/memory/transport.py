@@ -38,7 +38,8 @@ from yarl import URL
 from amqp_agents.broker_url import memory_broker
 from amqp_agents.connection import AgentConnection
 
-from .broker import BrokerError, Consumer, MemoryBroker, Queue, Stored, named
+from .broker import BrokerError, MemoryBroker, named
+from .queues import Consumer, Queue, Stored
 
 STREAM_OFFSET = "x-stream-offset"
 
