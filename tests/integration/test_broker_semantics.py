@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 import pytest
+from aio_pika.exceptions import ChannelPreconditionFailed
 
 from amqp_agents import InboxFullError, Message, MessageQueue, wire
 
@@ -134,3 +136,20 @@ async def test_a_quorum_lane_dead_letters_a_message_returned_past_its_delivery_l
     letter = await asyncio.wait_for(letters.get(), 20)
     assert letter.headers["x-death"][0]["reason"] == "delivery_limit"  # type: ignore[index,call-overload]
     assert counts == [None, 1, 2]
+
+
+async def test_a_publish_claiming_another_user_is_refused_by_the_broker(
+    queue: MessageQueue, connect_raw: Callable[[str], Awaitable[Any]], amqp_url: str
+) -> None:
+    """``user_id`` is the identity senders.py trusts because the broker checks it."""
+    await queue.ensure_inbox("bob")
+    connection = await connect_raw(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.get_exchange(queue.namespace)
+        forged = aio_pika.Message(b'"hi"', user_id="mallory", content_type="application/json")
+        with pytest.raises(ChannelPreconditionFailed, match="user_id"):
+            await exchange.publish(forged, routing_key="notification.2.mallory.bob")
+    finally:
+        await connection.close()
+    assert await queue.receive_all("bob") == []
