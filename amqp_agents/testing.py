@@ -1,5 +1,6 @@
 """Testing agents without a broker: an in-memory queue, a virtual clock, and helpers
-that run an agent and wait for what it handled. A pytest plugin; enable it with::
+that run an agent and wait for what it handled. A pytest plugin (extra ``testing``:
+pytest and pytest-asyncio); enable it with::
 
     # conftest.py
     pytest_plugins = ["amqp_agents.testing"]
