@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import sys
 
-from amqp_agents_cli import take_sigint
-
 
 def _loading_to_run_as_main() -> bool:
     # While runpy locates the module to run, sys.argv[0] is "-m"; orig_argv names it.
@@ -24,4 +22,7 @@ def _loading_to_run_as_main() -> bool:
 
 
 if _loading_to_run_as_main():
+    # Imported only then: an import of the library never needs the console script.
+    from amqp_agents_cli import take_sigint
+
     take_sigint()
