@@ -278,7 +278,7 @@ async def connect(
         await connection.close()
         failed = connection.failed_nodes or [(redact_url(url), exc)]
         text = _cannot_connect(failed)
-        if all(isinstance(error, OSError | TimeoutError) for _, error in failed):
+        if all(_unanswered(error) for _, error in failed):
             raise BrokerUnreachableError(f"{text}; {START_A_BROKER}") from None
         raise BrokerConnectionError(text) from None
     return connection
@@ -296,6 +296,14 @@ async def _connect_memory(url: str, broker: str, user: str | None, *, name: str)
     )
     await connection.connect()
     return connection
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether a connection attempt failed because nothing answered (no listener, a
+    timeout), not because a broker answered: refused us, closed the connection with a
+    reason (a missing vhost), or failed the TLS handshake."""
+    answered = ConnectionClosed | AuthenticationError | ProbableAuthenticationError | ssl.SSLError
+    return not isinstance(exc, answered)
 
 
 def _cannot_connect(failed: Sequence[tuple[str, BaseException]]) -> str:
