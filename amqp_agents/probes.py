@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractRobustConnection
 
 from .agent import MessagePassingAgent
-
-log = logging.getLogger(__name__)
 
 DEFAULT_RECONNECT_BUDGET_S = 60.0
 """How long a lost connection may be recovering before ``/healthz`` fails."""
@@ -114,9 +111,6 @@ class ProbeServer:
         """
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info(
-            "probes on http://%s:%d (/metrics, /healthz, /readyz)", self.host or "*", self.port
-        )
 
     async def close(self) -> None:
         """Stop listening (the probes fail from now on)."""

@@ -236,6 +236,7 @@ async def serve_probes(config: AgentsConfig, runner: AgentRunner) -> ProbeServer
         raise ConfigError(
             f"{where}: cannot serve probes on port {options.metrics_port}: {exc}"
         ) from None
+    log.info("probes on http://%s:%d (/metrics, /healthz, /readyz)", server.host, server.port)
     return server
 
 
