@@ -63,8 +63,10 @@ async def scrape(port: int) -> Samples:
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 15) -> None:
     """Ask ``check`` until it holds; fail after ``timeout_s``."""
     async with asyncio.timeout(timeout_s):
-        while not await check():
-            await asyncio.sleep(0.05)
+        while True:
+            if await check():
+                return
+            await asyncio.sleep(0.05)  # the pace of a poll, not a synchronisation
 
 
 async def start(
