@@ -1,0 +1,44 @@
+"""amqp_agents with its observability on: the cost of tracing and metrics (issue 14).
+
+The same workloads as :mod:`bench.impl_amqp_agents`, with
+``instrumentation.instrument(tracing=True, metrics=True)``: spans go to an
+OpenTelemetry SDK tracer provider with a batch processor (as in production) whose
+exporter discards them, metrics into prometheus-client's registry. Compare it with
+``amqp_agents`` side by side::
+
+    python -m bench --impl amqp_agents,amqp_agents-obs --workloads pipe,rpc_seq
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from amqp_agents import instrumentation
+from bench.impl_amqp_agents import AmqpAgentsImplementation
+
+
+class _Discard(SpanExporter):
+    """Exports nowhere: the bench measures making spans, not shipping them."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class ObservedAmqpAgentsImplementation(AmqpAgentsImplementation):
+    name = "amqp_agents-obs"
+
+    async def open(self, url: str, prefix: str) -> None:
+        self._provider = TracerProvider()
+        self._provider.add_span_processor(BatchSpanProcessor(_Discard()))
+        instrumentation.instrument(tracing=True, metrics=True, tracer_provider=self._provider)
+        await super().open(url, prefix)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            instrumentation.uninstrument()
+            self._provider.shutdown()
