@@ -221,13 +221,13 @@ def failed(error: BaseException) -> None:
 def retried(agent_id: str, incoming: AbstractIncomingMessage) -> None:
     """A delivery was parked in a retry queue."""
     if _hub is not None and _hub.metrics is not None:
-        _hub.metrics.retried.labels(agent_id, type_label(incoming.type)).inc()
+        _hub.metrics.retried(agent_id, type_label(incoming.type)).inc()
 
 
 def dead_lettered(agent_id: str, incoming: AbstractIncomingMessage) -> None:
     """A delivery was moved to the dead letters."""
     if _hub is not None and _hub.metrics is not None:
-        _hub.metrics.dead_lettered.labels(agent_id, type_label(incoming.type)).inc()
+        _hub.metrics.dead_lettered(agent_id, type_label(incoming.type)).inc()
 
 
 def connected(connection: AbstractRobustConnection) -> None:
@@ -278,7 +278,7 @@ class _Publishing:
             headers: Mapping[str, Any] = self._properties.headers or {}
             if not _is_copy(headers):
                 sender = headers.get("x-sender")
-                metrics.sent.labels(
+                metrics.sent(
                     sender if isinstance(sender, str) else "",
                     type_label(self._properties.message_type),
                 ).inc()
@@ -318,7 +318,7 @@ class _Handling:
     def __enter__(self) -> object:
         self._token = _handling.set(self._context)
         if (metrics := self._hub.metrics) is not None:
-            metrics.in_flight.labels(self._context.agent).inc()
+            metrics.in_flight(self._context.agent).inc()
         self._started = time.perf_counter()
         return self._context
 
@@ -331,12 +331,12 @@ class _Handling:
         context = self._context
         if (metrics := self._hub.metrics) is not None:
             labels = (context.agent, context.message_type)
-            metrics.in_flight.labels(context.agent).dec()
-            metrics.handler_seconds.labels(*labels).observe(time.perf_counter() - self._started)
+            metrics.in_flight(context.agent).dec()
+            metrics.handler_seconds(*labels).observe(time.perf_counter() - self._started)
             if context.failed:
-                metrics.failed.labels(*labels).inc()
+                metrics.failed(*labels).inc()
             elif error is None:
-                metrics.handled.labels(*labels).inc()
+                metrics.handled(*labels).inc()
         if self._token is not None:
             _handling.reset(self._token)
         if context.span is not None:

@@ -26,8 +26,10 @@ Only :mod:`amqp_agents.instrumentation` imports this module, when metrics are as
 
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from aio_pika.abc import AbstractRobustConnection
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -40,27 +42,42 @@ HANDLER_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
 """Handlers range from an echo (a millisecond) to an LLM call (minutes)."""
 
 
+def labelled(metric: Any) -> Callable[..., Any]:
+    """``metric.labels``, remembered per label values: prometheus-client checks and
+    locks on every ``labels()`` call, and the hot path asks for the same few children
+    again and again (bounded labels keep the cache small)."""
+    return functools.lru_cache(maxsize=4096)(metric.labels)
+
+
 class Metrics:
-    """The library's metrics in one registry (one instance per registry: see :meth:`shared`)."""
+    """The library's metrics in one registry (one instance per registry: see :meth:`shared`).
+
+    A labelled metric is an attribute that takes the label values and returns the
+    child to count on: ``metrics.sent("writer", "result").inc()``.
+    """
 
     _shared: ClassVar[Metrics | None] = None
 
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        def counter(name: str, text: str) -> Counter:
-            return Counter(f"amqp_agents_messages_{name}", text, LABELS, registry=registry)
+        def counter(name: str, text: str) -> Callable[..., Any]:
+            return labelled(
+                Counter(f"amqp_agents_messages_{name}", text, LABELS, registry=registry)
+            )
 
         self.sent = counter("sent", "Messages published and confirmed, by sender and type.")
         self.handled = counter("handled", "Handler runs that returned.")
         self.failed = counter("failed", "Handler runs that raised.")
         self.retried = counter("retried", "Deliveries parked in a retry queue.")
         self.dead_lettered = counter("dead_lettered", "Deliveries moved to the dead letters.")
-        self.handler_seconds = Histogram(
-            "amqp_agents_handler_duration_seconds",
-            "Time from a handler's start to its delivery's ack (reply, retry or dead letter"
-            " included).",
-            LABELS,
-            buckets=HANDLER_BUCKETS_S,
-            registry=registry,
+        self.handler_seconds = labelled(
+            Histogram(
+                "amqp_agents_handler_duration_seconds",
+                "Time from a handler's start to its delivery's ack (reply, retry or dead letter"
+                " included).",
+                LABELS,
+                buckets=HANDLER_BUCKETS_S,
+                registry=registry,
+            )
         )
         self.confirm_seconds = Histogram(
             "amqp_agents_publish_confirm_seconds",
@@ -68,8 +85,13 @@ class Metrics:
             buckets=CONFIRM_BUCKETS_S,
             registry=registry,
         )
-        self.in_flight = Gauge(
-            "amqp_agents_handlers_in_flight", "Handlers running now.", ["agent"], registry=registry
+        self.in_flight = labelled(
+            Gauge(
+                "amqp_agents_handlers_in_flight",
+                "Handlers running now.",
+                ["agent"],
+                registry=registry,
+            )
         )
         self._connections: weakref.WeakSet[AbstractRobustConnection] = weakref.WeakSet()
         Gauge(

@@ -88,7 +88,6 @@ class Tracing:
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "send",
-            "messaging.operation.name": "publish",
             "messaging.destination.name": destination,
             "messaging.rabbitmq.destination.routing_key": routing_key,
             "messaging.message.id": properties.message_id or "",
@@ -116,7 +115,6 @@ class Tracing:
         attributes: dict[str, Any] = {
             "messaging.system": SYSTEM,
             "messaging.operation.type": "process",
-            "messaging.operation.name": "process",
             "messaging.destination.name": destination,
             "messaging.rabbitmq.destination.routing_key": incoming.routing_key or "",
             "messaging.message.id": message.id,
