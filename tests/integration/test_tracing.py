@@ -162,6 +162,7 @@ async def test_a_retry_stays_in_the_trace_and_log_lines_carry_its_ids(
     try:
         with provider.get_tracer("test").start_as_current_span("caller") as root:
             assert await caller.send_task("flaky", "job", timeout=30) == "done job"
+        await flaky.stop()  # its handling spans end once the handling finished
     finally:
         logger.removeHandler(capture)
     spans = list(memory.get_finished_spans())
@@ -219,6 +220,7 @@ async def test_a_dead_letter_stays_in_the_trace(
     dead_queue = await raw_channel.get_queue(wire.dead_queue_name(namespace), ensure=False)
     dead = await dead_queue.get(timeout=10)
     await dead.ack()
+    await failing.stop()  # its handling span ends once the handling finished
     spans = list(memory.get_finished_spans())
     trace_id = root.get_span_context().trace_id
     assert {s.context.trace_id for s in spans} == {trace_id}
