@@ -217,10 +217,11 @@ async def test_a_dead_letter_stays_in_the_trace(
         pytest.raises(RemoteError),
     ):
         await caller.send_task("failing", "job", timeout=30)
+    # the ERROR reply goes out before the dead letter: stopping waits for the handling
+    await failing.stop()
     dead_queue = await raw_channel.get_queue(wire.dead_queue_name(namespace), ensure=False)
     dead = await dead_queue.get(timeout=10)
     await dead.ack()
-    await failing.stop()  # its handling span ends once the handling finished
     spans = list(memory.get_finished_spans())
     trace_id = root.get_span_context().trace_id
     assert {s.context.trace_id for s in spans} == {trace_id}
