@@ -34,6 +34,8 @@ IMPLEMENTATIONS: dict[str, str] = {
     "aio-pika": "bench.impl_aiopika:AioPikaImplementation",
     "amqp_agents": "bench.impl_amqp_agents:AmqpAgentsImplementation",
     "amqp_agents-obs": "bench.impl_observed:ObservedAmqpAgentsImplementation",
+    "amqp_agents-metrics": "bench.impl_observed:MetricsOnlyImplementation",
+    "amqp_agents-tracing": "bench.impl_observed:TracingOnlyImplementation",
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
 DEFAULT_IMPLEMENTATIONS: tuple[str, ...] = ("aio-pika", "amqp_agents")

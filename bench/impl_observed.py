@@ -7,6 +7,8 @@ exporter discards them, metrics into prometheus-client's registry. Compare it wi
 ``amqp_agents`` side by side::
 
     python -m bench --impl amqp_agents,amqp_agents-obs --workloads pipe,rpc_seq
+
+``amqp_agents-metrics`` and ``amqp_agents-tracing`` switch on one half each.
 """
 
 from __future__ import annotations
@@ -29,11 +31,15 @@ class _Discard(SpanExporter):
 
 class ObservedAmqpAgentsImplementation(AmqpAgentsImplementation):
     name = "amqp_agents-obs"
+    tracing = True
+    metrics = True
 
     async def open(self, url: str, prefix: str) -> None:
         self._provider = TracerProvider()
         self._provider.add_span_processor(BatchSpanProcessor(_Discard()))
-        instrumentation.instrument(tracing=True, metrics=True, tracer_provider=self._provider)
+        instrumentation.instrument(
+            tracing=self.tracing, metrics=self.metrics, tracer_provider=self._provider
+        )
         await super().open(url, prefix)
 
     async def close(self) -> None:
@@ -42,3 +48,17 @@ class ObservedAmqpAgentsImplementation(AmqpAgentsImplementation):
         finally:
             instrumentation.uninstrument()
             self._provider.shutdown()
+
+
+class MetricsOnlyImplementation(ObservedAmqpAgentsImplementation):
+    """Metrics on, tracing off: what each half costs."""
+
+    name = "amqp_agents-metrics"
+    tracing = False
+
+
+class TracingOnlyImplementation(ObservedAmqpAgentsImplementation):
+    """Tracing on, metrics off."""
+
+    name = "amqp_agents-tracing"
+    metrics = False
