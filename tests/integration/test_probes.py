@@ -231,3 +231,23 @@ async def test_json_log_lines_name_the_message_conversation_and_agent(
     await stopped(run)
     for text in run.lines:
         assert isinstance(json.loads(text), dict), text  # every line is one JSON object
+
+
+async def test_a_port_in_use_is_one_line_and_the_agents_stop(
+    config_file: Callable[[str], Path], run_cli: Run
+) -> None:
+    config = config_file(WORKER.format(passive="false"))
+    taken = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = taken.sockets[0].getsockname()[1]
+    try:
+        status, output = await run_cli(
+            "run", str(config), "--metrics-port", str(port), "--metrics-host", "127.0.0.1"
+        )
+    finally:
+        taken.close()
+        await taken.wait_closed()
+    assert status == 1, output
+    (error,) = [line for line in output.splitlines() if "cannot serve probes" in line]
+    assert f"observability.metrics_port: cannot serve probes on port {port}" in error
+    assert "Traceback" not in output
+    assert "all agents stopped" in output
