@@ -1,6 +1,6 @@
 """The hooks the hot paths call, and whoever listens to them: traces, metrics, log context.
 
-Five places of the library matter to an operator, and each calls one hook here::
+The few places of the library that matter to an operator each call one hook here::
 
     Publisher.publish        publishing(exchange, routing_key, properties)   a PRODUCER span
                              (trace headers injected), a sent counter, the confirm latency
