@@ -220,3 +220,39 @@ def test_a_json_line_outside_a_handler_has_no_message_fields() -> None:
     assert entry["message"] == "hi x" and entry["level"] == "INFO"
     assert entry["logger"] == "amqp_agents.runner"
     assert not {"agent", "message_id", "conversation_id", "trace_id"} & set(entry)
+
+
+@pytest.mark.parametrize(
+    ("traceparent", "continued"),
+    [
+        ("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", True),
+        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", True),  # long string
+        ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", False),  # zero trace id
+        ("garbage", False),
+        (b"\xff\xfe", False),
+        (12345, False),
+    ],
+)
+def test_a_foreign_traceparent_is_continued_only_when_valid(
+    traceparent: object, continued: bool
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from amqp_agents.tracing import Tracing
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    incoming: Any = SimpleNamespace(
+        headers={"traceparent": traceparent}, exchange="ns", routing_key="task.2.a.b"
+    )
+    tracing = Tracing(provider)
+    span, token = tracing.consumer("b", incoming, Message(sender="a", recipient="b", content=1), 0)
+    tracing.detach(token)
+    tracing.end(span, None)
+    (handled,) = memory.get_finished_spans()
+    assert (handled.parent is not None) is continued
+    if continued:
+        assert format(handled.context.trace_id, "032x") == "4bf92f3577b34da6a3ce929d0e0e4736"
