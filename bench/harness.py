@@ -37,6 +37,7 @@ IMPLEMENTATIONS: dict[str, str] = {
     "amqp_agents-metrics": "bench.impl_observed:MetricsOnlyImplementation",
     "amqp_agents-tracing": "bench.impl_observed:TracingOnlyImplementation",
     "amqp_agents-off": "bench.impl_observed:UnobservedImplementation",
+    "amqp_agents-sampled": "bench.impl_observed:SampledImplementation",
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
 DEFAULT_IMPLEMENTATIONS: tuple[str, ...] = ("aio-pika", "amqp_agents")

@@ -9,9 +9,10 @@ exporter discards them, metrics into prometheus-client's registry. Compare it wi
     python -m bench --impl amqp_agents,amqp_agents-obs --workloads pipe,rpc_seq
 
 ``amqp_agents-metrics`` and ``amqp_agents-tracing`` switch on one half each;
-``amqp_agents-off`` neither. These four also report the client process's CPU time
-per message or call (``time.process_time``, the span export thread included): on a
-busy machine it varies less than the wall-clock figures.
+``amqp_agents-off`` neither; ``amqp_agents-sampled`` both, recording 1 % of traces.
+All of these also report the client process's CPU time per message or call
+(``time.process_time``, the span export thread included): on a busy machine it
+varies less than the wall-clock figures.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
 from amqp_agents import instrumentation
 from bench.base import Figures
@@ -39,9 +41,10 @@ class ObservedAmqpAgentsImplementation(AmqpAgentsImplementation):
     name = "amqp_agents-obs"
     tracing = True
     metrics = True
+    sampler: Sampler = ALWAYS_ON
 
     async def open(self, url: str, prefix: str) -> None:
-        self._provider = TracerProvider()
+        self._provider = TracerProvider(sampler=self.sampler)
         self._provider.add_span_processor(BatchSpanProcessor(_Discard()))
         instrumentation.instrument(
             tracing=self.tracing, metrics=self.metrics, tracer_provider=self._provider
@@ -86,3 +89,11 @@ class UnobservedImplementation(ObservedAmqpAgentsImplementation):
     name = "amqp_agents-off"
     tracing = False
     metrics = False
+
+
+class SampledImplementation(ObservedAmqpAgentsImplementation):
+    """Both on, 1 % of the traces recorded (``ParentBased(TraceIdRatioBased(0.01))``):
+    the others still carry their context, in spans that record nothing."""
+
+    name = "amqp_agents-sampled"
+    sampler = ParentBased(TraceIdRatioBased(0.01))
