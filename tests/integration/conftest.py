@@ -8,7 +8,9 @@ test). A test that can only hold on RabbitMQ says why with
 the two is a defect of the memory broker, fixed there, never in the test.
 
 The CLI runs as a user runs it (a subprocess), so its tests are RabbitMQ-only: a
-subprocess cannot reach the test's in-process broker.
+subprocess cannot reach the test's in-process broker. A test using ``spawn`` (so also
+``run_cli``) or ``rabbitmqctl`` is RabbitMQ-only without a mark; the part of the suite
+that needs no broker at all is ``-m "not rabbitmq"``.
 
 Synchronisation is on the processes' output, never on time: :meth:`CliProcess.expect`
 reads lines until one contains the text, with a timeout that fails the test.
@@ -37,14 +39,23 @@ TESTS = Path(__file__).parents[1]
 BROKERS = ("rabbitmq", "memory")
 
 
+RABBITMQ_ONLY_FIXTURES = {
+    "spawn": "a CLI subprocess cannot reach the test's in-process broker",
+    "rabbitmqctl": "the broker's own command line",
+}
+"""Fixtures that make a test RabbitMQ-only by themselves (a test needs no mark)."""
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run each broker test on both brokers, unless it is marked RabbitMQ-only."""
+    """Run each broker test on both brokers, unless it is RabbitMQ-only: marked so, or
+    using a fixture of :data:`RABBITMQ_ONLY_FIXTURES`."""
     if "broker" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("rabbitmq_only")
     if marker is not None and not marker.kwargs.get("reason"):
         raise pytest.UsageError(f"{metafunc.definition.nodeid}: rabbitmq_only needs a reason")
-    brokers = ["rabbitmq"] if marker is not None else list(BROKERS)
+    implied = any(name in metafunc.fixturenames for name in RABBITMQ_ONLY_FIXTURES)
+    brokers = ["rabbitmq"] if marker is not None or implied else list(BROKERS)
     params = [
         pytest.param(b, marks=pytest.mark.rabbitmq) if b == "rabbitmq" else b for b in brokers
     ]
