@@ -145,6 +145,7 @@ class Probe:
         self.agent = agent
         self.handled: list[Handled] = []
         self._changed = asyncio.Event()
+        self._next_index = 0
 
     def record(self, handled: Handled) -> None:
         self.handled.append(handled)
@@ -164,7 +165,7 @@ class Probe:
 
     async def next(self, *, timeout_s: float = 5.0) -> Handled:
         """The next message handled after those already returned by :meth:`next`."""
-        index = getattr(self, "_next_index", 0)
+        index = self._next_index
         await self.wait_for(index + 1, timeout_s=timeout_s)
         self._next_index = index + 1
         return self.handled[index]
