@@ -316,6 +316,17 @@ async def scan_history(
     return found
 
 
+def bounded(query: HistoryQuery, bounds: QueryBounds) -> HistoryQuery:
+    """``query`` narrowed by the keyword ``bounds`` of a client's history query."""
+    return dataclasses.replace(
+        query,
+        since=bounds.get("since"),
+        until=bounds.get("until"),
+        limit=bounds.get("limit"),
+        newest_first=bounds.get("newest_first", False),
+    )
+
+
 async def read_bounded(
     connection: AbstractRobustConnection,
     namespace: str,
@@ -324,13 +335,7 @@ async def read_bounded(
 ) -> list[Message]:
     """:func:`scan_history` of ``query`` narrowed by the client's keyword ``bounds``, on
     a channel of its own (a scan sets the channel's prefetch and consumes the stream)."""
-    query = dataclasses.replace(
-        query,
-        since=bounds.get("since"),
-        until=bounds.get("until"),
-        limit=bounds.get("limit"),
-        newest_first=bounds.get("newest_first", False),
-    )
+    query = bounded(query, bounds)
     channel = await connection.channel(publisher_confirms=True)
     try:
         return await scan_history(
