@@ -187,6 +187,12 @@ class BrokerConfig(_Section):
             raise ValueError("must be an amqp:// or amqps:// URL with a host")
         return value
 
+    @field_validator("history", mode="before")
+    @classmethod
+    def _history_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false: `history: off` means what it says.
+        return "off" if value is False else value
+
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:

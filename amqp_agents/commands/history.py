@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+from amqp_agents import wire
 from amqp_agents.connection import resolve_url
-from amqp_agents.errors import ConfigError
+from amqp_agents.errors import ConfigError, HistoryOffError, TopologyError
 from amqp_agents.history import ScanProgress
+from amqp_agents.queue import MessageQueue
 
 from . import options
 from .messages import format_timeline
@@ -56,7 +60,7 @@ async def cmd_history(args: argparse.Namespace) -> int:
     if not (args.conversation or args.agent):
         options.usage_error(args, "give --conversation ID or --agent ID (or: history index)")
     bounds = {"since": args.since, "until": args.until, "limit": args.limit}
-    async with options.existing_namespace(options.message_queue(args, passive=True)) as queue:
+    async with _namespace_with_history(args) as queue:
         if args.conversation:
             messages = await queue.get_conversation(
                 args.conversation, **bounds, timeout=args.timeout, progress=_progress
@@ -86,6 +90,12 @@ async def _run_indexer(args: argparse.Namespace) -> int:
     config = options.load(args)
     namespace = options.namespace_of(args, config)
     url = args.url or (config.broker.secret_url() if config else None)
+    async with _namespace_with_history(args) as queue:
+        if not queue.options.keeps_history:
+            raise HistoryOffError(
+                f"history index: the history of namespace {namespace!r} is off (--history"
+                " or broker.history): there is no stream to index"
+            )  # else a missing namespace or stream is one line here, not an endless retry
     await _check_database(args.db)
     print(f"indexing {namespace}.history into the database; Ctrl-C stops", flush=True)
 
@@ -94,6 +104,30 @@ async def _run_indexer(args: argparse.Namespace) -> int:
 
     await run_indexer(resolve_url(url), namespace, args.db, on_commit=report)
     return 0
+
+
+@asynccontextmanager
+async def _namespace_with_history(args: argparse.Namespace) -> AsyncIterator[MessageQueue]:
+    """The command's queue (passive) connected, once the namespace and its history
+    stream are known to exist; each missing one is one line.
+
+    Raises:
+        TopologyError: the namespace does not exist.
+        HistoryOffError: it exists without a history stream (its history is off).
+    """
+    queue = options.message_queue(args, passive=True)
+    missing = f"queue {wire.history_name(queue.namespace)!r} does not exist"
+    try:
+        async with options.existing_namespace(queue) as connected:
+            yield connected
+    except TopologyError as exc:
+        if missing not in str(exc):
+            raise
+        raise HistoryOffError(
+            f"namespace {queue.namespace!r} has no history stream: its history is off"
+            " (turn it on with broker.history: stream in every process, or --history"
+            " stream on the command that declares it)"
+        ) from None
 
 
 async def _check_database(dsn: str) -> None:
