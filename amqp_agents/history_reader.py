@@ -31,6 +31,15 @@ DEFAULT_WAIT_S = 10.0
 """How long an indexed query waits for the indexer to reach its start (read-your-writes)."""
 
 
+def history_off(namespace: str) -> HistoryOffError:
+    """The error of a history query in a namespace whose history is off."""
+    return HistoryOffError(
+        f"history of namespace {namespace!r} is off, so nothing is kept to query: turn it"
+        " on with history='stream' (MessageQueue(history=...), YAML broker.history, CLI"
+        " --history stream) in every process of the namespace; messages are kept from then on"
+    )
+
+
 class Client(Protocol):
     """What the reader needs of its client (:class:`amqp_agents.client.BrokerClient`)."""
 
@@ -81,12 +90,7 @@ class HistoryReader:
             HistoryError: the database cannot be used.
         """
         if not self.client.options.keeps_history:
-            raise HistoryOffError(
-                f"history of namespace {self.namespace!r} is off, so nothing is kept to"
-                " query: turn it on with history='stream' (MessageQueue(history=...), YAML"
-                " broker.history, CLI --history stream) in every process of the namespace;"
-                " messages are kept from then on"
-            )
+            raise history_off(self.namespace)
         connection = self.client.connection
         if self.db is None:
             return await read_bounded(connection, self.namespace, query, bounds)

@@ -8,6 +8,7 @@ stderr, so a large stream is never a silent wait.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,11 +17,13 @@ from datetime import UTC, datetime
 from amqp_agents import wire
 from amqp_agents.connection import resolve_url
 from amqp_agents.errors import ConfigError, HistoryOffError, TopologyError
-from amqp_agents.history import ScanProgress
+from amqp_agents.history import DEFAULT_SCAN_TIMEOUT, HistoryQuery, ScanProgress, follow_history
+from amqp_agents.history_reader import history_off
+from amqp_agents.message import Message
 from amqp_agents.queue import MessageQueue
 
 from . import options
-from .messages import format_timeline
+from .messages import TIMELINE_HEADER, format_timeline
 
 PROGRESS_EVERY = 10_000
 """Entries read between two progress lines of a long scan."""
@@ -59,21 +62,58 @@ async def cmd_history(args: argparse.Namespace) -> int:
         return await _run_indexer(args)
     if not (args.conversation or args.agent):
         options.usage_error(args, "give --conversation ID or --agent ID (or: history index)")
+    if args.follow:
+        return await _follow(args)
     bounds = {"since": args.since, "until": args.until, "limit": args.limit}
+    timeout = DEFAULT_SCAN_TIMEOUT if args.timeout is None else args.timeout
     async with _namespace_with_history(args) as queue:
         if args.conversation:
             messages = await queue.get_conversation(
-                args.conversation, **bounds, timeout=args.timeout, progress=_progress
+                args.conversation, **bounds, timeout=timeout, progress=_progress
             )
         else:
             messages = await queue.get_agent_history(
-                args.agent, **bounds, timeout=args.timeout, progress=_progress
+                args.agent, **bounds, timeout=timeout, progress=_progress
             )
         namespace = queue.namespace
     if not messages:
         print(f"no messages in the retained history of namespace {namespace!r}")
         return 0
     print(format_timeline(messages))
+    return 0
+
+
+async def _follow(args: argparse.Namespace) -> int:
+    """Print each matching message as it reaches the stream (from --since, else only new
+    ones) until Ctrl-C, --timeout, --limit messages or a message past --until."""
+    query = HistoryQuery(
+        conversation_id=args.conversation,
+        agent_id=args.agent,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
+    async with _namespace_with_history(args) as queue:
+        if not queue.options.keeps_history:
+            raise history_off(queue.namespace)
+        channel = await queue.channel()
+
+        def show(message: Message) -> None:
+            print(format_timeline([message]).splitlines()[-1], flush=True)
+
+        try:
+            async with asyncio.timeout(args.timeout):
+                await follow_history(
+                    channel,
+                    queue.namespace,
+                    query,
+                    show,
+                    on_ready=lambda: print(TIMELINE_HEADER, flush=True),
+                )
+        except TimeoutError:
+            pass  # --timeout: the follow ends there, as asked
+        finally:
+            await channel.close()
     return 0
 
 
@@ -166,10 +206,16 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         "--limit", type=positive_count, metavar="N", help="at most N messages (the oldest)"
     )
     history.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing matching messages as they are sent (from --since, else only"
+        " new ones) until Ctrl-C or --timeout",
+    )
+    history.add_argument(
         "--timeout",
         type=options.positive_seconds,
-        default=60.0,
         metavar="S",
-        help="seconds the scan may take (default: %(default)s)",
+        help=f"seconds the scan may take (default: {DEFAULT_SCAN_TIMEOUT:g}); with --follow,"
+        " how long to follow (default: until Ctrl-C)",
     )
     history.set_defaults(func=cmd_history, parser=history)
