@@ -18,6 +18,7 @@ import pytest
 from aio_pika.exceptions import ChannelNotFoundEntity
 
 from amqp_agents import (
+    DeliveryError,
     HistoryOffError,
     Message,
     MessagePassingAgent,
@@ -185,3 +186,19 @@ async def test_cli_history_index_of_a_missing_namespace_is_one_line(
     assert status == 1, output
     line = one_error_line(output)
     assert f"namespace {namespace!r} does not exist" in line
+
+
+@pytest.mark.parametrize("history", wire.HISTORY_MODES)
+async def test_an_answer_to_a_gone_reply_queue_is_refused_only_with_history_off(
+    make_queue: Callable[..., Awaitable[MessageQueue]], history: str
+) -> None:
+    """With history on, the stream takes such an answer (the broker confirms it); with
+    history off nothing does, so the sender learns of the loss (agents log it)."""
+    queue = await make_queue(history=history)
+    gone = f"{queue.namespace}.reply.boss.0123456789abcdef"
+    answer = Message(sender="worker", recipient="boss", type=MessageType.RESULT, content=1)
+    if history == "stream":
+        await queue.send_to_queue(answer, gone)
+    else:
+        with pytest.raises(DeliveryError):
+            await queue.send_to_queue(answer, gone)
