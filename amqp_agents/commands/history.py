@@ -119,15 +119,18 @@ async def _follow(args: argparse.Namespace) -> int:
 
 async def _run_indexer(args: argparse.Namespace) -> int:
     """Copy the namespace's history stream into PostgreSQL until SIGINT/SIGTERM."""
-    if not args.db:
-        raise ConfigError("history index: --db postgresql://... is required")
+    config = options.load(args)
+    db = args.db or (config.history.secret_db() if config else None)
+    if not db:
+        raise ConfigError(
+            "history index: --db postgresql://... (or history.db in the --config file) is required"
+        )
     try:
         from amqp_agents.history_indexer import Commit, run_indexer
     except ImportError as exc:
         raise ConfigError(
             f"history index needs the postgres extra (pip install 'amqp-agents[postgres]'): {exc}"
         ) from None
-    config = options.load(args)
     namespace = options.namespace_of(args, config)
     url = args.url or (config.broker.secret_url() if config else None)
     async with _namespace_with_history(args) as queue:
@@ -136,13 +139,13 @@ async def _run_indexer(args: argparse.Namespace) -> int:
                 f"history index: the history of namespace {namespace!r} is off (--history"
                 " or broker.history): there is no stream to index"
             )  # else a missing namespace or stream is one line here, not an endless retry
-    await _check_database(args.db)
+    await _check_database(db)
     print(f"indexing {namespace}.history into the database; Ctrl-C stops", flush=True)
 
     def report(commit: Commit) -> None:
         print(f"indexed to offset {commit.next_offset} (+{commit.rows} messages)", flush=True)
 
-    await run_indexer(resolve_url(url), namespace, args.db, on_commit=report)
+    await run_indexer(resolve_url(url), namespace, db, on_commit=report)
     return 0
 
 
@@ -196,7 +199,11 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
     options.add_config_option(history, required=False)
     options.add_broker_options(history)
     history.add_argument("action", nargs="?", choices=["index"], help="index: run the indexer")
-    history.add_argument("--db", help="PostgreSQL URL of the history index (postgresql://...)")
+    history.add_argument(
+        "--db",
+        help="PostgreSQL URL of the history index (postgresql://...; default: the file's"
+        " history.db)",
+    )
     which = history.add_mutually_exclusive_group()
     which.add_argument("--conversation", metavar="ID", help="a conversation id")
     which.add_argument("--agent", type=options.agent_id, metavar="ID", help="an agent id")

@@ -456,3 +456,20 @@ async def test_run_with_a_database_in_the_file_runs_the_indexer(
     assert [m.id for m in got] == [message.id]
     run.process.send_signal(signal.SIGTERM)
     assert await run.finish() == 0, run.output
+
+
+async def test_history_index_takes_the_database_from_the_file(
+    spawn: Spawn, config_file: Callable[[str], Path], queue: MessageQueue, dsn: str
+) -> None:
+    config = config_file(
+        f"""
+        broker: {{url: "${{AMQP_URL}}", namespace: "${{AMQP_NAMESPACE}}"}}
+        history: {{db: "{dsn}"}}
+        """
+    )
+    await queue.ensure_inbox("bob")
+    await queue.send(Message(sender="a", recipient="bob", content=1))
+    indexer = await spawn("history", "index", "--config", str(config))
+    await indexer.expect("indexed to offset 1 (+1 messages)")
+    indexer.process.send_signal(signal.SIGINT)
+    assert await indexer.finish() == 130, indexer.output
