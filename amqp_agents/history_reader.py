@@ -31,6 +31,14 @@ DEFAULT_WAIT_S = 10.0
 """How long an indexed query waits for the indexer to reach its start (read-your-writes)."""
 
 
+def require_postgres(setting: str) -> None:
+    """Raise ConfigError naming ``setting`` when the ``postgres`` extra is missing."""
+    if importlib.util.find_spec("asyncpg") is None:
+        raise ConfigError(
+            f"{setting} needs the postgres extra: pip install 'amqp-agents[postgres]'"
+        )
+
+
 def history_off(namespace: str) -> HistoryOffError:
     """The error of a history query in a namespace whose history is off."""
     return HistoryOffError(
@@ -60,8 +68,8 @@ class HistoryReader:
             a query's own ``timeout`` replaces it.
 
     Raises:
-        ConfigError: ``db`` is set but the ``postgres`` extra is not installed, or
-            ``db`` is set with history off.
+        ConfigError: ``db`` is set with history off. (Without the ``postgres`` extra,
+            the first query raises it: a client that only sends needs no database.)
     """
 
     def __init__(
@@ -69,10 +77,6 @@ class HistoryReader:
     ) -> None:
         if db is not None and not client.options.keeps_history:
             raise ConfigError("history_db is set but history is off: an index needs the stream")
-        if db is not None and importlib.util.find_spec("asyncpg") is None:
-            raise ConfigError(
-                "history_db needs the postgres extra: pip install 'amqp-agents[postgres]'"
-            )
         self.client = client
         self.namespace = client.namespace
         self.db = db
@@ -100,6 +104,7 @@ class HistoryReader:
     async def _open(self, connection: AbstractRobustConnection) -> HistoryIndex:
         async with self._opening:
             if self._index is None:
+                require_postgres("history_db")
                 from .history_index import HistoryIndex
 
                 assert self.db is not None

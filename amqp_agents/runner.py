@@ -32,6 +32,7 @@ from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import AgentConnection, connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
+from .history_reader import require_postgres
 from .layout import layout_of
 from .plan import Status
 from .queue import MessageQueue
@@ -136,6 +137,8 @@ def prepare(
             names the file, line and field.
     """
     selected = select_agents(config, agent_ids)
+    if config.history.db is not None:
+        require_postgres(config.where("history", "db"))  # run starts the indexer
     classes = [(i, agent, agent_class(config, i)) for i, agent in selected]
     queue = queue_from_config(
         config,
