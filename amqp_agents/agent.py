@@ -46,7 +46,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
-from . import wire
+from . import instrumentation, wire
 from .admission import Admit, RecentIds, Skip
 from .client import BrokerClient
 from .declaring import Outage
@@ -309,6 +309,12 @@ class MessagePassingAgent:
             self._channel.reopen_callbacks.add(self._on_channel_reopened)
         log.info("agent %s consuming %s (concurrency %d)", self.id, names, self.concurrency)
 
+    @property
+    def consuming(self) -> bool:
+        """Whether the inbox is being consumed right now (what ``/readyz`` asks)."""
+        channel, lost = self._channel, self._inbox_lost or self._outage.since is not None
+        return self.running and channel is not None and not channel.is_closed and not lost
+
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
         if not self.running:
             return
@@ -467,7 +473,8 @@ class MessagePassingAgent:
             return  # dead-lettered or acknowledged
         done = self._handling.setdefault(verdict.message.id, asyncio.Future())
         try:
-            await self._run_handler(incoming, verdict.message)
+            with instrumentation.handling(self.id, incoming, verdict.message):
+                await self._run_handler(incoming, verdict.message)
         finally:
             if self._handling.get(verdict.message.id) is done:
                 del self._handling[verdict.message.id]
