@@ -27,11 +27,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from amqp_agents import memory
 from amqp_agents.config import load_config
 from amqp_agents.layout import layout_of
+from amqp_agents.memory.transport import PlainMemoryConnection
 from amqp_agents.topology import delete_namespace
 
 ROOT = Path(__file__).parents[2]
@@ -60,6 +62,21 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pytest.param(b, marks=pytest.mark.rabbitmq) if b == "rabbitmq" else b for b in brokers
     ]
     metafunc.parametrize("broker", params, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def plain_clients_reach_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``aio_pika.connect(url)`` in a test (a foreign client) reaches ``memory://`` too."""
+    original = aio_pika.connect
+
+    async def connect(url: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(url, str) and url.startswith("memory://"):
+            plain = PlainMemoryConnection(url)
+            await plain.connect()
+            return plain
+        return await original(url, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika, "connect", connect)
 
 
 @pytest.fixture
