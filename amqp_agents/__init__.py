@@ -1,15 +1,18 @@
 """amqp_agents: agents that talk to each other through RabbitMQ."""
 
+from . import _interrupt  # noqa: F401  (first: see its docstring)
 from .agent import MessagePassingAgent
 from .client import BrokerClient
 from .errors import (
     AgentsError,
     BrokerConnectionError,
+    BrokerUnreachableError,
     ConfigError,
     DeliveryError,
     HandlerError,
     HistoryError,
     HistoryLagError,
+    HistoryOffError,
     HistoryQueryError,
     HistoryTimeoutError,
     InboxFullError,
@@ -43,11 +46,13 @@ __all__ = [
     "AgentsError",
     "BrokerClient",
     "BrokerConnectionError",
+    "BrokerUnreachableError",
     "ConfigError",
     "DeliveryError",
     "HandlerError",
     "HistoryError",
     "HistoryLagError",
+    "HistoryOffError",
     "HistoryQueryError",
     "HistoryTimeoutError",
     "InboxFullError",

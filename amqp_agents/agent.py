@@ -46,7 +46,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 
-from . import wire
+from . import instrumentation, wire
 from .admission import Admit, RecentIds, Skip
 from .client import BrokerClient
 from .declaring import Outage
@@ -309,6 +309,12 @@ class MessagePassingAgent:
             self._channel.reopen_callbacks.add(self._on_channel_reopened)
         log.info("agent %s consuming %s (concurrency %d)", self.id, names, self.concurrency)
 
+    @property
+    def consuming(self) -> bool:
+        """Whether the inbox is being consumed right now (what ``/readyz`` asks)."""
+        channel, lost = self._channel, self._inbox_lost or self._outage.since is not None
+        return self.running and channel is not None and not channel.is_closed and not lost
+
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
         if not self.running:
             return
@@ -455,7 +461,10 @@ class MessagePassingAgent:
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
         if (running := self._handling.get(incoming.message_id or "")) is not None:
-            await asyncio.shield(running)  # redelivered while handled here: wait for it
+            # Sent again or redelivered while a copy is handled here: wait for that copy
+            # (handled: this one is a duplicate; failed or cancelled: this one runs).
+            log.debug("%s: message %s in hand already; waiting", self.id, incoming.message_id)
+            await asyncio.shield(running)
         verdict = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
         if not isinstance(verdict, Admit):
             if isinstance(verdict, Skip):
@@ -464,7 +473,8 @@ class MessagePassingAgent:
             return  # dead-lettered or acknowledged
         done = self._handling.setdefault(verdict.message.id, asyncio.Future())
         try:
-            await self._run_handler(incoming, verdict.message)
+            with instrumentation.handling(self.id, incoming, verdict.message):
+                await self._run_handler(incoming, verdict.message)
         finally:
             if self._handling.get(verdict.message.id) is done:
                 del self._handling[verdict.message.id]

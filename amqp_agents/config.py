@@ -6,6 +6,7 @@ Sections (see config/agents.example.yaml)::
     agents:           the agents to run: id, class, concurrency, retries, inbox limits
     external_agents:  ids that receive routed messages but are not run from this file
     routes:           where recipient-less messages go (see amqp_agents.routing)
+    observability:    probes and metrics port, log format, tracing (amqp-agents run)
 
 What :func:`load_config` promises:
 
@@ -247,6 +248,8 @@ def _cross_check(config: AgentsConfig) -> Iterator[tuple[Loc, str]]:
         if agent.id in agent_ids:
             yield ("agents", i, "id"), f"agent {agent.id!r} is defined twice"
         agent_ids.setdefault(agent.id, i)
+    if config.history.db is not None and config.broker.history == "off":
+        yield ("history", "db"), "an index needs the stream, but broker.history is off"
     known = set(agent_ids) | set(config.external_agents)
     patterns: dict[str, int] = {}
     for i, route in enumerate(config.routes):

@@ -6,6 +6,7 @@ The sections of a configuration file (see config/agents.example.yaml)::
     agents:           the agents to run: id, class, concurrency, retries, inbox limits
     external_agents:  ids that receive routed messages but are not run from this file
     routes:           where recipient-less messages go (see amqp_agents.routing)
+    history:          the PostgreSQL index history queries read (docs/history.md)
 
 Kept apart from :mod:`amqp_agents.config` (reading the YAML file) so that the broker
 layout (:mod:`amqp_agents.layout`), and through it the run-time path, can read a
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -42,8 +43,10 @@ from .retry import RetryPolicy
 from .routing import CompiledRule, compile_rule
 from .wire import (
     DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_HISTORY,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_QUEUE_TYPE,
+    HistoryMode,
     QueueType,
     validate_namespace,
 )
@@ -152,6 +155,9 @@ class BrokerConfig(_Section):
         history_replicas: nodes that keep the history stream (None: every node).
         queue_type: ``quorum`` (replicated, for a cluster; the default) or ``classic``
             (one node); every process of the namespace must use the same.
+        history: ``stream`` (keep every message in ``{ns}.history``; the default) or
+            ``off`` (no stream: sends cost the broker less, history queries fail);
+            every process of the namespace must use the same.
     """
 
     url: SecretStr | None = None
@@ -167,6 +173,7 @@ class BrokerConfig(_Section):
     trust_sender_word: bool = False
     history_replicas: PositiveInt | None = None
     queue_type: QueueType = DEFAULT_QUEUE_TYPE
+    history: HistoryMode = DEFAULT_HISTORY
 
     @field_validator("url")
     @classmethod
@@ -175,10 +182,18 @@ class BrokerConfig(_Section):
             return None
         scheme, sep, rest = value.get_secret_value().partition("://")
         host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if scheme.lower() == "memory" and sep:
+            return value  # memory://NAME: the in-process broker (amqp_agents.memory)
         if scheme.lower() not in ("amqp", "amqps") or not sep or not host:
             # The value is not shown: it may hold a password.
             raise ValueError("must be an amqp:// or amqps:// URL with a host")
         return value
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _history_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false: `history: off` means what it says.
+        return "off" if value is False else value
 
     @field_validator("namespace")
     @classmethod
@@ -198,6 +213,31 @@ class BrokerConfig(_Section):
     def secret_url(self) -> str | None:
         """The URL in clear, for connecting only: never log or print it."""
         return None if self.url is None else self.url.get_secret_value()
+
+
+class HistoryConfig(_Section):
+    """Where history queries are answered from (docs/history.md).
+
+    Attributes:
+        db: PostgreSQL URL of the history index (``postgresql://user@host/db``); a
+            secret, as it may hold a password. Set: ``run`` also runs the indexer, and
+            history queries read the index. None: they scan the stream.
+    """
+
+    db: SecretStr | None = None
+
+    @field_validator("db")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")  # the value may hold a password
+        return value
+
+    def secret_db(self) -> str | None:
+        """The database URL in clear, for connecting only: never log or print it."""
+        return None if self.db is None else self.db.get_secret_value()
 
 
 class InboxConfig(_Section):
@@ -259,6 +299,28 @@ class RouteConfig(_Section):
         return self.rule.pattern
 
 
+class ObservabilityConfig(_Section):
+    """What ``amqp-agents run`` tells operators (docs/deploy.md, "Probes and metrics").
+
+    Attributes:
+        metrics_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port
+            (0: any free one, logged); None: no probes.
+        metrics_host: the address to listen on (all by default, for the orchestrator).
+        reconnect_budget_s: how long a lost connection may be recovering before
+            ``/healthz`` fails.
+        log_format: ``text`` or ``json`` (one object per line, see amqp_agents.logs).
+        tracing: ``auto`` traces when an OpenTelemetry SDK is configured in the
+            process (e.g. by ``opentelemetry-instrument``); ``on`` always (extra
+            ``otel``); ``off`` never.
+    """
+
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    metrics_host: str = "0.0.0.0"
+    reconnect_budget_s: PositiveFloat = 60.0
+    log_format: Literal["text", "json"] = "text"
+    tracing: Literal["auto", "on", "off"] = "auto"
+
+
 class AgentsConfig(_Section):
     """A whole configuration file; build it with :func:`amqp_agents.config.load_config`."""
 
@@ -266,6 +328,8 @@ class AgentsConfig(_Section):
     agents: tuple[AgentConfig, ...] = ()
     external_agents: tuple[AgentId, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    history: HistoryConfig = HistoryConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     _source: str = PrivateAttr(default="<config>")
     _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)

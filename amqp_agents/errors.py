@@ -9,6 +9,7 @@ do", or one branch for the failure it knows how to handle::
     ├── InvalidMessageError         an envelope that fails validation (ours or a foreign one)
     │   └── MessageTooLargeError    refused before publishing: over the size limit
     ├── BrokerConnectionError       broker unreachable, credentials refused, link lost
+    │   └── BrokerUnreachableError  no node answered at all (says how to start one)
     ├── TopologyError               a queue/exchange is missing (passive mode) or conflicts
     ├── QueueUnavailableError       a queue's node is down or its leader being elected:
     │                               temporary, retried (agents resume when it is back)
@@ -27,6 +28,8 @@ do", or one branch for the failure it knows how to handle::
     └── HistoryError                a history query that cannot be answered (index unreachable)
         ├── HistoryQueryError       bad arguments: since after until, limit < 1 (also ValueError)
         ├── HistoryTimeoutError     a stream scan did not reach its end in time (also TimeoutError)
+        ├── HistoryOffError         the namespace keeps no history (history off); says how
+        │                           to turn it on
         └── HistoryLagError         the index did not catch up with the stream in time (also
                                     TimeoutError); says how far behind it is
 
@@ -68,6 +71,10 @@ class MessageTooLargeError(InvalidMessageError):
 
 class BrokerConnectionError(AgentsError):
     """The broker could not be reached, refused our credentials, or the link was lost."""
+
+
+class BrokerUnreachableError(BrokerConnectionError):
+    """No broker node answered (nothing listening, a timeout); nothing refused us."""
 
 
 class TopologyError(AgentsError):
@@ -168,6 +175,14 @@ class HistoryQueryError(HistoryError, ValueError):
 
 class HistoryTimeoutError(HistoryError, TimeoutError):
     """A stream scan did not reach the end of the stream within its timeout."""
+
+
+class HistoryOffError(HistoryError):
+    """The namespace's history is off (no ``{ns}.history`` stream): nothing to query.
+
+    Its message says how to turn history on; messages sent while it was off are not
+    kept anywhere.
+    """
 
 
 class HistoryLagError(HistoryError, TimeoutError):

@@ -14,7 +14,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from . import wire
+from . import instrumentation, wire
 from .client import BrokerClient
 from .errors import AgentsError, HandlerError, UnknownRecipientError
 from .message import Message, MessageType
@@ -104,6 +104,7 @@ async def handler_failed(
 ) -> None:
     """Retry a failed delivery later while ``retry`` allows and ``error`` is not a
     :class:`HandlerError`; else send the ERROR reply and dead-letter it."""
+    instrumentation.failed(error)
     attempt = wire.attempt_of(incoming.headers) + 1
     permanent = isinstance(error, HandlerError)
     if not permanent and attempt < retry.max_attempts:

@@ -33,7 +33,7 @@ from aio_pika.exceptions import (
 from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 
-from . import wire
+from . import instrumentation, wire
 from ._properties import FastProperties
 from .errors import (
     BrokerConnectionError,
@@ -300,37 +300,38 @@ class Publisher:
         DeliveryError; :func:`publish_errors` turns them into ours.
         """
         channel = via or self._channel
-        try:
-            if channel.is_closed:
-                raise ChannelInvalidStateError(f"{channel!r} closed")
-            # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).
-            underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-            await underlay.basic_publish(
-                body,
-                exchange=exchange,
-                routing_key=routing_key,
-                properties=properties,
-                mandatory=True,
-                timeout=self.timeout_s,
-                # Wait for the confirm only, not also for the frame to reach the socket:
-                # the confirm implies it, and the connection's bounded write queue still
-                # holds publishers back when the socket is slow.
-                wait=False,
-            )
-        except BaseException:
-            # The table is built only for a failure: a publish that succeeds (nearly
-            # all of them) pays for neither it nor its closures.
-            attempt = PublishAttempt(
-                message_id,
-                exchange,
-                routing_key,
-                recipient,
-                self.timeout_s,
-                self._failure,
-                bool(recipient) and self._nack_means_unavailable(recipient or ""),
-            )
-            with map_exceptions(publish_errors(attempt)):
-                raise
+        with instrumentation.publishing(exchange, routing_key, properties):
+            try:
+                if channel.is_closed:
+                    raise ChannelInvalidStateError(f"{channel!r} closed")
+                # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).
+                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=properties,
+                    mandatory=True,
+                    timeout=self.timeout_s,
+                    # Wait for the confirm only, not also for the frame to reach the
+                    # socket: the confirm implies it, and the connection's bounded write
+                    # queue still holds publishers back when the socket is slow.
+                    wait=False,
+                )
+            except BaseException:
+                # The table is built only for a failure: a publish that succeeds (nearly
+                # all of them) pays for neither it nor its closures.
+                attempt = PublishAttempt(
+                    message_id,
+                    exchange,
+                    routing_key,
+                    recipient,
+                    self.timeout_s,
+                    self._failure,
+                    bool(recipient) and self._nack_means_unavailable(recipient or ""),
+                )
+                with map_exceptions(publish_errors(attempt)):
+                    raise
 
     async def default_exchange_channel(self) -> AbstractChannel:
         """The channel (confirms on) for answers through the default exchange.

@@ -27,13 +27,15 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import wire
+from . import instrumentation, wire
 from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import AgentConnection, connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
+from .history_reader import require_postgres
 from .layout import layout_of
 from .plan import Status
+from .probes import ConnectionHealth, ProbeServer, readiness
 from .queue import MessageQueue
 from .routed_queue import RoutingMessageQueue
 from .topology import inspect_layout
@@ -54,6 +56,8 @@ class AgentRunner:
     config: AgentsConfig
     queue: MessageQueue
     agents: list[MessagePassingAgent]
+    indexer: asyncio.Task[None] | None = None
+    """The history indexer, run here when the file names a database (``history.db``)."""
 
     async def start(self) -> None:
         """Connect and start consuming every agent's inbox; one log line per agent.
@@ -67,6 +71,7 @@ class AgentRunner:
             await check_topology(self.config, self.queue)
         await self.queue.connect()
         try:
+            self.indexer = start_indexer(self.config, self.queue)
             for agent in self.agents:
                 await agent.start_consuming()
                 log.info(
@@ -91,8 +96,27 @@ class AgentRunner:
         try:
             await asyncio.gather(*(agent.stop() for agent in self.agents))
         finally:
+            indexer, self.indexer = self.indexer, None
+            if indexer is not None:
+                indexer.cancel()
+                await asyncio.gather(indexer, return_exceptions=True)
             await self.queue.close()
         log.info("all agents stopped")
+
+
+def start_indexer(config: AgentsConfig, queue: MessageQueue) -> asyncio.Task[None] | None:
+    """Run the history indexer of the namespace as a task, when the file names a database.
+
+    Every ``run`` of the file starts one; an advisory lock lets one of them write and
+    keeps the others waiting as standbys (history_indexer.py).
+    """
+    dsn = config.history.secret_db()
+    if dsn is None:
+        return None
+    from .history_indexer import HistoryIndexer  # the postgres extra: checked by prepare()
+
+    log.info("history indexer of %r running in this process", queue.namespace)
+    return asyncio.create_task(HistoryIndexer(queue.url, queue.namespace, dsn).run())
 
 
 def prepare(
@@ -114,6 +138,8 @@ def prepare(
             names the file, line and field.
     """
     selected = select_agents(config, agent_ids)
+    if config.history.db is not None:
+        require_postgres(config.where("history", "db"))  # run starts the indexer
     classes = [(i, agent, agent_class(config, i)) for i, agent in selected]
     queue = queue_from_config(
         config,
@@ -145,6 +171,8 @@ async def run(
             stopped and drained first.
     """
     runner = prepare(config, agent_ids, drain_timeout_s=drain_timeout_s)
+    observe(config)
+    probes: ProbeServer | None = None
     stop = stop or asyncio.Event()
     force = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,6 +195,11 @@ async def run(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await runner.start()
+        try:
+            probes = await serve_probes(config, runner)
+        except BaseException:
+            await runner.stop()
+            raise
         failure = await _stopped_or_failed(stop, runner.queue)
         stopping = asyncio.create_task(runner.stop())
         forced = asyncio.create_task(force.wait())
@@ -182,8 +215,54 @@ async def run(
         if failure is not None:
             raise failure
     finally:
+        if probes is not None:
+            await probes.close()
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def observe(config: AgentsConfig) -> None:
+    """Switch on what ``observability`` asks for: metrics with probes (when the extra
+    is installed), tracing (``auto``: when an OpenTelemetry SDK is configured), the
+    log context of JSON lines.
+
+    Raises:
+        ConfigError: ``tracing: on`` without the extra ``otel``.
+    """
+    options = config.observability
+    metrics = options.metrics_port is not None and instrumentation.metrics_installed()
+    if options.metrics_port is not None and not metrics:
+        log.warning("no /metrics: install the extra 'metrics' (prometheus-client)")
+    tracing = options.tracing == "on" or (
+        options.tracing == "auto" and instrumentation.tracer_configured()
+    )
+    instrumentation.instrument(
+        tracing=tracing, metrics=metrics, log_context=options.log_format == "json"
+    )
+
+
+async def serve_probes(config: AgentsConfig, runner: AgentRunner) -> ProbeServer | None:
+    """Start ``/metrics``, ``/healthz`` and ``/readyz`` if ``metrics_port`` is set.
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    options = config.observability
+    if options.metrics_port is None:
+        return None
+    health = ConnectionHealth(runner.queue.connection, options.reconnect_budget_s)
+    server = ProbeServer(
+        options.metrics_host, options.metrics_port, health.problem, readiness(runner.agents)
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        where = config.where("observability", "metrics_port")
+        raise ConfigError(
+            f"{where}: cannot serve probes on port {options.metrics_port}: {exc}"
+        ) from None
+    log.info("probes on http://%s:%d (/metrics, /healthz, /readyz)", server.host, server.port)
+    return server
 
 
 async def _stopped_or_failed(
@@ -317,6 +396,8 @@ def queue_from_config(
         "inbox_delivery_limits": {agent.id: agent.inbox.delivery_limit for agent in config.agents},
         "queue_type": broker.queue_type,
         "history_replicas": broker.history_replicas,
+        "history": broker.history,
+        "history_db": config.history.secret_db(),
         "connection_name": connection_name,
         "ssl_context": ssl_context_of(config),
         "reply_owner": reply_owner,

@@ -33,8 +33,17 @@ DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 IMPLEMENTATIONS: dict[str, str] = {
     "aio-pika": "bench.impl_aiopika:AioPikaImplementation",
     "amqp_agents": "bench.impl_amqp_agents:AmqpAgentsImplementation",
+    "memory": "bench.impl_memory:MemoryImplementation",
+    "amqp_agents-obs": "bench.impl_observed:ObservedAmqpAgentsImplementation",
+    "amqp_agents-metrics": "bench.impl_observed:MetricsOnlyImplementation",
+    "amqp_agents-tracing": "bench.impl_observed:TracingOnlyImplementation",
+    "amqp_agents-off": "bench.impl_observed:UnobservedImplementation",
+    "amqp_agents-sampled": "bench.impl_observed:SampledImplementation",
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
+DEFAULT_IMPLEMENTATIONS: tuple[str, ...] = ("aio-pika", "amqp_agents")
+"""What runs without ``--impl``; ``amqp_agents-obs`` (tracing and metrics on) and
+``memory`` (amqp_agents on ``memory://``) on request."""
 
 WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout", "memory", "history")
 SINGLE_RUN: frozenset[str] = frozenset({"memory", "history"})
@@ -337,11 +346,13 @@ async def measure(
     db: str = DEFAULT_DB,
     queue_type: str = spec.QUEUE_TYPES[0],
     broker_pid: int | None = None,
+    history: str = "stream",
 ) -> Figures:
     """One measured run: fresh instance and connection, warm-up, measurement, clean-up."""
     impl = cls()
     impl.queue_type = queue_type
     impl.clock.broker_pid = broker_pid
+    impl.history_mode = history
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
@@ -382,8 +393,9 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                 results[workload][name] = Cell(status="error", note=f"cannot load: {exc!r}")
 
     try:
-        async with asyncio.timeout(OPEN_TIMEOUT):
-            rabbitmq_version = await broker.server_version()
+        if any(getattr(cls, "needs_broker", True) for cls in classes.values()):
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                rabbitmq_version = await broker.server_version()
         log(f"RabbitMQ {rabbitmq_version}; prefix {run_prefix}; sizes {sizes}")
         for workload in args.workloads:
             runs = 1 if workload in SINGLE_RUN else args.runs
@@ -406,6 +418,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                             args.db,
                             args.queue_type,
                             args.broker_pid,
+                            args.history,
                         )
                     except NotImplementedError as exc:
                         cell.status = "n/a"
@@ -468,6 +481,7 @@ def report(
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "queue_type": args.queue_type,
+        "history": args.history,
         "runs": args.runs,
         "wall_s": wall,
         "machine": {
@@ -521,8 +535,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--impl",
         type=_csv(tuple(IMPLEMENTATIONS)),
-        default=list(IMPLEMENTATIONS),
-        help="comma-separated implementations, in run order",
+        default=list(DEFAULT_IMPLEMENTATIONS),
+        help="comma-separated implementations, in run order (amqp_agents-obs: amqp_agents"
+        " with tracing and metrics on)",
     )
     parser.add_argument("--url", default=os.environ.get("BENCH_AMQP_URL", DEFAULT_URL))
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
@@ -556,6 +571,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="PID of the broker's process on this machine: adds its CPU per operation"
         " (counts all of its work: use a broker nothing else uses)",
+    )
+    parser.add_argument(
+        "--history",
+        choices=("stream", "off"),
+        default="stream",
+        help="amqp_agents' history mode for pipe, rpc and fanout (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     given = set(argv if argv is not None else sys.argv[1:])

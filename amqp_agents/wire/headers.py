@@ -33,6 +33,11 @@ H_DEAD_ERROR_MESSAGE = "x-dead-error-message"
 H_DEAD_ATTEMPTS = "x-dead-attempts"
 H_DEAD_ORIGINAL_EXPIRATION = "x-dead-original-expiration"
 """The original's AMQP ``expiration`` (ms, as text), which a dead letter must not carry."""
+H_TRACEPARENT = "traceparent"
+"""W3C trace context (https://www.w3.org/TR/trace-context/): the trace and parent span of
+the publish; read and written only when tracing is on (amqp_agents.tracing)."""
+H_TRACESTATE = "tracestate"
+"""W3C trace context: vendor-specific trace state, carried along with ``traceparent``."""
 H_HISTORY_MARKER = "x-history-marker"
 """Set only on the marker a history query appends to find the stream's current end."""
 
