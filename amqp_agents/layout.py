@@ -5,7 +5,8 @@ from the functions here, one per piece, each returning a :class:`Layout` of spec
 names and arguments of docs/wire-format.md, from :mod:`amqp_agents.wire`)::
 
     base_layout(ns, options)             the traffic, dead-letter and replies exchanges,
-                                         {ns}.dead, the {ns}.history stream
+                                         {ns}.dead, the {ns}.history stream, and the
+                                         cancels and cards streams with their exchanges
     inbox_layout(ns, agent_id, options)  an inbox (classic) or its lanes (quorum), bound
                                          for its agent and for history
     retry_layout(ns, agent_id, delays, options)  an agent's retry exchange and queues
@@ -178,15 +179,22 @@ def _first_of_each_name(specs: Iterable[_Named]) -> tuple[_Named, ...]:
 
 
 def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
-    """What every namespace has before any agent: traffic, dead letters, replies, history.
+    """What every namespace has before any agent: traffic, dead letters, replies,
+    history, and the two control streams (cancel records, agent cards).
 
-    The history stream is bound to the replies exchange, so it keeps every reply.
+    The history stream is bound to the replies exchange, so it keeps every reply. Each
+    control stream is fed by a fanout exchange of its own name (its only binding).
     """
     traffic = wire.exchange_name(ns)
     dlx = wire.dead_letter_exchange_name(ns)
     replies = wire.reply_exchange_name(ns)
     dead = wire.dead_queue_name(ns)
     history = wire.history_name(ns)
+    cancels, cards = wire.cancel_stream_name(ns), wire.card_stream_name(ns)
+    cancel_arguments = wire.control_stream_arguments(
+        max_bytes=wire.CANCEL_STREAM_MAX_BYTES, max_age=options.history_max_age
+    )
+    card_arguments = wire.control_stream_arguments(max_bytes=wire.CARD_STREAM_MAX_BYTES)
     history_arguments = wire.history_arguments(
         max_age=options.history_max_age,
         max_bytes=options.history_max_bytes,
@@ -198,14 +206,20 @@ def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
             ExchangeSpec(traffic, "topic", "agent traffic"),
             ExchangeSpec(dlx, "fanout", "dead letters"),
             ExchangeSpec(replies, "topic", "replies"),
+            ExchangeSpec(wire.cancel_exchange_name(ns), "fanout", "cancel records"),
+            ExchangeSpec(wire.card_exchange_name(ns), "fanout", "agent cards"),
         ),
         queues=(
             QueueSpec(dead, wire.dead_queue_arguments(options.queue_type), "dead letters"),
             QueueSpec(history, history_arguments, "history"),
+            QueueSpec(cancels, cancel_arguments, "cancel records"),
+            QueueSpec(cards, card_arguments, "agent cards"),
         ),
         bindings=(
             BindingSpec(dlx, dead, "", "dead letters"),
             BindingSpec(replies, history, wire.history_reply_binding_key(ns), "every answer"),
+            BindingSpec(wire.cancel_exchange_name(ns), cancels, "", "cancel records"),
+            BindingSpec(wire.card_exchange_name(ns), cards, "", "agent cards"),
         ),
     )
 

@@ -30,6 +30,7 @@ from .headers import (
     H_METADATA,
     H_RECIPIENT,
     H_SENDER,
+    H_STREAM_MARKER,
     H_TIMESTAMP_US,
     DeadLetterSource,
     attempt_of,
@@ -38,6 +39,8 @@ from .headers import (
     header_text,
 )
 from .names import (
+    CANCEL_STREAM_MAX_BYTES,
+    CARD_STREAM_MAX_BYTES,
     DEFAULT_DELIVERY_LIMIT,
     DEFAULT_QUEUE_TYPE,
     HIGH_LANE,
@@ -49,6 +52,11 @@ from .names import (
     Lane,
     QueueType,
     addressed_to,
+    cancel_exchange_name,
+    cancel_stream_name,
+    card_exchange_name,
+    card_stream_name,
+    control_stream_arguments,
     dead_letter_exchange_name,
     dead_queue_arguments,
     dead_queue_name,
@@ -81,6 +89,8 @@ from .names import (
 )
 
 __all__ = [
+    "CANCEL_STREAM_MAX_BYTES",
+    "CARD_STREAM_MAX_BYTES",
     "CONTENT_TYPE",
     "DEAD_ERROR_MESSAGE_CHARS",
     "DEFAULT_DELIVERY_LIMIT",
@@ -100,6 +110,7 @@ __all__ = [
     "H_METADATA",
     "H_RECIPIENT",
     "H_SENDER",
+    "H_STREAM_MARKER",
     "H_TIMESTAMP_US",
     "INBOX_MAX_PRIORITY",
     "LANES",
@@ -115,6 +126,11 @@ __all__ = [
     "QueueType",
     "addressed_to",
     "attempt_of",
+    "cancel_exchange_name",
+    "cancel_stream_name",
+    "card_exchange_name",
+    "card_stream_name",
+    "control_stream_arguments",
     "dead_letter_exchange_name",
     "dead_letter_headers",
     "dead_queue_arguments",
