@@ -37,6 +37,7 @@ from .headers import (
     dead_letter_headers,
     deadline_of,
     header_text,
+    to_us,
 )
 from .names import (
     CANCEL_STREAM_MAX_BYTES,
@@ -162,6 +163,7 @@ __all__ = [
     "retry_queue_name",
     "route_binding_key",
     "routing_key",
+    "to_us",
     "topology_record_name",
     "validate_namespace",
     "validate_queue_type",

@@ -1,0 +1,182 @@
+"""Cancelling a task: the cancel record, and the agent's watch over the records.
+
+A cancel is a record in the namespace's stream ``{ns}.cancels`` (published through
+the fanout exchange of that name), not a message to the agent's inbox, because it
+must reach the task wherever it is::
+
+    queued in the inbox ──> skipped when it arrives: ERROR reply, state "canceled", ack
+    running ──────────────> its handler is cancelled (asyncio), the same reply, ack;
+                            the agent goes on, nothing is retried
+    finished ─────────────> nothing to do (TaskHandle.cancel() says so)
+
+The stream keeps the record, not the agent: every agent reads the stream from its
+start when it starts, and then follows it (:class:`CancelWatch`), so a cancel
+outlives an agent's restart. A record carries the task's deadline; past it, the
+task cannot run any more (the agent dead-letters it as expired) and readers drop the
+record. The stream's retention (age and size) bounds what is read at start.
+
+A record is honoured only when the RabbitMQ user that published it (its validated
+``user_id``) may speak for the task's sender (senders.py): only the requester cancels.
+The record's form is in docs/wire-format.md, "Cancelling a task".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from . import wire
+from .control_stream import StreamReader
+from .message import Message, MessageType
+from .publish import Publisher, properties
+from .senders import SenderPolicy
+
+if TYPE_CHECKING:
+    from .client import BrokerClient
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 1000
+"""Records read between two sweeps of those past their deadline."""
+
+
+def cancel_record(task_id: str, *, sender: str, recipient: str) -> Message:
+    """The cancel record of task ``task_id`` (its ``reply_to`` names the task)."""
+    return Message(
+        sender=sender,
+        recipient=recipient,
+        type=MessageType.NOTIFICATION,
+        content={"cancel": task_id},
+        reply_to=task_id,
+    )
+
+
+async def publish_cancel(
+    publisher: Publisher, task_id: str, *, sender: str, recipient: str, deadline: datetime
+) -> None:
+    """Append the cancel record of a task to ``{ns}.cancels``, kept until ``deadline``.
+
+    Raises:
+        DeliveryError, BrokerConnectionError: as any confirmed publish.
+    """
+    record = cancel_record(task_id, sender=sender, recipient=recipient)
+    publisher.senders.check_sendable(record)
+    out = wire.encode(
+        record,
+        extra_headers={wire.H_DEADLINE_US: wire.to_us(deadline)},
+        max_body_bytes=publisher.max_body_bytes,
+    )
+    exchange = wire.cancel_exchange_name(publisher.namespace)
+    await publisher.publish(exchange, "", out.body, properties(out, publisher.user_id), record.id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    user_id: str | None
+    deadline: datetime
+
+
+class CancelWatch:
+    """What an agent knows of the cancel records: read at start, then followed.
+
+    Args:
+        agent_id: the agent (records addressed to another agent are ignored).
+        senders: who may cancel whose tasks.
+    """
+
+    def __init__(self, agent_id: str, senders: SenderPolicy) -> None:
+        self.agent_id = agent_id
+        self.senders = senders
+        self._cancels: dict[str, _Cancel] = {}
+        self._running: dict[str, tuple[asyncio.Task[object], Message]] = {}
+        self._interrupted: set[str] = set()
+        self._reader: StreamReader | None = None
+        self._read = 0
+
+    async def start(self, client: BrokerClient) -> None:
+        """Read every retained record, then follow the stream (returns once caught up).
+
+        A namespace without the stream (declared by an older version, or not readable
+        with this user's permissions) leaves the agent without cancellation, logged.
+        """
+        ns = client.namespace
+        self._reader = StreamReader(
+            await client.channel(),
+            client.publisher,
+            wire.cancel_stream_name(ns),
+            wire.cancel_exchange_name(ns),
+            self._on_record,
+        )
+        try:
+            await self._reader.start(timeout_s=client.connect_timeout_s)
+        except Exception as exc:
+            log.warning(
+                "%s: cannot read the cancel records of %s (%s: %s); its tasks cannot be cancelled",
+                self.agent_id,
+                wire.cancel_stream_name(ns),
+                type(exc).__name__,
+                exc,
+            )
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop following the stream."""
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            await reader.close()
+
+    def cancels(self, message: Message) -> bool:
+        """Whether a record cancels ``message`` (a task this agent holds)."""
+        cancel = self._cancels.get(message.id)
+        if cancel is None or cancel.deadline <= datetime.now(UTC):
+            return False
+        return self.senders.may_speak_for(cancel.user_id, message.sender)
+
+    @contextmanager
+    def running(self, message: Message) -> Iterator[None]:
+        """While the body runs ``message``'s handler, a record for it cancels the task."""
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - handlers run in tasks
+            yield
+            return
+        self._running[message.id] = (task, message)
+        try:
+            yield
+        finally:
+            del self._running[message.id]
+            if message.id in self._interrupted:
+                task.uncancel()  # our cancel, not the task's: it goes on to reply and ack
+
+    def interrupted(self, message: Message) -> bool:
+        """Whether a cancel record (not a stop, not the link) cancelled its handler."""
+        if message.id in self._interrupted:
+            self._interrupted.discard(message.id)
+            return True
+        return False
+
+    def _on_record(self, incoming: AbstractIncomingMessage) -> None:
+        deadline = wire.deadline_of(incoming.headers)
+        task_id = incoming.correlation_id
+        if deadline is None or not task_id or deadline <= datetime.now(UTC):
+            return
+        recipient = (incoming.headers or {}).get(wire.H_RECIPIENT)
+        if isinstance(recipient, str) and recipient not in ("", self.agent_id):
+            return
+        self._cancels[task_id] = _Cancel(incoming.user_id, deadline)
+        self._read += 1
+        if self._read % PRUNE_EVERY == 0:
+            now = datetime.now(UTC)
+            self._cancels = {k: c for k, c in self._cancels.items() if c.deadline > now}
+        running = self._running.get(task_id)
+        if running is not None and self.cancels(running[1]):
+            task, _ = running
+            self._interrupted.add(task_id)
+            task.cancel(f"task {task_id} cancelled by its requester")
+            log.info("%s: task %s cancelled while running", self.agent_id, task_id)
