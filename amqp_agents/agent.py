@@ -468,10 +468,7 @@ class MessagePassingAgent(DefaultHandlers):
             await incoming.ack()
             return
         if self._cancels.cancels(message):  # cancelled while it waited in the inbox
-            cancelled = TaskCancelledError(message.id, "before it started")
-            await refuse(
-                self.queue, incoming, message, cancelled, TaskState.CANCELED, agent_id=self.id
-            )
+            await cancelled(self.queue, incoming, message, "before it started", agent_id=self.id)
             return
         handling = Handling(self.id, self.queue, message, incoming.reply_to)
         token = _current.set(handling)
@@ -482,10 +479,7 @@ class MessagePassingAgent(DefaultHandlers):
         except asyncio.CancelledError:
             if not self._cancels.interrupted(message):
                 raise
-            cancelled = TaskCancelledError(message.id, "while it ran")
-            await refuse(
-                self.queue, incoming, message, cancelled, TaskState.CANCELED, agent_id=self.id
-            )
+            await cancelled(self.queue, incoming, message, "while it ran", agent_id=self.id)
             return
         except Exception as exc:
             await handler_failed(self.queue, self.retry, incoming, message, exc, agent_id=self.id)
