@@ -67,7 +67,7 @@ from .message import (
     create_task_message,
     validate_agent_id,
 )
-from .outcomes import ack_handled, handler_failed, result_reply, send_reply
+from .outcomes import ack_handled, cancelled, handler_failed, result_reply, send_reply
 from .payloads import typed
 from .progress import Handling
 from .retry import RetryPolicy
