@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +75,21 @@ async def publish_cancel(
     )
     exchange = wire.cancel_exchange_name(publisher.namespace)
     await publisher.publish(exchange, "", out.body, properties(out, publisher.user_id), record.id)
+
+
+def canceller(client: BrokerClient) -> Callable[[Message, datetime], Awaitable[None]]:
+    """What cancels a task sent through ``client`` (``TaskHandle.cancel``)."""
+
+    async def cancel(task: Message, deadline: datetime) -> None:
+        await publish_cancel(
+            client.publisher,
+            task.id,
+            sender=task.sender,
+            recipient=task.recipient,
+            deadline=deadline,
+        )
+
+    return cancel
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from . import pull, redelivery, wire
+from . import cancellation, cards, pull, redelivery, task_follow, wire
 from .admission import DeadLetter, Gate, Skip, Verdict, admit
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
@@ -172,6 +172,7 @@ class BrokerClient:
         self._rpc = RpcClient(
             self._open_channel, self.send, self.namespace, self.reply_owner, senders=self.senders
         )
+        self._rpc.cancel = cancellation.canceller(self)  # for TaskHandle.cancel()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact_url(self.url)!r}, namespace={self.namespace!r})"
@@ -401,6 +402,9 @@ class BrokerClient:
     ) -> TaskHandle:
         """Send a request whose reply comes back to this connection (see :mod:`rpc`)."""
         return await self._rpc.request(message, timeout_s=timeout_s, on_status=on_status)
+
+    resubscribe = task_follow.resubscribe  # follow a task again, after a reconnect
+    discover = cards.discover  # the namespace's agents, their cards, who consumes
 
     # -- consuming --------------------------------------------------------------------
 

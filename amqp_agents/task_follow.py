@@ -1,0 +1,109 @@
+"""Following a task again from another connection: its answers, read back from history.
+
+Every answer to a request goes through ``{ns}.replies``, and the history stream is bound
+there, so it keeps each one, in the order the agent sent them. A requester whose
+connection was cut (its reply queue died with it) calls
+``queue.resubscribe(task)``: a stream consumer reads ``{ns}.history`` from just before
+the task was sent, keeps every answer to it, and
+follows the stream live until the final one. The handle it returns is a
+:class:`TaskHandle` like any other: ``updates()`` yields what the agent sent before the
+cut and after, in order, then the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from . import wire
+from .cancellation import canceller
+from .errors import InvalidMessageError
+from .history import CLOCK_SKEW
+from .message import Message, MessageType
+from .rpc import TaskHandle
+from .task_state import TaskLog
+
+if TYPE_CHECKING:
+    from .client import BrokerClient
+
+log = logging.getLogger(__name__)
+
+PREFETCH = 1000
+"""History entries in flight to the follower."""
+
+
+class _Follower:
+    """The consumer callback: keeps a task's answers, resolves its future at the last."""
+
+    def __init__(self, task_id: str, channel: AbstractChannel) -> None:
+        self.task_id = task_id
+        self.channel = channel
+        self.log = TaskLog()
+        self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+
+    async def on_entry(self, incoming: AbstractIncomingMessage) -> None:
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+            await incoming.ack()
+        ours = incoming.correlation_id == self.task_id or incoming.message_id == self.task_id
+        if not ours or self.future.done():
+            return
+        try:
+            message = wire.decode(incoming)
+        except InvalidMessageError as exc:
+            log.debug("resubscribe: entry %s skipped: %s", incoming.message_id, exc)
+            return
+        if message.reply_to != self.task_id or message.type is MessageType.NOTIFICATION:
+            return
+        if self.log.add(message).final:
+            self.future.set_result(message)
+            self.close()
+
+    def close(self) -> None:
+        """Stop following (closes the channel in the background)."""
+        task = asyncio.ensure_future(self._close())
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+    async def _close(self) -> None:
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+            await self.channel.close()
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+async def resubscribe(
+    client: BrokerClient,
+    task: Message | str,
+    *,
+    since: datetime | None = None,
+    timeout_s: float = 30.0,
+) -> TaskHandle:
+    """A handle on a task sent earlier (from this or another connection).
+
+    Args:
+        task: the task message (its timestamp tells where to start reading), or its id.
+        since: read history from this time on (default: the task's timestamp; with
+            only an id, the stream's first retained entry: slow on a long history).
+        timeout_s: the handle's default wait for the result.
+    """
+    task_id = task if isinstance(task, str) else task.id
+    if since is None and isinstance(task, Message):
+        since = task.timestamp
+    channel = await client.channel(prefetch=PREFETCH)
+    follower = _Follower(task_id, channel)
+    start: datetime | str = "first" if since is None else since - CLOCK_SKEW
+    stream = await channel.get_queue(wire.history_name(client.namespace), ensure=False)
+    await stream.consume(follower.on_entry, arguments={"x-stream-offset": start})
+    message = task if isinstance(task, Message) else Message(id=task_id)
+    deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
+    cancel = canceller(client)
+    return TaskHandle(
+        message, follower.future, timeout_s, follower.close, follower.log, cancel, deadline
+    )
