@@ -1,6 +1,7 @@
 """amqp_agents: agents that talk to each other through RabbitMQ."""
 
 from .agent import MessagePassingAgent
+from .cards import AgentCard, AgentInfo, Skill
 from .client import BrokerClient
 from .errors import (
     AgentsError,
@@ -17,11 +18,13 @@ from .errors import (
     InvalidMessageError,
     MessageTooLargeError,
     NoRouteError,
+    PayloadError,
     PublishTimeoutError,
     QueueUnavailableError,
     RemoteError,
     RequestTimeoutError,
     RoutingError,
+    TaskCancelledError,
     TopologyError,
     UnknownRecipientError,
 )
@@ -38,8 +41,11 @@ from .retry import RetryPolicy
 from .routed_queue import RoutingMessageQueue
 from .routing import MessageRouter
 from .rpc import TaskHandle
+from .task_state import TaskState, TaskUpdate
 
 __all__ = [
+    "AgentCard",
+    "AgentInfo",
     "AgentsError",
     "BrokerClient",
     "BrokerConnectionError",
@@ -61,6 +67,7 @@ __all__ = [
     "MessageTooLargeError",
     "MessageType",
     "NoRouteError",
+    "PayloadError",
     "PriorityMessageQueue",
     "PublishTimeoutError",
     "QueueUnavailableError",
@@ -69,8 +76,12 @@ __all__ = [
     "RetryPolicy",
     "RoutingError",
     "RoutingMessageQueue",
+    "Skill",
     "Subscription",
+    "TaskCancelledError",
     "TaskHandle",
+    "TaskState",
+    "TaskUpdate",
     "TopologyError",
     "UnknownRecipientError",
     "create_result_message",

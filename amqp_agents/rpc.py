@@ -41,7 +41,7 @@ from .errors import (
 )
 from .message import Message, MessageType
 from .senders import SenderPolicy
-from .task_state import TaskLog, TaskState, TaskUpdate, state_of
+from .task_state import STATE_KEY, TaskLog, TaskState, TaskUpdate, state_of
 
 log = logging.getLogger(__name__)
 
@@ -255,10 +255,27 @@ class TaskHandle:
         assert self._cancel is not None and self.deadline is not None
         await self._cancel(self.message, self.deadline)
         self._forget()
-        self._log.end(TaskState.CANCELED)
+        error = TaskCancelledError(self.message.id, "by its requester")
+        self._log.add(cancelled_here(self.message, error))
         if not self._future.done():
-            self._future.set_exception(TaskCancelledError(self.message.id, "by its requester"))
+            self._future.set_exception(error)
+            self._future.exception()  # retrieved: nobody need await result() after this
         return True
+
+
+def cancelled_here(task: Message, error: TaskCancelledError) -> Message:
+    """The ERROR a requester records for a task it cancelled itself (the agent's own
+    answer, if it sends one, comes after the requester stopped listening)."""
+    content = {"error_type": type(error).__name__, "error_message": str(error), "attempts": 0}
+    return Message(
+        sender=task.recipient,
+        recipient=task.sender,
+        type=MessageType.ERROR,
+        content=content,
+        reply_to=task.id,
+        conversation_id=task.conversation_id,
+        metadata={STATE_KEY: TaskState.CANCELED.value},
+    )
 
 
 def content_or_raise(reply: Message) -> Any:
