@@ -401,8 +401,7 @@ class MessagePassingAgent(DefaultHandlers):
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self._channel.close()
         await self._cancels.stop()
-        with contextlib.suppress(AgentsError):  # a lost link: the consumer count says so
-            await announce(self.queue, self.card, self.id, {}, gone=True)
+        await announce(self.queue, self.card, self.id, {}, gone=True)
         self._stopped.set()
         log.info("agent %s stopped", self.id)
 

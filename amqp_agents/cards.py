@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from . import wire
 from .control_stream import StreamReader
+from .errors import AgentsError
 from .message import Message, MessageType
 from .payloads import Validating
 from .publish import Publisher, properties
@@ -122,9 +123,12 @@ async def announce(
     gone: bool = False,
 ) -> None:
     """Publish the card of a starting agent (its skills from ``handlers``), or the
-    record of one that stopped (``gone``)."""
+    record of one that stopped (``gone``); a refused publish is logged, not raised."""
     update = {"id": agent_id, "skills": skills_of(handlers), "state": "gone" if gone else "up"}
-    await publish_card(client.publisher, card.model_copy(update=update))
+    try:
+        await publish_card(client.publisher, card.model_copy(update=update))
+    except AgentsError as exc:  # e.g. no write permission on {ns}.cards: the agent still runs
+        log.warning("%s: its card was not published: %s", agent_id, exc)
 
 
 async def discover(

@@ -8,6 +8,9 @@ the task was sent, keeps every answer to it, and
 follows the stream live until the final one. The handle it returns is a
 :class:`TaskHandle` like any other: ``updates()`` yields what the agent sent before the
 cut and after, in order, then the result.
+
+:func:`find_task` reads history to its end for what it retains of a task (the task,
+its deadline, its final answer): what ``amqp-agents cancel`` needs to know.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -23,11 +27,11 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from . import wire
 from .cancellation import canceller
-from .errors import InvalidMessageError
-from .history import CLOCK_SKEW
+from .errors import HistoryTimeoutError, InvalidMessageError
+from .history import CLOCK_SKEW, append_marker
 from .message import Message, MessageType
 from .rpc import TaskHandle
-from .task_state import TaskLog
+from .task_state import TaskLog, state_of
 
 if TYPE_CHECKING:
     from .client import BrokerClient
@@ -107,3 +111,64 @@ async def resubscribe(
     return TaskHandle(
         message, follower.future, timeout_s, follower.close, follower.log, cancel, deadline
     )
+
+
+@dataclass(slots=True)
+class FoundTask:
+    """What history retains of a task: the task (None: not retained), its deadline, and
+    its final answer (None: none yet)."""
+
+    task: Message | None = None
+    deadline: datetime | None = None
+    final: Message | None = None
+
+
+async def find_task(
+    client: BrokerClient, task_id: str, *, since: datetime | None = None, timeout_s: float = 60.0
+) -> FoundTask:
+    """Read history to its current end (a marker, as history.py does) for ``task_id``.
+
+    Raises:
+        HistoryTimeoutError: the end was not reached within ``timeout_s``.
+    """
+    found = FoundTask()
+    channel = await client.connection.channel(publisher_confirms=True)
+    try:
+        marker = await append_marker(channel, client.namespace)
+        end = asyncio.get_running_loop().create_future()
+
+        async def on_entry(incoming: AbstractIncomingMessage) -> None:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await incoming.ack()
+            headers = incoming.headers or {}
+            if wire.H_HISTORY_MARKER in headers:
+                if wire.header_text(headers[wire.H_HISTORY_MARKER]) == marker and not end.done():
+                    end.set_result(None)
+            elif task_id in (incoming.message_id, incoming.correlation_id):
+                with contextlib.suppress(InvalidMessageError):
+                    _note(found, task_id, wire.decode(incoming), incoming)
+
+        await channel.set_qos(prefetch_count=PREFETCH)
+        stream = await channel.get_queue(wire.history_name(client.namespace), ensure=False)
+        start: datetime | str = "first" if since is None else since - CLOCK_SKEW
+        await stream.consume(on_entry, arguments={"x-stream-offset": start})
+        try:
+            await asyncio.wait_for(end, timeout_s)
+        except TimeoutError:
+            raise HistoryTimeoutError(
+                f"history of {client.namespace!r} not read to its end within {timeout_s}s"
+                " (narrow it with --since)"
+            ) from None
+    finally:
+        with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+            await channel.close()
+    return found
+
+
+def _note(
+    found: FoundTask, task_id: str, message: Message, incoming: AbstractIncomingMessage
+) -> None:
+    if message.id == task_id and found.task is None:
+        found.task, found.deadline = message, wire.deadline_of(incoming.headers)
+    elif message.reply_to == task_id and state_of(message).final and found.final is None:
+        found.final = message

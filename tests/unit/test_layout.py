@@ -142,7 +142,8 @@ def test_layout_of_the_example_in_quorum_mode(example: AgentsConfig) -> None:
     ]
     # Every durable queue but the streams (history, cancels, cards) is a quorum queue.
     assert {name: args["x-queue-type"] for name, args in queues.items()} == {
-        name: "stream" if name in {"ns.history", "ns.cancels", "ns.cards"} else "quorum" for name in queues
+        name: "stream" if name in {"ns.history", "ns.cancels", "ns.cards"} else "quorum"
+        for name in queues
     }
     assert queues["ns.inbox.researcher"] == {
         "x-queue-type": "quorum",
