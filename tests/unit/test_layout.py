@@ -53,6 +53,7 @@ def test_retry_delays_are_those_the_agent_uses(
     assert RetryPolicy(max_attempts, delays_s).distinct_delays() == expected
 
 
+STREAMS = {"ns.history", "ns.cancels", "ns.cards"}
 CLASSIC = NamespaceOptions(queue_type="classic")
 QUORUM = NamespaceOptions(queue_type="quorum")
 
