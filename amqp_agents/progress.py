@@ -7,9 +7,9 @@ Each is a STATUS answer to the message being handled, sent where its reply goes
 order.
 
 "working" is announced only for a TASK whose handler is still running
-:data:`WORKING_AFTER_S` after it started: a task that answers at once costs no
-extra message (the request/response hot path), one that works longer (an LLM call)
-shows it is being worked on.
+:data:`WORKING_AFTER_S` after it started and has reported nothing yet: a task that
+answers at once costs no extra message (the request/response hot path), one that works
+longer (an LLM call) shows it is being worked on.
 """
 
 from __future__ import annotations
@@ -42,10 +42,13 @@ class Handling:
     message: Message
     reply_address: str | None
     chunks: int = 0
+    reported: bool = False
+    """Whether a report was sent (it says the task is being worked on: no "working")."""
     _notice: asyncio.TimerHandle | None = None
 
     async def report(self, content: Any, metadata: dict[str, Any]) -> None:
         """Send a STATUS answer with ``metadata`` (confirmed, or logged if undeliverable)."""
+        self.reported = True
         status = answer(self.agent_id, self.message, MessageType.STATUS, content)
         status.metadata.update(metadata)
         await send_reply(self.client, status, self.reply_address)
@@ -67,7 +70,7 @@ class Handling:
             self._notice.cancel()
 
     def _announce(self) -> None:
-        if self.chunks == 0:  # a partial result already said so
+        if not self.reported:  # a report already said so
             task = asyncio.ensure_future(self._send_working())
             _announcing.add(task)  # a task nobody holds may be collected mid-way
             task.add_done_callback(_announcing.discard)
