@@ -9,9 +9,10 @@ must reach the task wherever it is::
                             the agent goes on, nothing is retried
     finished ─────────────> nothing to do (TaskHandle.cancel() says so)
 
-The stream keeps the record, not the agent: every agent reads the stream from its
-start when it starts, and then follows it (:class:`CancelWatch`), so a cancel
-outlives an agent's restart. A record carries the task's deadline; past it, the
+The stream keeps the record, not the agent: an agent reads the stream from its start
+when it starts, and then follows it, so a cancel outlives an agent's restart. The
+agents of one connection share that reader (:class:`CancelRecords`); each has its
+:class:`CancelWatch` over it. A record carries the task's deadline; past it, the
 task cannot run any more (the agent dead-letters it as expired) and readers drop the
 record. The stream's retention (age and size) bounds what is read at start.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,10 +98,93 @@ def canceller(client: BrokerClient) -> Callable[[Message, datetime], Awaitable[N
 class _Cancel:
     user_id: str | None
     deadline: datetime
+    recipient: str
+
+
+class CancelRecords:
+    """The cancel records of a namespace as one connection reads them: every agent on
+    the connection shares one stream consumer (one channel, one read at start), however
+    many agents it serves. Started by the first :class:`CancelWatch`, stopped with the
+    last. Get it with :meth:`of`."""
+
+    def __init__(self, client: BrokerClient) -> None:
+        self.client = client
+        self.cancels: dict[str, _Cancel] = {}
+        self.watches: set[CancelWatch] = set()
+        self._reader: StreamReader | None = None
+        self._lock = asyncio.Lock()
+        self._read = 0
+
+    @classmethod
+    def of(cls, client: BrokerClient) -> CancelRecords:
+        """The records of ``client``'s connection (made on first use)."""
+        records = _records.get(client)
+        if records is None:
+            records = _records[client] = cls(client)
+        return records
+
+    async def join(self, watch: CancelWatch) -> None:
+        """Add an agent's watch; the first one starts reading (returns once caught up).
+
+        A namespace without the stream (declared by an older version, or not readable
+        with this user's permissions) leaves the agents without cancellation, logged.
+        """
+        async with self._lock:
+            self.watches.add(watch)
+            if self._reader is not None:
+                return
+            ns = self.client.namespace
+            self._reader = reader = StreamReader(
+                await self.client.channel(),
+                self.client.publisher,
+                wire.cancel_stream_name(ns),
+                wire.cancel_exchange_name(ns),
+                self._on_record,
+            )
+            try:
+                await reader.start(timeout_s=self.client.connect_timeout_s)
+            except Exception as exc:
+                log.warning(
+                    "cannot read the cancel records of %s (%s: %s); tasks of %s cannot be"
+                    " cancelled",
+                    wire.cancel_stream_name(ns),
+                    type(exc).__name__,
+                    exc,
+                    watch.agent_id,
+                )
+
+    async def leave(self, watch: CancelWatch) -> None:
+        """Remove an agent's watch; the last one stops reading."""
+        async with self._lock:
+            self.watches.discard(watch)
+            if self.watches or self._reader is None:
+                return
+            reader, self._reader = self._reader, None
+            self.cancels.clear()
+            await reader.close()
+
+    def _on_record(self, incoming: AbstractIncomingMessage) -> None:
+        deadline = wire.deadline_of(incoming.headers)
+        task_id = incoming.correlation_id
+        if deadline is None or not task_id or deadline <= datetime.now(UTC):
+            return
+        recipient = (incoming.headers or {}).get(wire.H_RECIPIENT)
+        recipient = recipient if isinstance(recipient, str) else ""
+        self.cancels[task_id] = _Cancel(incoming.user_id, deadline, recipient)
+        self._read += 1
+        if self._read % PRUNE_EVERY == 0:
+            now = datetime.now(UTC)
+            self.cancels = {k: c for k, c in self.cancels.items() if c.deadline > now}
+        for watch in self.watches:
+            watch.interrupt(task_id)
+
+
+_records: weakref.WeakKeyDictionary[BrokerClient, CancelRecords] = weakref.WeakKeyDictionary()
 
 
 class CancelWatch:
-    """What an agent knows of the cancel records: read at start, then followed.
+    """An agent's view of the cancel records: which of its tasks are cancelled, and the
+    handlers it cancels when a record for a running task arrives.
 
     Args:
         agent_id: the agent (records addressed to another agent are ignored).
@@ -109,48 +194,27 @@ class CancelWatch:
     def __init__(self, agent_id: str, senders: SenderPolicy) -> None:
         self.agent_id = agent_id
         self.senders = senders
-        self._cancels: dict[str, _Cancel] = {}
+        self._records: CancelRecords | None = None
         self._running: dict[str, tuple[asyncio.Task[object], Message]] = {}
         self._interrupted: set[str] = set()
-        self._reader: StreamReader | None = None
-        self._read = 0
 
     async def start(self, client: BrokerClient) -> None:
-        """Read every retained record, then follow the stream (returns once caught up).
-
-        A namespace without the stream (declared by an older version, or not readable
-        with this user's permissions) leaves the agent without cancellation, logged.
-        """
-        ns = client.namespace
-        self._reader = StreamReader(
-            await client.channel(),
-            client.publisher,
-            wire.cancel_stream_name(ns),
-            wire.cancel_exchange_name(ns),
-            self._on_record,
-        )
-        try:
-            await self._reader.start(timeout_s=client.connect_timeout_s)
-        except Exception as exc:
-            log.warning(
-                "%s: cannot read the cancel records of %s (%s: %s); its tasks cannot be cancelled",
-                self.agent_id,
-                wire.cancel_stream_name(ns),
-                type(exc).__name__,
-                exc,
-            )
-            await self.stop()
+        """Follow the records of ``client``'s connection (returns once caught up)."""
+        self._records = CancelRecords.of(client)
+        await self._records.join(self)
 
     async def stop(self) -> None:
-        """Stop following the stream."""
-        reader, self._reader = self._reader, None
-        if reader is not None:
-            await reader.close()
+        """Stop following the records."""
+        records, self._records = self._records, None
+        if records is not None:
+            await records.leave(self)
 
     def cancels(self, message: Message) -> bool:
         """Whether a record cancels ``message`` (a task this agent holds)."""
-        cancel = self._cancels.get(message.id)
+        cancel = None if self._records is None else self._records.cancels.get(message.id)
         if cancel is None or cancel.deadline <= datetime.now(UTC):
+            return False
+        if cancel.recipient not in ("", self.agent_id):
             return False
         return self.senders.may_speak_for(cancel.user_id, message.sender)
 
@@ -176,21 +240,10 @@ class CancelWatch:
             return True
         return False
 
-    def _on_record(self, incoming: AbstractIncomingMessage) -> None:
-        deadline = wire.deadline_of(incoming.headers)
-        task_id = incoming.correlation_id
-        if deadline is None or not task_id or deadline <= datetime.now(UTC):
-            return
-        recipient = (incoming.headers or {}).get(wire.H_RECIPIENT)
-        if isinstance(recipient, str) and recipient not in ("", self.agent_id):
-            return
-        self._cancels[task_id] = _Cancel(incoming.user_id, deadline)
-        self._read += 1
-        if self._read % PRUNE_EVERY == 0:
-            now = datetime.now(UTC)
-            self._cancels = {k: c for k, c in self._cancels.items() if c.deadline > now}
+    def interrupt(self, task_id: str) -> None:
+        """A record for ``task_id`` arrived: cancel its handler if it runs here."""
         running = self._running.get(task_id)
-        if running is not None and self.cancels(running[1]):
+        if running is not None and task_id not in self._interrupted and self.cancels(running[1]):
             task, _ = running
             self._interrupted.add(task_id)
             task.cancel(f"task {task_id} cancelled by its requester")

@@ -15,6 +15,7 @@ agent (senders.py). The document's form is in docs/wire-format.md, "Agent cards"
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -124,10 +125,13 @@ async def announce(
 ) -> None:
     """Publish the card of a starting agent (its skills from ``handlers``), or the
     record of one that stopped (``gone``); a refused publish is logged, not raised."""
+    if gone and client.failure is not None:
+        return  # the broker refuses us for good: the consumer count will say it is gone
     update = {"id": agent_id, "skills": skills_of(handlers), "state": "gone" if gone else "up"}
     try:
-        await publish_card(client.publisher, card.model_copy(update=update))
-    except AgentsError as exc:  # e.g. no write permission on {ns}.cards: the agent still runs
+        async with asyncio.timeout(client.publish_timeout_s):
+            await publish_card(client.publisher, card.model_copy(update=update))
+    except (AgentsError, TimeoutError) as exc:  # e.g. no write permission on {ns}.cards
         log.warning("%s: its card was not published: %s", agent_id, exc)
 
 

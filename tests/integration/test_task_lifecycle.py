@@ -26,6 +26,7 @@ from amqp_agents import (
     TaskUpdate,
     wire,
 )
+from amqp_agents.cancellation import publish_cancel
 
 MakeQueue = Callable[..., Awaitable[MessageQueue]]
 FAST_RETRY = RetryPolicy(max_attempts=3, delays_s=(0.05, 0.1))
@@ -362,3 +363,34 @@ async def test_discovery_lists_agents_with_their_schemas_and_drops_one_that_stop
     assert [info.card.id for info in await queue.discover()] == ["editor", "researcher"]
     gone = {info.card.id: info for info in await queue.discover(include_gone=True)}
     assert gone["writer"].card.state == "gone" and not gone["writer"].live
+
+
+async def test_a_cancel_record_for_another_agent_is_ignored(
+    start_agent: Start, queue: MessageQueue
+) -> None:
+    gate = asyncio.Event()
+    handled: list[Any] = []
+
+    def setup(agent: MessagePassingAgent) -> None:
+        @agent.on(MessageType.TASK)
+        async def work(message: Message) -> Any:
+            handled.append(message.content)
+            if message.content == "first":
+                await gate.wait()
+            return message.content
+
+    await start_agent("worker", setup, concurrency=1)
+    first = await send(queue, "worker", "first")
+    queued = await send(queue, "worker", "queued")
+    assert queued.deadline is not None
+    await publish_cancel(
+        queue.publisher,
+        queued.message_id,
+        sender="boss",
+        recipient="other",
+        deadline=queued.deadline,
+    )
+    gate.set()
+    assert await first.result() == "first"
+    assert await queued.result() == "queued"
+    assert handled == ["first", "queued"]
