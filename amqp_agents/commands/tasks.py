@@ -34,7 +34,12 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
                 f"task {args.task_id!r} is not in the retained history of {queue.namespace!r}"
                 " (a wrong id, or a --since after it was sent)"
             )
-        if found.deadline is None or found.deadline <= datetime.now(UTC):
+        if found.deadline is None:
+            raise ConfigError(
+                f"task {args.task_id!r} has no deadline: a cancel record is kept until the"
+                " task's deadline, so only a task whose requester waits can be cancelled"
+            )
+        if found.deadline <= datetime.now(UTC):
             print(
                 f"task {args.task_id} has no deadline ahead: no agent will start it; nothing to do"
             )
