@@ -1,8 +1,8 @@
 """BrokerClient: one connection to RabbitMQ and what agents do through it.
 
 A façade over the parts that each do one job: the connection and its channels (here),
-declaring (:mod:`declaring`), publishing (:mod:`publish`), moving deliveries to retry
-or dead letters (:mod:`redelivery`), deciding on a delivery (:mod:`admission`), pull
+declaring (:mod:`declaring`), publishing (:mod:`publish`), settling deliveries
+(:mod:`settling`: :mod:`admission` decides, :mod:`redelivery` moves them), pull
 receive and taps (:mod:`pull`), requests and replies (:mod:`rpc`) and history
 (:mod:`history`).
 
@@ -10,6 +10,7 @@ The publish path: :meth:`BrokerClient.send` -> ``Publisher.send`` (``wire.encode
 ``Publisher.publish`` (confirm, error table). The consume path: a delivery ->
 :meth:`BrokerClient.admit` (``admission.admit``) -> a handler (agent.py, then
 outcomes.py: reply, retry or dead letter) or the caller of :meth:`BrokerClient.receive`.
+Settling a delivery (admit, dead-letter, retry) is :class:`settling.Settling`, mixed in.
 """
 
 from __future__ import annotations
@@ -18,21 +19,19 @@ import asyncio
 import logging
 import os
 import ssl
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Unpack
 
 from aio_pika.abc import (
     AbstractChannel,
-    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from . import cancellation, cards, pull, redelivery, task_follow, wire
-from .admission import DeadLetter, Gate, Skip, Verdict, admit
+from . import cancellation, cards, pull, task_follow, wire
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
@@ -44,12 +43,13 @@ from .publish import Publisher
 from .routing import MessageRouter
 from .rpc import ReplyListener, RpcClient, StatusCallback, TaskHandle
 from .senders import SenderPolicy
+from .settling import Settling
 from .topology import Topology
 
 log = logging.getLogger(__name__)
 
 
-class BrokerClient:
+class BrokerClient(Settling):
     """Send and receive agent messages through RabbitMQ (the tutorial's MessageQueue).
 
     Args:
@@ -403,63 +403,21 @@ class BrokerClient:
         """Send a request whose reply comes back to this connection (see :mod:`rpc`)."""
         return await self._rpc.request(message, timeout_s=timeout_s, on_status=on_status)
 
-    resubscribe = task_follow.resubscribe  # follow a task again, after a reconnect
-    discover = cards.discover  # the namespace's agents, their cards, who consumes
+    async def resubscribe(
+        self, task: Message | str, *, since: datetime | None = None, timeout_s: float = 30.0
+    ) -> TaskHandle:
+        """A handle on a task sent earlier, from this connection or one that was cut:
+        its answers so far and to come, read from history (:mod:`task_follow`)."""
+        return await task_follow.resubscribe(self, task, since=since, timeout_s=timeout_s)
+
+    async def discover(
+        self, *, include_gone: bool = False, timeout_s: float = 10.0
+    ) -> list[cards.AgentInfo]:
+        """The namespace's agents: their newest cards, and how many consumers each inbox
+        has now (:mod:`cards`)."""
+        return await cards.discover(self, include_gone=include_gone, timeout_s=timeout_s)
 
     # -- consuming --------------------------------------------------------------------
-
-    async def admit(
-        self,
-        incoming: AbstractIncomingMessage,
-        agent_id: str,
-        *,
-        handling: bool = False,
-        seen: Container[str] = (),
-    ) -> Verdict:
-        """Decide on a delivery to ``agent_id`` (:func:`admission.admit`) and carry out a
-        refusal: dead-letter it, or acknowledge a skipped one. An Admit is the caller's."""
-        gate = Gate(self.namespace, agent_id, self.senders, self.max_body_bytes, self.router)
-        verdict = admit(incoming, gate, handling=handling, seen=seen)
-        if isinstance(verdict, DeadLetter):
-            await self.dead_letter(
-                incoming, reason=verdict.reason, agent_id=agent_id, error=verdict.error
-            )
-        elif isinstance(verdict, Skip):
-            await incoming.ack()
-        return verdict
-
-    async def dead_letter(
-        self,
-        incoming: AbstractIncomingMessage,
-        *,
-        reason: str,
-        agent_id: str,
-        error: BaseException | None = None,
-        attempts: int | None = None,
-    ) -> None:
-        """Move a delivery to ``{ns}.dead`` with headers saying why, then ack it
-        (see :func:`redelivery.dead_letter`)."""
-        await redelivery.dead_letter(
-            self.publisher,
-            incoming,
-            reason=reason,
-            agent_id=agent_id,
-            error=error,
-            attempts=attempts,
-        )
-
-    async def retry_later(
-        self, incoming: AbstractIncomingMessage, *, agent_id: str, delay_s: float, attempt: int
-    ) -> None:
-        """Park a delivery in the agent's retry queue for ``delay_s``, then ack it."""
-        await redelivery.retry_later(
-            self.publisher,
-            await self.topology(),
-            incoming,
-            agent_id=agent_id,
-            delay_s=delay_s,
-            attempt=attempt,
-        )
 
     async def receive(self, agent_id: str, timeout: float | None = None) -> Message | None:
         """Take the next message from the agent's inbox, highest priority first.

@@ -18,9 +18,15 @@ from typing import Any
 
 import aio_pika
 import pytest
+from hypothesis import settings
 
 from amqp_agents import MessageQueue
 from amqp_agents.topology import delete_namespace
+
+# Hypothesis' per-example deadline (200 ms) measures the machine, not the code: on a
+# loaded 2-core CI runner a pure decode example can take longer and fail as flaky.
+settings.register_profile("ci", deadline=None)
+settings.load_profile("ci")
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
 SESSION = uuid.uuid4().hex[:6]
