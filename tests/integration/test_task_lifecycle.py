@@ -4,6 +4,7 @@ resubscribing, typed payloads, and agent cards with discovery."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from amqp_agents import (
     wire,
 )
 from amqp_agents.cancellation import publish_cancel
+from amqp_agents.senders import connection_user
 
 MakeQueue = Callable[..., Awaitable[MessageQueue]]
 FAST_RETRY = RetryPolicy(max_attempts=3, delays_s=(0.05, 0.1))
@@ -348,7 +350,8 @@ async def test_discovery_lists_agents_with_their_schemas_and_drops_one_that_stop
         def setup(agent: MessagePassingAgent) -> None:
             agent.on(MessageType.TASK, model=Article)(write)
 
-        card = AgentCard(description=f"the {agent_id}", version="1.2")
+        a2a = {"name": agent_id, "capabilities": {"streaming": True}}
+        card = AgentCard(description=f"the {agent_id}", version="1.2", a2a=a2a)
         agents.append(await start_agent(agent_id, setup, card=card))
     found = await queue.discover()
     assert [info.card.id for info in found] == ["editor", "researcher", "writer"]
@@ -356,6 +359,7 @@ async def test_discovery_lists_agents_with_their_schemas_and_drops_one_that_stop
         assert info.live
         assert info.card.description == f"the {info.card.id}"
         assert info.card.version == "1.2"
+        assert info.card.a2a == {"name": info.card.id, "capabilities": {"streaming": True}}
         skills = {skill.message_type: skill.input_schema for skill in info.card.skills}
         assert skills["task"] == Article.model_json_schema()
         assert skills["request"] is None  # the untyped default handler
@@ -394,3 +398,61 @@ async def test_a_cancel_record_for_another_agent_is_ignored(
     assert await first.result() == "first"
     assert await queued.result() == "queued"
     assert handled == ["first", "queued"]
+
+
+async def test_a_foreign_client_cancels_and_reads_cards_as_the_wire_doc_says(
+    start_agent: Start,
+    queue: MessageQueue,
+    raw_channel: aio_pika.abc.AbstractChannel,
+    namespace: str,
+    amqp_url: str,
+) -> None:
+    gate = asyncio.Event()
+
+    def setup(agent: MessagePassingAgent) -> None:
+        @agent.on(MessageType.TASK, model=Article)
+        async def work(article: Article) -> Any:
+            await gate.wait()
+            return article.words
+
+    await start_agent("worker", setup, concurrency=1, card=AgentCard(description="counts"))
+    first = await send(queue, "worker", {"topic": "a", "words": 1})
+    queued = await send(queue, "worker", {"topic": "b", "words": 2})
+    deadline = queued.deadline
+    assert deadline is not None
+    # docs/wire-format.md, "Cancelling a task": plain AMQP, no amqp_agents.
+    cancels = await raw_channel.get_exchange(wire.cancel_exchange_name(namespace), ensure=False)
+    await cancels.publish(
+        aio_pika.Message(
+            json.dumps({"cancel": queued.message_id}).encode(),
+            content_type="application/json",
+            correlation_id=queued.message_id,
+            user_id=connection_user(amqp_url),
+            headers={
+                "x-deadline-us": wire.to_us(deadline),
+                "x-sender": "boss",
+                "x-recipient": "worker",
+            },
+        ),
+        routing_key="",
+    )
+    gate.set()
+    assert await first.result() == 1
+    with pytest.raises(TaskCancelledError, match="before it started"):
+        await queued.result()
+    # "Agent cards": the stream, read from its first entry.
+    await raw_channel.set_qos(prefetch_count=10)
+    stream = await raw_channel.get_queue(wire.card_stream_name(namespace), ensure=False)
+    async with (
+        asyncio.timeout(WAIT_S),
+        stream.iterator(arguments={"x-stream-offset": "first"}) as entries,
+    ):
+        async for entry in entries:
+            await entry.ack()
+            card = json.loads(entry.body)
+            break
+    assert (card["id"], card["description"], card["state"]) == ("worker", "counts", "up")
+    assert card["skills"][0] == {
+        "message_type": "task",
+        "input_schema": Article.model_json_schema(),
+    }
