@@ -114,6 +114,7 @@ class CancelRecords:
         self._reader: StreamReader | None = None
         self._lock = asyncio.Lock()
         self._read = 0
+        self._waiters: dict[str, asyncio.Future[None]] = {}
 
     @classmethod
     def of(cls, client: BrokerClient) -> CancelRecords:
@@ -163,6 +164,13 @@ class CancelRecords:
             self.cancels.clear()
             await reader.close()
 
+    async def received(self, task_id: str) -> None:
+        """Return once a record for ``task_id`` was read (to know that a cancel has
+        reached this connection's agents; bound it with a timeout)."""
+        if task_id not in self.cancels:
+            waiter = self._waiters.setdefault(task_id, asyncio.get_running_loop().create_future())
+            await asyncio.shield(waiter)
+
     def _on_record(self, incoming: AbstractIncomingMessage) -> None:
         deadline = wire.deadline_of(incoming.headers)
         task_id = incoming.correlation_id
@@ -177,6 +185,8 @@ class CancelRecords:
             self.cancels = {k: c for k, c in self.cancels.items() if c.deadline > now}
         for watch in self.watches:
             watch.interrupt(task_id)
+        if (waiter := self._waiters.pop(task_id, None)) is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 _records: weakref.WeakKeyDictionary[BrokerClient, CancelRecords] = weakref.WeakKeyDictionary()

@@ -27,7 +27,7 @@ from amqp_agents import (
     TaskUpdate,
     wire,
 )
-from amqp_agents.cancellation import publish_cancel
+from amqp_agents.cancellation import CancelRecords, publish_cancel
 from amqp_agents.senders import connection_user
 
 MakeQueue = Callable[..., Awaitable[MessageQueue]]
@@ -78,6 +78,12 @@ async def send(queue: MessageQueue, recipient: str, content: Any = None) -> Task
 async def collect(handle: TaskHandle) -> list[TaskUpdate]:
     async with asyncio.timeout(WAIT_S):
         return [update async for update in handle.updates()]
+
+
+async def reached_the_agents(queue: MessageQueue, handle: TaskHandle) -> None:
+    """Wait until the agents on ``queue`` have read the cancel record of ``handle``'s task."""
+    async with asyncio.timeout(WAIT_S):
+        await CancelRecords.of(queue).received(handle.message_id)
 
 
 async def retry_queue_exists(amqp_url: str, ns: str, agent_id: str) -> bool:
@@ -133,6 +139,7 @@ async def test_a_task_cancelled_while_queued_is_skipped_when_it_arrives(
     with pytest.raises(TaskCancelledError):
         await queued.result()
     assert await queued.state() is TaskState.CANCELED
+    await reached_the_agents(queue, queued)
     gate.set()
     assert await first.result() == "first"
     # One consumer, one at a time, in order: once "after" is done, "queued" has arrived.
@@ -394,6 +401,7 @@ async def test_a_cancel_record_for_another_agent_is_ignored(
         recipient="other",
         deadline=queued.deadline,
     )
+    await reached_the_agents(queue, queued)
     gate.set()
     assert await first.result() == "first"
     assert await queued.result() == "queued"
@@ -436,6 +444,7 @@ async def test_a_foreign_client_cancels_and_reads_cards_as_the_wire_doc_says(
         ),
         routing_key="",
     )
+    await reached_the_agents(queue, queued)
     gate.set()
     assert await first.result() == 1
     with pytest.raises(TaskCancelledError, match="before it started"):
