@@ -465,3 +465,20 @@ async def test_a_foreign_client_cancels_and_reads_cards_as_the_wire_doc_says(
         "message_type": "task",
         "input_schema": Article.model_json_schema(),
     }
+
+
+async def test_a_handler_names_the_input_required_state(
+    start_agent: Start, queue: MessageQueue
+) -> None:
+    def setup(agent: MessagePassingAgent) -> None:
+        @agent.on(MessageType.TASK)
+        async def ask(message: Message) -> Any:
+            await agent.send_status("which year?", state=TaskState.INPUT_REQUIRED)
+            return "asked"
+
+    await start_agent("worker", setup)
+    updates = await collect(await send(queue, "worker"))
+    assert [(u.state, u.content) for u in updates] == [
+        (TaskState.INPUT_REQUIRED, "which year?"),
+        (TaskState.COMPLETED, "asked"),
+    ]
