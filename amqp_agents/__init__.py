@@ -1,5 +1,6 @@
 """amqp_agents: agents that talk to each other through RabbitMQ."""
 
+from . import _interrupt  # noqa: F401  (first: see its docstring)
 from .agent import MessagePassingAgent
 from .cards import AgentCard, AgentInfo, Skill
 from .client import BrokerClient

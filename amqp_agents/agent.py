@@ -439,7 +439,10 @@ class MessagePassingAgent(DefaultHandlers):
 
     async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
         if (running := self._handling.get(incoming.message_id or "")) is not None:
-            await asyncio.shield(running)  # redelivered while handled here: wait for it
+            # Sent again or redelivered while a copy is handled here: wait for that copy
+            # (handled: this one is a duplicate; failed or cancelled: this one runs).
+            log.debug("%s: message %s in hand already; waiting", self.id, incoming.message_id)
+            await asyncio.shield(running)
         verdict = await self.queue.admit(incoming, self.id, handling=True, seen=self._seen)
         if not isinstance(verdict, Admit):
             if isinstance(verdict, Skip):

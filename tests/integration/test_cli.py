@@ -91,10 +91,14 @@ async def test_an_invalid_agent_id_is_one_line(run_cli: Run, args: list[str]) ->
 
 
 @pytest.mark.parametrize("after", ["pydantic_core", "aio_pika", "yaml", "amqp_agents.wire"])
-def test_ctrl_c_during_the_imports_ends_quietly(after: str) -> None:
-    """The interrupt lands right after ``after`` finished loading (-X importtime says when)."""
+@pytest.mark.parametrize(
+    "entry", [[str(SCRIPT)], ["-m", "amqp_agents"]], ids=["script", "python-m"]
+)
+def test_ctrl_c_during_the_imports_ends_quietly(entry: list[str], after: str) -> None:
+    """The interrupt lands right after ``after`` finished loading (-X importtime says when),
+    through the console script and through ``python -m amqp_agents``."""
     with subprocess.Popen(
-        [sys.executable, "-X", "importtime", str(SCRIPT), "routes", "explain", str(EXAMPLE)],
+        [sys.executable, "-X", "importtime", *entry, "routes", "explain", str(EXAMPLE)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,6 +116,15 @@ def test_ctrl_c_during_the_imports_ends_quietly(after: str) -> None:
         status = process.wait(timeout=30)
     assert "Traceback" not in rest and "KeyboardInterrupt" not in rest, rest
     assert status == 130, "interrupted before the command ran"
+
+
+def test_the_library_leaves_sigint_alone() -> None:
+    """Only running the command line takes SIGINT while loading; an import does not."""
+    check = "import amqp_agents, signal; print(signal.getsignal(signal.SIGINT).__name__)"
+    done = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=30
+    )
+    assert done.stdout.strip() == "default_int_handler", done.stderr
 
 
 # -- 5. every numeric option is validated --------------------------------------------------

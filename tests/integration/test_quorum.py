@@ -22,6 +22,7 @@ from amqp_agents import (
     MessageQueue,
     MessageType,
     QueueUnavailableError,
+    TopologyError,
     wire,
 )
 
@@ -251,3 +252,14 @@ async def test_three_replicas_share_an_inbox_and_each_task_is_handled_once(
     assert handled == collections.Counter(f"t{i}" for i in range(n)), "each once"
     answered_by = {r["pid"] for r in results}
     assert len(answered_by) >= 2, "the replicas shared the work"
+
+
+@pytest.mark.parametrize(("first", "second"), [("quorum", "classic"), ("classic", "quorum")])
+async def test_a_process_of_the_other_queue_type_fails_at_connect(
+    make_queue: MakeQueue, first: str, second: str
+) -> None:
+    """Moving a namespace (docs/deploy.md): a process left with the old type cannot
+    run on the new layout unnoticed."""
+    await make_queue(queue_type=first)
+    with pytest.raises(TopologyError, match="x-queue-type"):
+        await make_queue(queue_type=second)

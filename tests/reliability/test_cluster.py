@@ -26,7 +26,16 @@ import pytest
 from cluster import PrivateCluster, record_timing
 from private_broker import PrivateBroker
 
-from amqp_agents import AgentsError, Message, MessagePassingAgent, MessageQueue, MessageType, wire
+from amqp_agents import (
+    AgentsError,
+    InboxUnavailableError,
+    Message,
+    MessagePassingAgent,
+    MessagePriority,
+    MessageQueue,
+    MessageType,
+    wire,
+)
 from amqp_agents.connection import AgentConnection
 from amqp_agents.topology import delete_namespace
 
@@ -155,8 +164,8 @@ async def test_rolling_restart_keeps_a_quorum_queue_and_the_cluster(
 class Collector(MessagePassingAgent):
     """An agent that resolves a future per notification it handles."""
 
-    def __init__(self, agent_id: str, queue: MessageQueue) -> None:
-        super().__init__(agent_id, queue)
+    def __init__(self, agent_id: str, queue: MessageQueue, **kw: Any) -> None:
+        super().__init__(agent_id, queue, **kw)
         self.handled: dict[str, asyncio.Future[float]] = {}
         self.on(MessageType.NOTIFICATION)(self._record)
 
@@ -307,3 +316,70 @@ async def _delete(node: PrivateBroker, ns: str, queues: set[str]) -> None:
     async with await aio_pika.connect(node.url) as connection:
         channel = await connection.channel()
         await asyncio.wait_for(delete_namespace(channel, ns, sorted(queues)), WAIT_S)
+
+
+def _drop_member(cluster: PrivateCluster, queue: str, node: PrivateBroker) -> None:
+    """Remove ``node``'s replica of the quorum queue ``queue`` (vhost ``/``)."""
+    name = "<<" + ",".join(str(b) for b in queue.encode()) + ">>"
+    out = cluster.any_running().eval(
+        f"rabbit_quorum_queue:delete_member(<<\"/\">>, {name}, '{node.node}')."
+    )
+    assert out == "ok", f"delete_member {queue} {node.node}: {out}"
+
+
+async def test_a_lane_without_a_majority_refuses_the_send_typed_and_promptly(
+    whole_cluster: PrivateCluster,
+) -> None:
+    """The agent's lanes have replicas on nodes 2 and 3 only; node 2 stops, so no lane
+    has a majority, while the cluster (nodes 1 and 3) has one and keeps serving. A
+    ``send`` through node 1 then raises ``InboxUnavailableError`` (the broker's nack),
+    well before its publish timeout, and nothing has the message. Node 2 back, sends go
+    through again, and the refused message never reaches the agent.
+    """
+    cluster = whole_cluster
+    member_gone = cluster.nodes[1]
+    ns = f"rel-unav-{uuid.uuid4().hex[:6]}"
+    timeout_s = 10.0
+    queue = MessageQueue(
+        cluster.url(order=[0, 2]), namespace=ns, publish_timeout_s=timeout_s, queue_type="quorum"
+    )
+    agent = Collector("sink", queue, concurrency=1)
+    try:
+        await queue.connect()
+        await queue.ensure_inbox("sink")
+        lanes = queue.inbox_queue_names("sink")
+        for lane in lanes:
+            await asyncio.to_thread(_drop_member, cluster, lane, cluster.nodes[0])
+            placement = await asyncio.to_thread(cluster.placement, lane)
+            assert sorted(placement.members) == sorted(n.node for n in cluster.nodes[1:])
+        await asyncio.to_thread(cluster.stop, member_gone)
+
+        refused = {
+            priority: Message(sender="load", recipient="sink", priority=priority, content="no")
+            for priority in (MessagePriority.NORMAL, MessagePriority.URGENT)  # both lanes
+        }
+        for message in refused.values():
+            started = time.monotonic()
+            with pytest.raises(InboxUnavailableError, match="no majority"):
+                await queue.send(message)
+            took = time.monotonic() - started
+            record_timing(f"inbox_unavailable_{message.priority.name.lower()}_s", took)
+            assert took < timeout_s / 2, f"refused after {took:.1f}s: a timeout, not a nack"
+
+        await asyncio.to_thread(cluster.restart, member_gone)
+        back = Message(sender="load", recipient="sink", content="back")
+        failures = await _send_until_accepted(queue, back)  # while the lanes elect
+        record_timing("inbox_unavailable_sends_refused_while_electing", failures)
+        await agent.start_consuming()
+        await asyncio.wait_for(agent.expect(back.id), WAIT_S)
+        # One handler at a time, each lane in order: a refused NORMAL message the lane
+        # had kept anyway would have come before ``back``; for URGENT, a marker after.
+        marker = Message(sender="load", recipient="sink", priority=MessagePriority.URGENT)
+        await queue.send(marker)
+        await asyncio.wait_for(agent.expect(marker.id), WAIT_S)
+        assert not {m.id for m in refused.values()} & agent.handled.keys()
+    finally:
+        await agent.stop()
+        declared = set(queue.declared_queues)
+        await queue.close()
+        await _delete(cluster.nodes[0], ns, declared)
