@@ -46,19 +46,14 @@ from aio_pika.abc import (
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from pydantic import BaseModel
 
-from . import wire
+from . import instrumentation, wire
 from .admission import Admit, RecentIds, Skip
 from .cancellation import CancelWatch
 from .cards import AgentCard, announce
 from .client import BrokerClient
 from .declaring import Outage
 from .default_handlers import DefaultHandlers, Handler
-from .errors import (
-    AgentsError,
-    HandlerError,
-    QueueUnavailableError,
-    TopologyError,
-)
+from .errors import AgentsError, HandlerError, QueueUnavailableError, TopologyError
 from .lanes import LaneConsumers, PrioritySlots
 from .message import (
     Message,
@@ -291,6 +286,12 @@ class MessagePassingAgent(DefaultHandlers):
         await announce(self.queue, self.card, self.id, self.handlers)
         log.info("agent %s consuming %s (concurrency %d)", self.id, names, self.concurrency)
 
+    @property
+    def consuming(self) -> bool:
+        """Whether the inbox is being consumed right now (what ``/readyz`` asks)."""
+        channel, lost = self._channel, self._inbox_lost or self._outage.since is not None
+        return self.running and channel is not None and not channel.is_closed and not lost
+
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
         if not self.running:
             return
@@ -451,7 +452,8 @@ class MessagePassingAgent(DefaultHandlers):
             return  # dead-lettered or acknowledged
         done = self._handling.setdefault(verdict.message.id, asyncio.Future())
         try:
-            await self._run_handler(incoming, verdict.message)
+            with instrumentation.handling(self.id, incoming, verdict.message):
+                await self._run_handler(incoming, verdict.message)
         finally:
             if self._handling.get(verdict.message.id) is done:
                 del self._handling[verdict.message.id]

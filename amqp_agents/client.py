@@ -31,7 +31,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from . import cancellation, cards, pull, task_follow, wire
+from . import cancellation, cards, instrumentation, pull, task_follow, wire
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
@@ -199,6 +199,7 @@ class BrokerClient(Settling):
         self._connection, self._given_up = connection, connection.given_up
         self.senders.warn_if_trusting(self.namespace)
         connection.given_up.add_done_callback(self._on_given_up)
+        instrumentation.connected(connection)
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             self._publisher = Publisher(

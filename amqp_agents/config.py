@@ -6,6 +6,7 @@ Sections (see config/agents.example.yaml)::
     agents:           the agents to run: id, class, concurrency, retries, inbox limits
     external_agents:  ids that receive routed messages but are not run from this file
     routes:           where recipient-less messages go (see amqp_agents.routing)
+    observability:    probes and metrics port, log format, tracing (amqp-agents run)
 
 What :func:`load_config` promises:
 

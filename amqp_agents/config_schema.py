@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -259,6 +259,28 @@ class RouteConfig(_Section):
         return self.rule.pattern
 
 
+class ObservabilityConfig(_Section):
+    """What ``amqp-agents run`` tells operators (docs/deploy.md, "Probes and metrics").
+
+    Attributes:
+        metrics_port: serve ``/metrics``, ``/healthz`` and ``/readyz`` on this port
+            (0: any free one, logged); None: no probes.
+        metrics_host: the address to listen on (all by default, for the orchestrator).
+        reconnect_budget_s: how long a lost connection may be recovering before
+            ``/healthz`` fails.
+        log_format: ``text`` or ``json`` (one object per line, see amqp_agents.logs).
+        tracing: ``auto`` traces when an OpenTelemetry SDK is configured in the
+            process (e.g. by ``opentelemetry-instrument``); ``on`` always (extra
+            ``otel``); ``off`` never.
+    """
+
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    metrics_host: str = "0.0.0.0"
+    reconnect_budget_s: PositiveFloat = 60.0
+    log_format: Literal["text", "json"] = "text"
+    tracing: Literal["auto", "on", "off"] = "auto"
+
+
 class AgentsConfig(_Section):
     """A whole configuration file; build it with :func:`amqp_agents.config.load_config`."""
 
@@ -266,6 +288,7 @@ class AgentsConfig(_Section):
     agents: tuple[AgentConfig, ...] = ()
     external_agents: tuple[AgentId, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     _source: str = PrivateAttr(default="<config>")
     _lines: dict[Loc, int] = PrivateAttr(default_factory=dict)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 
-from . import wire
+from . import instrumentation, wire
 from .client import BrokerClient
 from .errors import (
     AgentsError,
@@ -155,6 +155,7 @@ async def handler_failed(
     if isinstance(error, PayloadError):
         await refuse(client, incoming, message, error, TaskState.REJECTED, agent_id=agent_id)
         return
+    instrumentation.failed(error)
     attempt = wire.attempt_of(incoming.headers) + 1
     permanent = isinstance(error, HandlerError)
     if not permanent and attempt < retry.max_attempts:

@@ -33,7 +33,7 @@ from aio_pika.exceptions import (
 from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 
-from . import wire
+from . import instrumentation, wire
 from ._properties import FastProperties
 from .errors import (
     BrokerConnectionError,
@@ -309,7 +309,10 @@ class Publisher:
             self._failure,
             bool(recipient) and self._nack_means_unavailable(recipient or ""),
         )
-        with map_exceptions(publish_errors(attempt)):
+        with (
+            instrumentation.publishing(exchange, routing_key, properties),
+            map_exceptions(publish_errors(attempt)),
+        ):
             if channel.is_closed:
                 raise ChannelInvalidStateError(f"{channel!r} closed")
             # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).

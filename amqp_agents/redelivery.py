@@ -17,7 +17,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from pamqp import encode
 from pamqp.commands import Basic
 
-from . import wire
+from . import instrumentation, wire
 from .publish import Publisher
 from .topology import Topology
 
@@ -92,6 +92,7 @@ async def dead_letter(
         reason,
         f" ({type(error).__name__}: {error})" if error else "",
     )
+    instrumentation.dead_lettered(agent_id, incoming)
     await incoming.ack()
 
 
@@ -122,6 +123,7 @@ async def retry_later(
         routing_key=retry_queue,
         headers={wire.H_ATTEMPT: attempt},
     )
+    instrumentation.retried(agent_id, incoming)
     await incoming.ack()
 
 

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiormq.exceptions import ChannelAccessRefused
 
-from . import wire
+from . import instrumentation, wire
 from .errors import (
     BrokerConnectionError,
     InvalidMessageError,
@@ -365,7 +365,8 @@ class RpcClient:
         future, answers = replies.expect(message, on_status)
         deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
         try:
-            await self._send(message, reply_to=replies.queue_name, deadline=deadline)
+            with instrumentation.requesting(message, future, timeout_s):
+                await self._send(message, reply_to=replies.queue_name, deadline=deadline)
         except BaseException:
             replies.forget(message.id)
             raise

@@ -27,13 +27,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import wire
+from . import instrumentation, wire
 from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import AgentConnection, connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
 from .layout import layout_of
 from .plan import Status
+from .probes import ConnectionHealth, ProbeServer, readiness
 from .queue import MessageQueue
 from .routed_queue import RoutingMessageQueue
 from .topology import inspect_layout
@@ -145,6 +146,8 @@ async def run(
             stopped and drained first.
     """
     runner = prepare(config, agent_ids, drain_timeout_s=drain_timeout_s)
+    observe(config)
+    probes: ProbeServer | None = None
     stop = stop or asyncio.Event()
     force = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -167,6 +170,11 @@ async def run(
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         await runner.start()
+        try:
+            probes = await serve_probes(config, runner)
+        except BaseException:
+            await runner.stop()
+            raise
         failure = await _stopped_or_failed(stop, runner.queue)
         stopping = asyncio.create_task(runner.stop())
         forced = asyncio.create_task(force.wait())
@@ -182,8 +190,54 @@ async def run(
         if failure is not None:
             raise failure
     finally:
+        if probes is not None:
+            await probes.close()
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def observe(config: AgentsConfig) -> None:
+    """Switch on what ``observability`` asks for: metrics with probes (when the extra
+    is installed), tracing (``auto``: when an OpenTelemetry SDK is configured), the
+    log context of JSON lines.
+
+    Raises:
+        ConfigError: ``tracing: on`` without the extra ``otel``.
+    """
+    options = config.observability
+    metrics = options.metrics_port is not None and instrumentation.metrics_installed()
+    if options.metrics_port is not None and not metrics:
+        log.warning("no /metrics: install the extra 'metrics' (prometheus-client)")
+    tracing = options.tracing == "on" or (
+        options.tracing == "auto" and instrumentation.tracer_configured()
+    )
+    instrumentation.instrument(
+        tracing=tracing, metrics=metrics, log_context=options.log_format == "json"
+    )
+
+
+async def serve_probes(config: AgentsConfig, runner: AgentRunner) -> ProbeServer | None:
+    """Start ``/metrics``, ``/healthz`` and ``/readyz`` if ``metrics_port`` is set.
+
+    Raises:
+        ConfigError: the port cannot be bound.
+    """
+    options = config.observability
+    if options.metrics_port is None:
+        return None
+    health = ConnectionHealth(runner.queue.connection, options.reconnect_budget_s)
+    server = ProbeServer(
+        options.metrics_host, options.metrics_port, health.problem, readiness(runner.agents)
+    )
+    try:
+        await server.start()
+    except OSError as exc:
+        where = config.where("observability", "metrics_port")
+        raise ConfigError(
+            f"{where}: cannot serve probes on port {options.metrics_port}: {exc}"
+        ) from None
+    log.info("probes on http://%s:%d (/metrics, /healthz, /readyz)", server.host, server.port)
+    return server
 
 
 async def _stopped_or_failed(

@@ -33,8 +33,15 @@ DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 IMPLEMENTATIONS: dict[str, str] = {
     "aio-pika": "bench.impl_aiopika:AioPikaImplementation",
     "amqp_agents": "bench.impl_amqp_agents:AmqpAgentsImplementation",
+    "amqp_agents-obs": "bench.impl_observed:ObservedAmqpAgentsImplementation",
+    "amqp_agents-metrics": "bench.impl_observed:MetricsOnlyImplementation",
+    "amqp_agents-tracing": "bench.impl_observed:TracingOnlyImplementation",
+    "amqp_agents-off": "bench.impl_observed:UnobservedImplementation",
+    "amqp_agents-sampled": "bench.impl_observed:SampledImplementation",
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
+DEFAULT_IMPLEMENTATIONS: tuple[str, ...] = ("aio-pika", "amqp_agents")
+"""What runs without ``--impl``; ``amqp_agents-obs`` (tracing and metrics on) on request."""
 
 WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout", "memory", "history")
 SINGLE_RUN: frozenset[str] = frozenset({"memory", "history"})
@@ -458,8 +465,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--impl",
         type=_csv(tuple(IMPLEMENTATIONS)),
-        default=list(IMPLEMENTATIONS),
-        help="comma-separated implementations, in run order",
+        default=list(DEFAULT_IMPLEMENTATIONS),
+        help="comma-separated implementations, in run order (amqp_agents-obs: amqp_agents"
+        " with tracing and metrics on)",
     )
     parser.add_argument("--url", default=os.environ.get("BENCH_AMQP_URL", DEFAULT_URL))
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aio_pika.abc import AbstractRobustConnection
 
-from amqp_agents import runner
+from amqp_agents import logs, runner
 from amqp_agents.config import AgentsConfig, build_router
 from amqp_agents.connection import connect, redact_url, resolve_url
 from amqp_agents.diagram import mermaid
@@ -64,12 +64,27 @@ def with_import_hint(exc: ConfigError) -> ConfigError:
 async def cmd_run(args: argparse.Namespace) -> int:
     """Run the configured agents until SIGTERM/SIGINT, then drain and exit 0."""
     logging.getLogger(runner.__name__).setLevel(logging.INFO)
-    config = _config(args)
+    config = with_observability_options(_config(args), args)
+    logs.use_format(config.observability.log_format)
     try:
         await runner.run(config, args.agent or (), drain_timeout_s=args.drain_timeout)
     except ConfigError as exc:
         raise with_import_hint(exc) from exc.__cause__
     return 0
+
+
+def with_observability_options(config: AgentsConfig, args: argparse.Namespace) -> AgentsConfig:
+    """``config`` with the command line's ``--metrics-port``, ``--metrics-host`` and
+    ``--log-format`` over the file's ``observability`` section."""
+    given = {
+        key: value
+        for key in ("metrics_port", "metrics_host", "log_format")
+        if (value := getattr(args, key, None)) is not None
+    }
+    if not given:
+        return config
+    observability = config.observability.model_copy(update=given)
+    return config.model_copy(update={"observability": observability})
 
 
 async def _plan(config: AgentsConfig, connection: AbstractRobustConnection) -> Plan:
@@ -263,6 +278,17 @@ def _add_path_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0..65535 (argparse type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}")
+    return port
+
+
 def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
     """Add ``run`` and ``topology``."""
     run = sub.add_parser(
@@ -288,6 +314,24 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         default=runner.DEFAULT_DRAIN_TIMEOUT_S,
         metavar="S",
         help="seconds in-flight handlers get to finish at stop (default: %(default)s)",
+    )
+    run.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve /metrics, /healthz and /readyz on PORT (0: any free port, logged);"
+        " overrides observability.metrics_port",
+    )
+    run.add_argument(
+        "--metrics-host",
+        metavar="HOST",
+        help="the address the probes listen on (default: all)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=logs.LOG_FORMATS,
+        help="text, or json: one object per line with message id, conversation id, agent"
+        " and trace id (default: observability.log_format, else text)",
     )
     run.set_defaults(func=cmd_run, parser=run)
 

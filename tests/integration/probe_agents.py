@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from amqp_agents import MessagePassingAgent
+from amqp_agents import HandlerError, MessagePassingAgent
 
 
 class UntilStopAgent(MessagePassingAgent):
@@ -53,3 +53,13 @@ class PoisonedAgent(MessagePassingAgent):
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
         print(f"dying on {task}", flush=True)
         os._exit(3)
+
+
+class MoodyAgent(MessagePassingAgent):
+    """Does a task, except one whose description is ``fail``: that fails for good (no
+    retries), so a test can count handled, failed and dead-lettered messages."""
+
+    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
+        if task == "fail":
+            raise HandlerError("asked to fail")
+        return f"did {task}"
