@@ -76,7 +76,8 @@ async def publish_cancel(
         max_body_bytes=publisher.max_body_bytes,
     )
     exchange = wire.cancel_exchange_name(publisher.namespace)
-    await publisher.publish(exchange, "", out.body, properties(out, publisher.user_id), record.id)
+    props = properties(out, publisher.user_id)
+    await publisher.publish(exchange, "", out.body, props, record.id, traced=False)
 
 
 def canceller(client: BrokerClient) -> Callable[[Message, datetime], Awaitable[None]]:

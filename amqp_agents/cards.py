@@ -112,7 +112,8 @@ async def publish_card(publisher: Publisher, card: AgentCard) -> None:
     publisher.senders.check_sendable(record)
     out = wire.encode(record, max_body_bytes=publisher.max_body_bytes)
     exchange = wire.card_exchange_name(publisher.namespace)
-    await publisher.publish(exchange, "", out.body, properties(out, publisher.user_id), record.id)
+    props = properties(out, publisher.user_id)
+    await publisher.publish(exchange, "", out.body, props, record.id, traced=False)
 
 
 async def announce(

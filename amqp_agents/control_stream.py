@@ -78,7 +78,9 @@ class StreamReader:
             delivery_mode=DeliveryMode.PERSISTENT,
         )
         async with asyncio.timeout(timeout_s):
-            await self._publisher.publish(self._exchange, "", b"null", marker, self._marker)
+            await self._publisher.publish(
+                self._exchange, "", b"null", marker, self._marker, traced=False
+            )
             await self._caught_up.wait()
 
     async def close(self) -> None:

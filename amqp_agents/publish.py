@@ -291,8 +291,13 @@ class Publisher:
         message_id: str,
         recipient: str | None = None,
         via: AbstractChannel | None = None,
+        *,
+        traced: bool = True,
     ) -> None:
         """Publish with ``mandatory`` and wait for the broker's confirm; map failures.
+
+        ``traced=False``: a control record (a card, a cancel record, a stream marker),
+        not a message of any piece of work: no span, not counted as sent.
 
         What ``aio_pika.Exchange.publish`` does, on the aiormq channel under the
         publishing channel (or ``via``; a robust channel swaps it after a reconnect, so
@@ -310,7 +315,9 @@ class Publisher:
             bool(recipient) and self._nack_means_unavailable(recipient or ""),
         )
         with (
-            instrumentation.publishing(exchange, routing_key, properties),
+            instrumentation.publishing(exchange, routing_key, properties)
+            if traced
+            else contextlib.nullcontext(),
             map_exceptions(publish_errors(attempt)),
         ):
             if channel.is_closed:
