@@ -36,7 +36,8 @@ from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
 from .errors import BrokerConnectionError
-from .history import HistoryBounds, HistoryQuery, read_bounded
+from .history import HistoryBounds, HistoryQuery
+from .history_reader import HistoryReader
 from .layout import InboxOptions, NamespaceOptions, nack_means_unavailable
 from .message import Message, validate_agent_id
 from .publish import Publisher
@@ -80,9 +81,10 @@ class BrokerClient(Settling):
             (docs/wire-format.md; docs/deploy.md, "Running on a cluster").
         inbox_delivery_limit(s): quorum: deliveries without an ack (its process died)
             before a lane moves a message to ``{ns}.dead``; per agent, as max_length(s).
-        history_replicas: nodes that keep the history stream (None: all of them).
-        history_max_age: retention of the history stream by age (e.g. ``"7D"``).
-        history_max_bytes: retention of the history stream by size.
+        history: ``"stream"`` (default) or ``"off"`` (no ``{ns}.history``; queries raise
+            HistoryOffError); history_db: the PostgreSQL index queries read (docs/history.md).
+        history_replicas, history_max_age (``"7D"``), history_max_bytes: the history
+            stream's nodes (None: all of them) and its retention by age and by size.
         connection_name: shown by the broker (``rabbitmqctl list_connections``).
         ssl_context: TLS settings for an ``amqps://`` URL (see ``connection.tls_context``).
         reply_owner: the agent id in this connection's reply queue name
@@ -130,6 +132,8 @@ class BrokerClient(Settling):
         inbox_delivery_limit: int = wire.DEFAULT_DELIVERY_LIMIT,
         inbox_delivery_limits: Mapping[str, int] | None = None,
         history_replicas: int | None = None,
+        history: str = wire.DEFAULT_HISTORY,
+        history_db: str | None = None,
     ) -> None:
         self.url = resolve_url(url)
         self.namespace = wire.validate_namespace(namespace)
@@ -155,8 +159,11 @@ class BrokerClient(Settling):
         self._publisher: Publisher | None = None
         self.declared_queues: set[str] = set()
         """Names of every queue this client declared (kept across reconnects)."""
-        lanes = wire.validate_queue_type(queue_type)
-        self.options = NamespaceOptions(lanes, history_max_age, history_max_bytes, history_replicas)
+        lanes, mode = wire.validate_queue_type(queue_type), wire.validate_history_mode(history)
+        self.options = NamespaceOptions(
+            lanes, history_max_age, history_max_bytes, history_replicas, mode
+        )
+        self._history = HistoryReader(self, history_db)
         self.inbox = InboxOptions(inbox_max_length, inbox_delivery_limit)
         self.inboxes = self.inbox.per_agent(inbox_max_lengths, inbox_delivery_limits)
         self._declarations = Declarations(
@@ -226,6 +233,7 @@ class BrokerClient(Settling):
     async def close(self) -> None:
         """Close the connection; unacknowledged deliveries go back to their queues."""
         connection, self._connection = self._connection, None
+        await self._history.close()
         self._declarations.reset()
         self._rpc.reset()
         self._publisher = None
@@ -282,10 +290,8 @@ class BrokerClient(Settling):
         return self._publisher
 
     async def channel(self, *, prefetch: int | None = None) -> AbstractChannel:
-        """A new channel on this connection (callers close it).
-
-        While the connection is being re-established this waits for it, up to
-        ``connect_timeout_s``.
+        """A new channel on this connection (callers close it); while the connection is
+        being re-established this waits for it, up to ``connect_timeout_s``.
 
         Raises:
             BrokerConnectionError: the connection is down (and stayed down).
@@ -448,12 +454,10 @@ class BrokerClient(Settling):
         self, conversation_id: str, **bounds: Unpack[HistoryBounds]
     ) -> list[Message]:
         """A conversation's retained messages, in send order (bounds: ``HistoryBounds``)."""
-        query = HistoryQuery(conversation_id=conversation_id)
-        return await read_bounded(self.connection, self.namespace, query, bounds)
+        return await self._history.read(HistoryQuery(conversation_id=conversation_id), bounds)
 
     async def get_agent_history(
         self, agent_id: str, **bounds: Unpack[HistoryBounds]
     ) -> list[Message]:
         """The retained messages sent by or to ``agent_id``, in send order."""
-        query = HistoryQuery(agent_id=agent_id)
-        return await read_bounded(self.connection, self.namespace, query, bounds)
+        return await self._history.read(HistoryQuery(agent_id=agent_id), bounds)

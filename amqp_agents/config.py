@@ -248,6 +248,8 @@ def _cross_check(config: AgentsConfig) -> Iterator[tuple[Loc, str]]:
         if agent.id in agent_ids:
             yield ("agents", i, "id"), f"agent {agent.id!r} is defined twice"
         agent_ids.setdefault(agent.id, i)
+    if config.history.db is not None and config.broker.history == "off":
+        yield ("history", "db"), "an index needs the stream, but broker.history is off"
     known = set(agent_ids) | set(config.external_agents)
     patterns: dict[str, int] = {}
     for i, route in enumerate(config.routes):

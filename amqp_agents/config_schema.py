@@ -6,6 +6,7 @@ The sections of a configuration file (see config/agents.example.yaml)::
     agents:           the agents to run: id, class, concurrency, retries, inbox limits
     external_agents:  ids that receive routed messages but are not run from this file
     routes:           where recipient-less messages go (see amqp_agents.routing)
+    history:          the PostgreSQL index history queries read (docs/history.md)
 
 Kept apart from :mod:`amqp_agents.config` (reading the YAML file) so that the broker
 layout (:mod:`amqp_agents.layout`), and through it the run-time path, can read a
@@ -42,8 +43,10 @@ from .retry import RetryPolicy
 from .routing import CompiledRule, compile_rule
 from .wire import (
     DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_HISTORY,
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_QUEUE_TYPE,
+    HistoryMode,
     QueueType,
     validate_namespace,
 )
@@ -152,6 +155,9 @@ class BrokerConfig(_Section):
         history_replicas: nodes that keep the history stream (None: every node).
         queue_type: ``quorum`` (replicated, for a cluster; the default) or ``classic``
             (one node); every process of the namespace must use the same.
+        history: ``stream`` (keep every message in ``{ns}.history``; the default) or
+            ``off`` (no stream: sends cost the broker less, history queries fail);
+            every process of the namespace must use the same.
     """
 
     url: SecretStr | None = None
@@ -167,6 +173,7 @@ class BrokerConfig(_Section):
     trust_sender_word: bool = False
     history_replicas: PositiveInt | None = None
     queue_type: QueueType = DEFAULT_QUEUE_TYPE
+    history: HistoryMode = DEFAULT_HISTORY
 
     @field_validator("url")
     @classmethod
@@ -179,6 +186,12 @@ class BrokerConfig(_Section):
             # The value is not shown: it may hold a password.
             raise ValueError("must be an amqp:// or amqps:// URL with a host")
         return value
+
+    @field_validator("history", mode="before")
+    @classmethod
+    def _history_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` as false: `history: off` means what it says.
+        return "off" if value is False else value
 
     @field_validator("namespace")
     @classmethod
@@ -198,6 +211,31 @@ class BrokerConfig(_Section):
     def secret_url(self) -> str | None:
         """The URL in clear, for connecting only: never log or print it."""
         return None if self.url is None else self.url.get_secret_value()
+
+
+class HistoryConfig(_Section):
+    """Where history queries are answered from (docs/history.md).
+
+    Attributes:
+        db: PostgreSQL URL of the history index (``postgresql://user@host/db``); a
+            secret, as it may hold a password. Set: ``run`` also runs the indexer, and
+            history queries read the index. None: they scan the stream.
+    """
+
+    db: SecretStr | None = None
+
+    @field_validator("db")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL")  # the value may hold a password
+        return value
+
+    def secret_db(self) -> str | None:
+        """The database URL in clear, for connecting only: never log or print it."""
+        return None if self.db is None else self.db.get_secret_value()
 
 
 class InboxConfig(_Section):
@@ -288,6 +326,7 @@ class AgentsConfig(_Section):
     agents: tuple[AgentConfig, ...] = ()
     external_agents: tuple[AgentId, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    history: HistoryConfig = HistoryConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
 
     _source: str = PrivateAttr(default="<config>")

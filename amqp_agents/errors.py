@@ -31,6 +31,8 @@ do", or one branch for the failure it knows how to handle::
     └── HistoryError                a history query that cannot be answered (index unreachable)
         ├── HistoryQueryError       bad arguments: since after until, limit < 1 (also ValueError)
         ├── HistoryTimeoutError     a stream scan did not reach its end in time (also TimeoutError)
+        ├── HistoryOffError         the namespace keeps no history (history off); says how
+        │                           to turn it on
         └── HistoryLagError         the index did not catch up with the stream in time (also
                                     TimeoutError); says how far behind it is
 
@@ -193,6 +195,14 @@ class HistoryQueryError(HistoryError, ValueError):
 
 class HistoryTimeoutError(HistoryError, TimeoutError):
     """A stream scan did not reach the end of the stream within its timeout."""
+
+
+class HistoryOffError(HistoryError):
+    """The namespace's history is off (no ``{ns}.history`` stream): nothing to query.
+
+    Its message says how to turn history on; messages sent while it was off are not
+    kept anywhere.
+    """
 
 
 class HistoryLagError(HistoryError, TimeoutError):

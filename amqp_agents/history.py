@@ -156,6 +156,7 @@ class ScanProgress:
 
 
 ProgressCallback = Callable[[ScanProgress], None]
+MatchCallback = Callable[[Message], None]
 
 
 class QueryBounds(TypedDict, total=False):
@@ -191,6 +192,10 @@ class _Scan:
     acked_tag: int = 0
     started: float = field(default_factory=time.perf_counter)
     stop_after_us: int | None = None
+    on_match: MatchCallback | None = None
+    """Called with each match instead of keeping it (a follow)."""
+    read_matches: int = 0
+    ack_every: int = ACK_EVERY
 
     def __post_init__(self) -> None:
         if self.query.newest_first and self.query.limit is not None:
@@ -214,7 +219,7 @@ class _Scan:
         self._examine(delivered)
         if self.progress is not None and self.read % PROGRESS_EVERY == 0:
             self.progress(self.snapshot())
-        if tag - self.acked_tag >= ACK_EVERY and not self.done.done():
+        if tag - self.acked_tag >= self.ack_every and not self.done.done():
             self.acked_tag = tag
             await self.channel.basic_ack(tag, multiple=True, wait=False)
 
@@ -248,6 +253,12 @@ class _Scan:
             log.debug("history: skipping undecodable entry: %s", exc)
             return
         if not self.query.matches(message):
+            return
+        if self.on_match is not None:
+            self.on_match(message)
+            self.read_matches += 1
+            if self.query.limit is not None and self.read_matches >= self.query.limit:
+                self.done.set_result(None)
             return
         self.found.append(message)
         limit = self.query.limit
@@ -316,6 +327,56 @@ async def scan_history(
     return found
 
 
+async def follow_history(
+    channel: AbstractChannel,
+    namespace: str,
+    query: HistoryQuery,
+    on_match: MatchCallback,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    clock_skew: timedelta = CLOCK_SKEW,
+) -> None:
+    """Call ``on_match`` with each matching message as it reaches the stream, until
+    cancelled, or until ``query``'s ``limit`` or ``until`` is reached (``tail -f``).
+
+    The read starts at ``query.since`` (like :func:`scan_history`), else at the next
+    entry appended. Each delivery is acknowledged at once: live traffic is slow, and a
+    batched ack would stall the read at the prefetch while waiting for the batch to fill.
+    ``on_ready`` is called once the broker has registered the read: a message sent
+    after that is seen.
+    """
+    if query.newest_first:
+        raise HistoryQueryError("a follow reads oldest first: newest_first does not apply")
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_qos(prefetch_count=SCAN_PREFETCH)
+    done = asyncio.get_running_loop().create_future()
+    scan = _Scan(query, "", underlay, None, done, on_match=on_match, ack_every=1)
+    if query.until is not None:
+        scan.stop_after_us = _to_us(query.until + clock_skew)
+    start: datetime | str = "next" if query.since is None else query.since - clock_skew
+    consume = await underlay.basic_consume(
+        wire.history_name(namespace), scan.on_delivery, arguments={H_STREAM_OFFSET: start}
+    )
+    if on_ready is not None:
+        on_ready()
+    try:
+        await asyncio.shield(done)
+    finally:
+        if consume.consumer_tag is not None and not underlay.is_closed:
+            await underlay.basic_cancel(consume.consumer_tag)
+
+
+def bounded(query: HistoryQuery, bounds: QueryBounds) -> HistoryQuery:
+    """``query`` narrowed by the keyword ``bounds`` of a client's history query."""
+    return dataclasses.replace(
+        query,
+        since=bounds.get("since"),
+        until=bounds.get("until"),
+        limit=bounds.get("limit"),
+        newest_first=bounds.get("newest_first", False),
+    )
+
+
 async def read_bounded(
     connection: AbstractRobustConnection,
     namespace: str,
@@ -324,13 +385,7 @@ async def read_bounded(
 ) -> list[Message]:
     """:func:`scan_history` of ``query`` narrowed by the client's keyword ``bounds``, on
     a channel of its own (a scan sets the channel's prefetch and consumes the stream)."""
-    query = dataclasses.replace(
-        query,
-        since=bounds.get("since"),
-        until=bounds.get("until"),
-        limit=bounds.get("limit"),
-        newest_first=bounds.get("newest_first", False),
-    )
+    query = bounded(query, bounds)
     channel = await connection.channel(publisher_confirms=True)
     try:
         return await scan_history(

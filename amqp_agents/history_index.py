@@ -276,8 +276,10 @@ class HistoryIndex:
         """The messages sent by or to ``agent_id`` by timestamp."""
         return await self.query(HistoryQuery(agent_id=agent_id, **bounds))
 
-    async def query(self, query: HistoryQuery) -> list[Message]:
+    async def query(self, query: HistoryQuery, *, wait_s: float | None = None) -> list[Message]:
         """The indexed messages matching ``query``, after waiting for the indexer.
+
+        ``wait_s``: how long to wait for it (None: the index's ``wait_s``).
 
         Raises:
             HistoryLagError: the indexer did not pass this query's marker in time.
@@ -286,7 +288,7 @@ class HistoryIndex:
         try:
             if self.channel is not None:
                 marker = await append_marker(self.channel, self.namespace)
-                await self._wait_for(marker)
+                await self._wait_for(marker, self.wait_s if wait_s is None else wait_s)
             sql, args = _select(self.namespace, query)
             records = await self.pool.fetch(sql, *args)
         except HistoryLagError:
@@ -295,10 +297,10 @@ class HistoryIndex:
             raise HistoryError(f"history index of {self.namespace!r}: {exc}") from exc
         return [_message(record) for record in records]
 
-    async def _wait_for(self, marker: str) -> None:
+    async def _wait_for(self, marker: str, wait_s: float) -> None:
         """Return once the indexer has committed past ``marker`` (it deletes the marker)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait_s
+        deadline = loop.time() + wait_s
         while True:
             committed = self._committed  # the next commit with markers sets it
             seen = await self.pool.fetchval(
@@ -311,11 +313,11 @@ class HistoryIndex:
                 return
             left = deadline - loop.time()
             if left <= 0:
-                raise await self._lag_error()
+                raise await self._lag_error(wait_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(committed.wait(), min(RECHECK_S, left))
 
-    async def _lag_error(self) -> HistoryLagError:
+    async def _lag_error(self, wait_s: float) -> HistoryLagError:
         row = await self.pool.fetchrow(
             "SELECT next_offset, extract(epoch FROM now() - committed_at) AS lag"
             " FROM amqp_agents_history_offset WHERE namespace = $1",
@@ -324,7 +326,7 @@ class HistoryIndex:
         if row is None:
             return HistoryLagError(
                 f"history index of {self.namespace!r}: no indexer has committed yet"
-                f" (waited {self.wait_s}s); run `amqp-agents history index --db ...`",
+                f" (waited {wait_s}s); run `amqp-agents history index --db ...`",
                 None,
                 None,
             )
@@ -332,7 +334,7 @@ class HistoryIndex:
         return HistoryLagError(
             f"history index of {self.namespace!r} is behind the stream: its indexer last"
             f" committed {lag:.1f}s ago (next stream offset {offset}) and had not reached"
-            f" this query's start after {self.wait_s}s",
+            f" this query's start after {wait_s}s",
             lag,
             offset,
         )

@@ -5,8 +5,13 @@ from the functions here, one per piece, each returning a :class:`Layout` of spec
 names and arguments of docs/wire-format.md, from :mod:`amqp_agents.wire`)::
 
     base_layout(ns, options)             the traffic, dead-letter and replies exchanges,
+<<<<<<< HEAD
                                          {ns}.dead, the {ns}.history stream, and the
                                          cancels and cards streams with their exchanges
+=======
+                                         {ns}.dead, the {ns}.history stream (unless
+                                         history is off)
+>>>>>>> main
     inbox_layout(ns, agent_id, options)  an inbox (classic) or its lanes (quorum), bound
                                          for its agent and for history
     retry_layout(ns, agent_id, delays, options)  an agent's retry exchange and queues
@@ -19,7 +24,8 @@ The queue type (:attr:`NamespaceOptions.queue_type`) decides the shape: a classi
 inbox is one priority queue bound with ``*.*.*.X``; a quorum inbox is one queue per
 lane (:data:`amqp_agents.wire.LANES`), each bound with its own priority words, and
 history is bound with the same per-lane keys, so a key no inbox takes reaches no
-queue at all.
+queue at all. With history ``off`` (:attr:`NamespaceOptions.history`) there is no
+stream and no binding of it: every function below leaves them out.
 
 Who reads them: :class:`amqp_agents.topology.Topology` declares them piece by piece
 at run time, ``topology plan/apply`` compares and declares :func:`layout_of`,
@@ -56,15 +62,23 @@ class NamespaceOptions:
         history_max_age: retention of the history stream by age ("7D", "12h").
         history_max_bytes: retention of the history stream by size.
         history_replicas: nodes that keep the history stream (None: all of them).
+        history: ``stream`` (every message is kept in ``{ns}.history``) or ``off`` (no
+            stream, no history bindings; history queries raise HistoryOffError).
 
-    A future setting of the same kind (history on or off) is a field here, read by
-    the layout functions below, and nowhere else.
+    A setting of this kind is a field here, read by the layout functions below, and
+    nowhere else.
     """
 
     queue_type: wire.QueueType = wire.DEFAULT_QUEUE_TYPE
     history_max_age: str = "7D"
     history_max_bytes: int = 1_000_000_000
     history_replicas: int | None = None
+    history: wire.HistoryMode = wire.DEFAULT_HISTORY
+
+    @property
+    def keeps_history(self) -> bool:
+        """Whether the namespace has the ``{ns}.history`` stream and its bindings."""
+        return self.history == "stream"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,8 +196,9 @@ def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
     """What every namespace has before any agent: traffic, dead letters, replies,
     history, and the two control streams (cancel records, agent cards).
 
-    The history stream is bound to the replies exchange, so it keeps every reply. Each
-    control stream is fed by a fanout exchange of its own name (its only binding).
+    The history stream is bound to the replies exchange, so it keeps every reply. With
+    history off, neither the stream nor that binding. Each control stream is fed by a
+    fanout exchange of its own name (its only binding); they are there either way.
     """
     traffic = wire.exchange_name(ns)
     dlx = wire.dead_letter_exchange_name(ns)
@@ -200,7 +215,7 @@ def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
         max_bytes=options.history_max_bytes,
         replicas=options.history_replicas,
     )
-    return Layout(
+    base = Layout(
         ns,
         exchanges=(
             ExchangeSpec(traffic, "topic", "agent traffic"),
@@ -209,15 +224,24 @@ def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
             ExchangeSpec(wire.cancel_exchange_name(ns), "fanout", "cancel records"),
             ExchangeSpec(wire.card_exchange_name(ns), "fanout", "agent cards"),
         ),
+        queues=(QueueSpec(dead, wire.dead_queue_arguments(options.queue_type), "dead letters"),),
+        bindings=(BindingSpec(dlx, dead, "", "dead letters"),),
+    )
+    if options.keeps_history:
+        base += Layout(
+            ns,
+            queues=(QueueSpec(history, history_arguments, "history"),),
+            bindings=(
+                BindingSpec(replies, history, wire.history_reply_binding_key(ns), "every answer"),
+            ),
+        )
+    return base + Layout(
+        ns,
         queues=(
-            QueueSpec(dead, wire.dead_queue_arguments(options.queue_type), "dead letters"),
-            QueueSpec(history, history_arguments, "history"),
             QueueSpec(cancels, cancel_arguments, "cancel records"),
             QueueSpec(cards, card_arguments, "agent cards"),
         ),
         bindings=(
-            BindingSpec(dlx, dead, "", "dead letters"),
-            BindingSpec(replies, history, wire.history_reply_binding_key(ns), "every answer"),
             BindingSpec(wire.cancel_exchange_name(ns), cancels, "", "cancel records"),
             BindingSpec(wire.card_exchange_name(ns), cards, "", "agent cards"),
         ),
@@ -243,19 +267,20 @@ def _inbox_bindings(
 
     A quorum lane is bound with its own priority words only (``*.4.*.X``, ``*.3.*.X``),
     and history with the lanes' keys, never with more: a key that reaches no inbox
-    must reach no queue, or the broker would confirm a message no inbox has.
+    must reach no queue, or the broker would confirm a message no inbox has. With
+    history off, the inbox's bindings only.
     """
     traffic = wire.exchange_name(ns)
     if options.queue_type == "classic":
-        return (
-            BindingSpec(traffic, wire.inbox_name(ns, agent_id), key, role),
-            history_binding(ns, key),
-        )
-    lanes = [
-        BindingSpec(traffic, wire.lane_name(ns, agent_id, lane), lane_key, role)
-        for lane in wire.LANES
-        for lane_key in wire.lane_binding_keys(key, lane)
-    ]
+        lanes = [BindingSpec(traffic, wire.inbox_name(ns, agent_id), key, role)]
+    else:
+        lanes = [
+            BindingSpec(traffic, wire.lane_name(ns, agent_id, lane), lane_key, role)
+            for lane in wire.LANES
+            for lane_key in wire.lane_binding_keys(key, lane)
+        ]
+    if not options.keeps_history:
+        return tuple(lanes)
     return (*lanes, *(history_binding(ns, b.key) for b in lanes))
 
 
@@ -409,6 +434,7 @@ def namespace_options(config: AgentsConfig) -> NamespaceOptions:
         history_max_age=broker.history_max_age,
         history_max_bytes=broker.history_max_bytes,
         history_replicas=broker.history_replicas,
+        history=broker.history,
     )
 
 

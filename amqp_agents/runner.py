@@ -32,6 +32,7 @@ from .agent import MessagePassingAgent
 from .config import AgentConfig, AgentsConfig, build_router, import_object
 from .connection import AgentConnection, connect, redact_url, resolve_url, tls_context
 from .errors import BrokerConnectionError, ConfigError, TopologyError
+from .history_reader import require_postgres
 from .layout import layout_of
 from .plan import Status
 from .probes import ConnectionHealth, ProbeServer, readiness
@@ -55,6 +56,8 @@ class AgentRunner:
     config: AgentsConfig
     queue: MessageQueue
     agents: list[MessagePassingAgent]
+    indexer: asyncio.Task[None] | None = None
+    """The history indexer, run here when the file names a database (``history.db``)."""
 
     async def start(self) -> None:
         """Connect and start consuming every agent's inbox; one log line per agent.
@@ -68,6 +71,7 @@ class AgentRunner:
             await check_topology(self.config, self.queue)
         await self.queue.connect()
         try:
+            self.indexer = start_indexer(self.config, self.queue)
             for agent in self.agents:
                 await agent.start_consuming()
                 log.info(
@@ -92,8 +96,27 @@ class AgentRunner:
         try:
             await asyncio.gather(*(agent.stop() for agent in self.agents))
         finally:
+            indexer, self.indexer = self.indexer, None
+            if indexer is not None:
+                indexer.cancel()
+                await asyncio.gather(indexer, return_exceptions=True)
             await self.queue.close()
         log.info("all agents stopped")
+
+
+def start_indexer(config: AgentsConfig, queue: MessageQueue) -> asyncio.Task[None] | None:
+    """Run the history indexer of the namespace as a task, when the file names a database.
+
+    Every ``run`` of the file starts one; an advisory lock lets one of them write and
+    keeps the others waiting as standbys (history_indexer.py).
+    """
+    dsn = config.history.secret_db()
+    if dsn is None:
+        return None
+    from .history_indexer import HistoryIndexer  # the postgres extra: checked by prepare()
+
+    log.info("history indexer of %r running in this process", queue.namespace)
+    return asyncio.create_task(HistoryIndexer(queue.url, queue.namespace, dsn).run())
 
 
 def prepare(
@@ -115,6 +138,8 @@ def prepare(
             names the file, line and field.
     """
     selected = select_agents(config, agent_ids)
+    if config.history.db is not None:
+        require_postgres(config.where("history", "db"))  # run starts the indexer
     classes = [(i, agent, agent_class(config, i)) for i, agent in selected]
     queue = queue_from_config(
         config,
@@ -371,6 +396,8 @@ def queue_from_config(
         "inbox_delivery_limits": {agent.id: agent.inbox.delivery_limit for agent in config.agents},
         "queue_type": broker.queue_type,
         "history_replicas": broker.history_replicas,
+        "history": broker.history,
+        "history_db": config.history.secret_db(),
         "connection_name": connection_name,
         "ssl_context": ssl_context_of(config),
         "reply_owner": reply_owner,

@@ -165,9 +165,12 @@ class Topology:
         """Make the history stream keep messages published with ``routing_key``.
 
         Kept for callers that bind routes in two steps; :meth:`bind_route` does both.
+        Nothing to do when the namespace's history is off.
         """
         await self._ensure_base()
-        await self._declare(Layout(self.ns, bindings=(history_binding(self.ns, routing_key),)))
+        if self.options.keeps_history:
+            binding = history_binding(self.ns, routing_key)
+            await self._declare(Layout(self.ns, bindings=(binding,)))
 
     async def bind_inbox(self, agent_id: str, routing_key: str) -> None:
         """Declare ``agent_id``'s inbox and bind it with ``routing_key`` (a route's).

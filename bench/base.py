@@ -42,6 +42,8 @@ class Implementation(abc.ABC):
         self.prefix = ""
         self.queue_type = "quorum"
         """The type of every durable queue this run declares (``--queue-type``)."""
+        self.history_mode = "stream"
+        """amqp_agents' history mode (``--history``): ``off`` declares no stream."""
         self.queues: set[str] = set()
         self.exchanges: set[str] = set()
         self._seq = 0

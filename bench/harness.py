@@ -289,10 +289,12 @@ async def measure(
     broker: Broker,
     db: str = DEFAULT_DB,
     queue_type: str = spec.QUEUE_TYPES[0],
+    history: str = "stream",
 ) -> Figures:
     """One measured run: fresh instance and connection, warm-up, measurement, clean-up."""
     impl = cls()
     impl.queue_type = queue_type
+    impl.history_mode = history
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await impl.open(url, prefix)
@@ -355,6 +357,7 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                             broker,
                             args.db,
                             args.queue_type,
+                            args.history,
                         )
                     except NotImplementedError as exc:
                         cell.status = "n/a"
@@ -413,6 +416,7 @@ def report(
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "mode": "quick" if args.quick else "full",
         "queue_type": args.queue_type,
+        "history": args.history,
         "runs": args.runs,
         "wall_s": wall,
         "machine": {
@@ -487,6 +491,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         choices=spec.QUEUE_TYPES,
         default=spec.QUEUE_TYPES[0],
         help="type of both sides' durable queues (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--history",
+        choices=("stream", "off"),
+        default="stream",
+        help="amqp_agents' history mode for pipe, rpc and fanout (default: %(default)s)",
     )
     args = parser.parse_args(argv)
     if args.runs < 1:

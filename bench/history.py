@@ -36,13 +36,12 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-from aio_pika import DeliveryMode
-from aio_pika import Message as AmqpMessage
 from aio_pika.abc import AbstractChannel
 
 from amqp_agents import Message, MessageQueue, MessageType, wire
 from amqp_agents.history import ScanProgress
 from amqp_agents.history_index import HistoryIndex
+from amqp_agents.publish import properties
 from amqp_agents.topology import delete_namespace
 from bench import spec
 from bench.base import percentile
@@ -60,6 +59,7 @@ def log(text: str) -> None:
 async def fill(channel: AbstractChannel, namespace: str, n: int) -> float:
     """Append n messages to the stream; return messages per second."""
     name = wire.history_name(namespace)
+    underlay = await channel.get_underlay_channel()
     payload = spec.make_payload()
     conversations = max(n // CONVERSATION_SIZE, 1)
     pending: list[Any] = []
@@ -74,17 +74,11 @@ async def fill(channel: AbstractChannel, namespace: str, n: int) -> float:
             conversation_id=f"c{i % conversations}",
         )
         out = wire.encode(message)
-        amqp = AmqpMessage(
-            out.body,
-            headers=out.headers,
-            content_type=wire.CONTENT_TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=out.priority,
-            message_id=out.message_id,
-            timestamp=out.timestamp,
-            type=out.type,
+        pending.append(
+            underlay.basic_publish(
+                out.body, exchange="", routing_key=name, properties=properties(out)
+            )
         )
-        pending.append(channel.default_exchange.publish(amqp, routing_key=name))
         if len(pending) >= FILL_WINDOW:
             await asyncio.gather(*pending)
             pending.clear()

@@ -137,6 +137,7 @@ class AmqpAgentsImplementation(Implementation):
             "connect_timeout_s": OP_TIMEOUT,
             "connection_name": f"bench {ns}",
             "queue_type": self.queue_type,
+            "history": self.history_mode,
         }
         mq = (
             MessageQueue(self._url, **options)

@@ -8,15 +8,22 @@ stderr, so a large stream is never a silent wait.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+from amqp_agents import wire
 from amqp_agents.connection import resolve_url
-from amqp_agents.errors import ConfigError
-from amqp_agents.history import ScanProgress
+from amqp_agents.errors import ConfigError, HistoryOffError, TopologyError
+from amqp_agents.history import DEFAULT_SCAN_TIMEOUT, HistoryQuery, ScanProgress, follow_history
+from amqp_agents.history_reader import history_off
+from amqp_agents.message import Message
+from amqp_agents.queue import MessageQueue
 
 from . import options
-from .messages import format_timeline
+from .messages import TIMELINE_HEADER, format_timeline
 
 PROGRESS_EVERY = 10_000
 """Entries read between two progress lines of a long scan."""
@@ -55,15 +62,18 @@ async def cmd_history(args: argparse.Namespace) -> int:
         return await _run_indexer(args)
     if not (args.conversation or args.agent):
         options.usage_error(args, "give --conversation ID or --agent ID (or: history index)")
+    if args.follow:
+        return await _follow(args)
     bounds = {"since": args.since, "until": args.until, "limit": args.limit}
-    async with options.existing_namespace(options.message_queue(args, passive=True)) as queue:
+    timeout = DEFAULT_SCAN_TIMEOUT if args.timeout is None else args.timeout
+    async with _namespace_with_history(args) as queue:
         if args.conversation:
             messages = await queue.get_conversation(
-                args.conversation, **bounds, timeout=args.timeout, progress=_progress
+                args.conversation, **bounds, timeout=timeout, progress=_progress
             )
         else:
             messages = await queue.get_agent_history(
-                args.agent, **bounds, timeout=args.timeout, progress=_progress
+                args.agent, **bounds, timeout=timeout, progress=_progress
             )
         namespace = queue.namespace
     if not messages:
@@ -73,27 +83,94 @@ async def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _follow(args: argparse.Namespace) -> int:
+    """Print each matching message as it reaches the stream (from --since, else only new
+    ones) until Ctrl-C, --timeout, --limit messages or a message past --until."""
+    query = HistoryQuery(
+        conversation_id=args.conversation,
+        agent_id=args.agent,
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
+    async with _namespace_with_history(args) as queue:
+        if not queue.options.keeps_history:
+            raise history_off(queue.namespace)
+        channel = await queue.channel()
+
+        def show(message: Message) -> None:
+            print(format_timeline([message]).splitlines()[-1], flush=True)
+
+        try:
+            async with asyncio.timeout(args.timeout):
+                await follow_history(
+                    channel,
+                    queue.namespace,
+                    query,
+                    show,
+                    on_ready=lambda: print(TIMELINE_HEADER, flush=True),
+                )
+        except TimeoutError:
+            pass  # --timeout: the follow ends there, as asked
+        finally:
+            await channel.close()
+    return 0
+
+
 async def _run_indexer(args: argparse.Namespace) -> int:
     """Copy the namespace's history stream into PostgreSQL until SIGINT/SIGTERM."""
-    if not args.db:
-        raise ConfigError("history index: --db postgresql://... is required")
+    config = options.load(args)
+    db = args.db or (config.history.secret_db() if config else None)
+    if not db:
+        raise ConfigError(
+            "history index: --db postgresql://... (or history.db in the --config file) is required"
+        )
     try:
         from amqp_agents.history_indexer import Commit, run_indexer
     except ImportError as exc:
         raise ConfigError(
             f"history index needs the postgres extra (pip install 'amqp-agents[postgres]'): {exc}"
         ) from None
-    config = options.load(args)
     namespace = options.namespace_of(args, config)
     url = args.url or (config.broker.secret_url() if config else None)
-    await _check_database(args.db)
+    async with _namespace_with_history(args) as queue:
+        if not queue.options.keeps_history:
+            raise HistoryOffError(
+                f"history index: the history of namespace {namespace!r} is off (--history"
+                " or broker.history): there is no stream to index"
+            )  # else a missing namespace or stream is one line here, not an endless retry
+    await _check_database(db)
     print(f"indexing {namespace}.history into the database; Ctrl-C stops", flush=True)
 
     def report(commit: Commit) -> None:
         print(f"indexed to offset {commit.next_offset} (+{commit.rows} messages)", flush=True)
 
-    await run_indexer(resolve_url(url), namespace, args.db, on_commit=report)
+    await run_indexer(resolve_url(url), namespace, db, on_commit=report)
     return 0
+
+
+@asynccontextmanager
+async def _namespace_with_history(args: argparse.Namespace) -> AsyncIterator[MessageQueue]:
+    """The command's queue (passive) connected, once the namespace and its history
+    stream are known to exist; each missing one is one line.
+
+    Raises:
+        TopologyError: the namespace does not exist.
+        HistoryOffError: it exists without a history stream (its history is off).
+    """
+    queue = options.message_queue(args, passive=True)
+    missing = f"queue {wire.history_name(queue.namespace)!r} does not exist"
+    try:
+        async with options.existing_namespace(queue) as connected:
+            yield connected
+    except TopologyError as exc:
+        if missing not in str(exc):
+            raise
+        raise HistoryOffError(
+            f"namespace {queue.namespace!r} has no history stream: its history is off"
+            " (turn it on with broker.history: stream in every process, or --history"
+            " stream on the command that declares it)"
+        ) from None
 
 
 async def _check_database(dsn: str) -> None:
@@ -122,7 +199,11 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
     options.add_config_option(history, required=False)
     options.add_broker_options(history)
     history.add_argument("action", nargs="?", choices=["index"], help="index: run the indexer")
-    history.add_argument("--db", help="PostgreSQL URL of the history index (postgresql://...)")
+    history.add_argument(
+        "--db",
+        help="PostgreSQL URL of the history index (postgresql://...; default: the file's"
+        " history.db)",
+    )
     which = history.add_mutually_exclusive_group()
     which.add_argument("--conversation", metavar="ID", help="a conversation id")
     which.add_argument("--agent", type=options.agent_id, metavar="ID", help="an agent id")
@@ -132,10 +213,16 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         "--limit", type=positive_count, metavar="N", help="at most N messages (the oldest)"
     )
     history.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep printing matching messages as they are sent (from --since, else only"
+        " new ones) until Ctrl-C or --timeout",
+    )
+    history.add_argument(
         "--timeout",
         type=options.positive_seconds,
-        default=60.0,
         metavar="S",
-        help="seconds the scan may take (default: %(default)s)",
+        help=f"seconds the scan may take (default: {DEFAULT_SCAN_TIMEOUT:g}); with --follow,"
+        " how long to follow (default: until Ctrl-C)",
     )
     history.set_defaults(func=cmd_history, parser=history)

@@ -9,6 +9,8 @@ The rule, the same for every command::
                    else "agents"
     queue type     --queue-type, else the file's broker.queue_type, else $AMQP_QUEUE_TYPE,
                    else quorum (every process of a namespace must use the same)
+    history        --history, else the file's broker.history, else $AMQP_HISTORY, else
+                   stream (every process of a namespace must use the same)
 
 The example configuration reads ``${AMQP_URL}`` and ``${AMQP_NAMESPACE}`` itself, so
 ``send`` without a file lands in the namespace that ``run FILE`` serves.
@@ -32,13 +34,21 @@ from amqp_agents.connection import redact_url
 from amqp_agents.errors import InvalidMessageError, TopologyError
 from amqp_agents.message import MessagePriority, validate_agent_id
 from amqp_agents.queue import MessageQueue
-from amqp_agents.wire import DEFAULT_QUEUE_TYPE, QUEUE_TYPES, validate_namespace
+from amqp_agents.wire import (
+    DEFAULT_HISTORY,
+    DEFAULT_QUEUE_TYPE,
+    HISTORY_MODES,
+    QUEUE_TYPES,
+    validate_namespace,
+)
 
 DEFAULT_NAMESPACE = "agents"
 NAMESPACE_VARIABLE = "AMQP_NAMESPACE"
 """The variable the example configuration and every command read the namespace from."""
 QUEUE_TYPE_VARIABLE = "AMQP_QUEUE_TYPE"
 """The queue type of a command given no configuration file (none: quorum)."""
+HISTORY_VARIABLE = "AMQP_HISTORY"
+"""The history mode of a command given no configuration file (none: stream)."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -166,6 +176,7 @@ def add_broker_options(parser: argparse.ArgumentParser) -> None:
         f" else ${NAMESPACE_VARIABLE}, else {DEFAULT_NAMESPACE})",
     )
     add_queue_type_option(parser)
+    add_history_option(parser)
     parser.add_argument(
         "--senders",
         action="append",
@@ -185,6 +196,17 @@ def add_queue_type_option(parser: argparse.ArgumentParser) -> None:
         help="quorum (replicated; for a cluster) or classic (a single node); every process"
         f" of a namespace must use the same (default: the file's, else ${QUEUE_TYPE_VARIABLE},"
         f" else {DEFAULT_QUEUE_TYPE})",
+    )
+
+
+def add_history_option(parser: argparse.ArgumentParser) -> None:
+    """``--history``: it overrides the configuration file's ``broker.history``."""
+    parser.add_argument(
+        "--history",
+        choices=HISTORY_MODES,
+        help="stream (keep every message in {ns}.history) or off (no stream; history"
+        " queries fail); every process of a namespace must use the same (default: the"
+        f" file's, else ${HISTORY_VARIABLE}, else {DEFAULT_HISTORY})",
     )
 
 
@@ -216,8 +238,8 @@ def resolve_config_argument(parser: argparse.ArgumentParser, args: argparse.Name
 
 
 def load(args: argparse.Namespace) -> AgentsConfig | None:
-    """The configuration file of ``args`` with ``--url``, ``--namespace`` and
-    ``--queue-type`` applied, or None.
+    """The configuration file of ``args`` with ``--url``, ``--namespace``,
+    ``--queue-type`` and ``--history`` applied, or None.
 
     Raises:
         ConfigError: as :func:`~amqp_agents.config.load_config`.
@@ -232,6 +254,8 @@ def load(args: argparse.Namespace) -> AgentsConfig | None:
         changes["namespace"] = args.namespace
     if getattr(args, "queue_type", None):
         changes["queue_type"] = args.queue_type
+    if getattr(args, "history", None):
+        changes["history"] = args.history
     if not changes:
         return config
     return config.model_copy(update={"broker": config.broker.model_copy(update=changes)})
@@ -274,6 +298,9 @@ def message_queue(
             queue_type=getattr(args, "queue_type", None)
             or os.environ.get(QUEUE_TYPE_VARIABLE)
             or DEFAULT_QUEUE_TYPE,
+            history=getattr(args, "history", None)
+            or os.environ.get(HISTORY_VARIABLE)
+            or DEFAULT_HISTORY,
         )
     broker = config.broker.model_copy(
         update={"passive": passive, "namespace": ns, "senders": senders_of(args, config)}

@@ -360,6 +360,7 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
             _add_path_option(action)
         else:
             options.add_queue_type_option(action)
+            options.add_history_option(action)
         action.set_defaults(func=func, parser=action)
 
     delete = tsub.add_parser(

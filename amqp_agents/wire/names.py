@@ -47,6 +47,10 @@ QueueType = Literal["quorum", "classic"]
 """How a namespace keeps its durable queues: replicated (quorum) or single-node (classic)."""
 QUEUE_TYPES: tuple[QueueType, ...] = get_args(QueueType)
 DEFAULT_QUEUE_TYPE: QueueType = "quorum"
+HistoryMode = Literal["stream", "off"]
+"""Whether a namespace keeps its messages in the ``{ns}.history`` stream (docs/history.md)."""
+HISTORY_MODES: tuple[HistoryMode, ...] = get_args(HistoryMode)
+DEFAULT_HISTORY: HistoryMode = "stream"
 DEFAULT_DELIVERY_LIMIT = 5
 """Deliveries of one message from a quorum lane, none acknowledged, before the broker
 dead-letters it (a sixth delivery never happens)."""
@@ -82,6 +86,14 @@ def validate_queue_type(value: str) -> QueueType:
         if value == queue_type:
             return queue_type
     raise ConfigError(f"queue type {value!r} is not one of {', '.join(QUEUE_TYPES)}")
+
+
+def validate_history_mode(value: str) -> HistoryMode:
+    """``value`` if it is a history mode, else ConfigError naming the choices."""
+    for mode in HISTORY_MODES:
+        if value == mode:
+            return mode
+    raise ConfigError(f"history {value!r} is not one of {', '.join(HISTORY_MODES)}")
 
 
 def effective_priority(priority: int | None) -> int:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from aio_pika import DeliveryMode
-from aio_pika import Message as AmqpMessage
 from aio_pika.abc import AbstractChannel
 
 from amqp_agents import wire
 from amqp_agents.message import Message
+from amqp_agents.publish import properties
 
 WINDOW = 500
 """Publishes awaiting their confirm at once."""
@@ -25,25 +24,20 @@ WINDOW = 500
 async def append_to_history(
     channel: AbstractChannel, namespace: str, messages: Iterable[Message]
 ) -> None:
-    """Append ``messages`` to ``{namespace}.history`` in order, each one confirmed."""
+    """Append ``messages`` to ``{namespace}.history`` in order, each one confirmed.
+
+    The properties are the library's own (:func:`amqp_agents.publish.properties`), so an
+    entry is exactly what ``send`` would have put there.
+    """
     name = wire.history_name(namespace)
-    pending: list[asyncio.Future[object] | asyncio.Task[object]] = []
+    underlay = await channel.get_underlay_channel()
+    pending: list[asyncio.Future[object]] = []
     for message in messages:
         out = wire.encode(message)
-        amqp = AmqpMessage(
-            out.body,
-            headers=out.headers,
-            content_type=wire.CONTENT_TYPE,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            priority=out.priority,
-            correlation_id=out.correlation_id,
-            message_id=out.message_id,
-            timestamp=out.timestamp,
-            type=out.type,
+        confirm = underlay.basic_publish(
+            out.body, exchange="", routing_key=name, properties=properties(out)
         )
-        pending.append(
-            asyncio.ensure_future(channel.default_exchange.publish(amqp, routing_key=name))
-        )
+        pending.append(asyncio.ensure_future(confirm))
         if len(pending) >= WINDOW:
             await asyncio.gather(*pending)
             pending.clear()

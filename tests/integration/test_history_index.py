@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import aio_pika
@@ -30,7 +31,7 @@ from amqp_agents.history import HistoryQuery, scan_history
 from amqp_agents.history_index import HistoryIndex, ensure_schema
 from amqp_agents.history_indexer import Commit, HistoryIndexer
 
-from .conftest import ROOT
+from .conftest import ROOT, Spawn
 from .history_support import append_to_history
 
 PG_ADMIN_URL = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -384,3 +385,91 @@ def _delivery(offset: int) -> DeliveredMessage:
         body=out.body,
         channel=cast(Any, None),
     )
+
+
+# -- the client's queries with history_db, and the indexer inside `amqp-agents run` ------
+
+
+async def test_client_with_history_db_reads_the_index_with_read_your_writes(
+    make_queue: Callable[..., Awaitable[MessageQueue]], tail: Tail, dsn: str
+) -> None:
+    queue = await make_queue(history_db=dsn)
+    await queue.ensure_inbox("bob")
+
+    async def sender(n: int) -> list[Message]:
+        sent = []
+        for i in range(20):
+            message = Message(sender=f"s{n}", recipient="bob", content=i, conversation_id=f"c{n}")
+            await queue.send(message)
+            sent.append(message)
+            newest = await queue.get_conversation(f"c{n}", newest_first=True, limit=1)
+            assert [m.id for m in newest] == [message.id], f"sender {n}, message {i}"
+        return sent
+
+    sent = await asyncio.gather(*(sender(n) for n in range(3)))
+
+    # Paging oldest-first and newest-first, and a time window, against what was sent.
+    ids = [m.id for m in sent[0]]
+    page1 = await queue.get_conversation("c0", limit=8)
+    page2 = await queue.get_conversation("c0", since=page1[-1].timestamp, limit=9)
+    assert [m.id for m in page1] + [m.id for m in page2[1:]] == ids[:16]
+    newest = await queue.get_conversation("c0", newest_first=True, limit=5)
+    assert [m.id for m in newest] == ids[::-1][:5]
+    window = sent[1][5].timestamp, sent[1][9].timestamp
+    got = await queue.get_conversation("c1", since=window[0], until=window[1])
+    assert [m.id for m in got] == [m.id for m in sent[1][5:10]]
+    mine = await queue.get_agent_history("s2", limit=3)
+    assert [m.id for m in mine] == [m.id for m in sent[2][:3]]
+
+
+async def test_client_with_history_db_and_no_indexer_raises_the_lag_error(
+    make_queue: Callable[..., Awaitable[MessageQueue]], dsn: str
+) -> None:
+    """A query answered from the index (not the stream) waits for the indexer."""
+    queue = await make_queue(history_db=dsn)
+    await queue.ensure_inbox("bob")
+    await queue.send(Message(sender="a", recipient="bob", content=1, conversation_id="c"))
+    with pytest.raises(HistoryLagError, match="no indexer has committed yet"):
+        await queue.get_conversation("c", timeout=0.3)
+
+
+async def test_run_with_a_database_in_the_file_runs_the_indexer(
+    spawn: Spawn,
+    config_file: Callable[[str], Path],
+    make_queue: Callable[..., Awaitable[MessageQueue]],
+    dsn: str,
+) -> None:
+    config = config_file(
+        f"""
+        broker: {{url: "${{AMQP_URL}}", namespace: "${{AMQP_NAMESPACE}}"}}
+        history: {{db: "{dsn}"}}
+        agents:
+          - {{id: slow, class: "integration.probe_agents:UntilStopAgent"}}
+        """
+    )
+    run = await spawn("run", str(config))
+    await run.expect("agent(s) running")
+    queue = await make_queue(history_db=dsn)
+    message = Message(sender="a", recipient="slow", content="x", conversation_id="c")
+    await queue.send(message)
+    got = await queue.get_conversation("c", timeout=30)
+    assert [m.id for m in got] == [message.id]
+    run.process.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0, run.output
+
+
+async def test_history_index_takes_the_database_from_the_file(
+    spawn: Spawn, config_file: Callable[[str], Path], queue: MessageQueue, dsn: str
+) -> None:
+    config = config_file(
+        f"""
+        broker: {{url: "${{AMQP_URL}}", namespace: "${{AMQP_NAMESPACE}}"}}
+        history: {{db: "{dsn}"}}
+        """
+    )
+    await queue.ensure_inbox("bob")
+    await queue.send(Message(sender="a", recipient="bob", content=1))
+    indexer = await spawn("history", "index", "--config", str(config))
+    await indexer.expect("indexed to offset 1 (+1 messages)")
+    indexer.process.send_signal(signal.SIGINT)
+    assert await indexer.finish() == 130, indexer.output

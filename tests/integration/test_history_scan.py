@@ -8,6 +8,7 @@ same messages but is what made queries slow.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +20,7 @@ from amqp_agents import Message, MessageQueue, MessageType
 from amqp_agents.errors import HistoryTimeoutError
 from amqp_agents.history import HistoryQuery, ScanProgress, scan_history
 
+from .conftest import Spawn
 from .history_support import append_to_history
 
 BASE = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -151,3 +153,42 @@ async def test_a_scan_past_its_timeout_raises_a_typed_error(
         await queue.get_conversation("a", timeout=0.001)
 
     assert isinstance(info.value, TimeoutError)
+
+
+# -- amqp-agents history --follow -------------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["limit", "ctrl-c", "timeout"])
+async def test_follow_prints_each_new_match_as_it_is_sent(
+    queue: MessageQueue, spawn: Spawn, raw_channel: AbstractChannel, end: str
+) -> None:
+    await append_to_history(raw_channel, queue.namespace, [entry(0, "a")])  # before: not shown
+    stop = {"limit": ["--limit", "2"], "ctrl-c": [], "timeout": ["--timeout", "3"]}[end]
+    follow = await spawn("history", "--conversation", "a", "--follow", *stop)
+    await follow.expect("content")  # the header: the read is registered
+    await queue.ensure_inbox("bob")
+    for i, conversation in ((1, "b"), (2, "a"), (3, "a")):
+        await queue.send(
+            Message(sender="alice", recipient="bob", content={"i": i}, conversation_id=conversation)
+        )
+    await follow.expect('{"i": 2}')
+    await follow.expect('{"i": 3}')
+    if end == "ctrl-c":
+        follow.process.send_signal(signal.SIGINT)
+    status = await follow.finish()
+    assert status == (130 if end == "ctrl-c" else 0), follow.output
+    shown = [line for line in follow.output.splitlines() if '{"i"' in line]
+    assert len(shown) == 2 and all("alice" in line for line in shown), follow.output
+
+
+async def test_follow_with_since_starts_in_the_past(
+    queue: MessageQueue, spawn: Spawn, raw_channel: AbstractChannel
+) -> None:
+    await append_to_history(raw_channel, queue.namespace, [entry(i, "a") for i in range(5)])
+    since = (BASE + timedelta(seconds=3)).isoformat()
+    follow = await spawn(
+        "history", "--conversation", "a", "--follow", "--since", since, "--limit", "2"
+    )
+    assert await follow.finish() == 0, follow.output
+    shown = [line for line in follow.output.splitlines() if '{"i"' in line]
+    assert [line.split()[-1] for line in shown] == ["3}", "4}"], follow.output

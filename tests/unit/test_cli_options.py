@@ -75,3 +75,25 @@ def test_config_given_twice_differently_is_a_usage_error(
         parse_args(["run", EXAMPLE, "--config", "other.yaml"])
     assert exit_info.value.code == 2
     assert "disagree" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "history"),
+    [
+        ({}, [], "stream"),
+        ({"AMQP_HISTORY": "off"}, [], "off"),
+        ({"AMQP_HISTORY": "off"}, ["--history", "stream"], "stream"),
+        ({}, ["--config", EXAMPLE, "--history", "off"], "off"),
+        ({}, ["--config", EXAMPLE], "stream"),
+    ],
+    ids=["default", "environment", "flag wins", "flag over file", "file"],
+)
+def test_history_mode_follows_the_rule(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], args: list[str], history: str
+) -> None:
+    monkeypatch.delenv("AMQP_HISTORY", raising=False)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    queue = options.message_queue(parse_args(["send", "hi", *args]), passive=True)
+    assert queue.options.history == history
+    assert queue.options.keeps_history == (history == "stream")

@@ -468,3 +468,35 @@ def test_build_router_names_the_place_of_a_bad_hook(
 def test_config_models_refuse_unknown_keys_without_a_file() -> None:
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         AgentsConfig.model_validate({"brokers": {}})
+
+
+def test_history_mode_and_index_database_are_read(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "broker:\n  history: stream\nhistory:\n  db: postgresql://u:secret@db/agents\n",
+    )
+    config = load_config(path, env={})
+    assert config.broker.history == "stream"
+    assert config.history.secret_db() == "postgresql://u:secret@db/agents"
+    assert "secret" not in repr(config.history)
+
+
+def test_history_off_unquoted_is_off(tmp_path: Path) -> None:
+    """YAML reads a bare `off` as false; the file still means history off."""
+    config = load_config(write(tmp_path, "broker:\n  history: off\n"), env={})
+    assert config.broker.history == "off"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("broker:\n  history: maybe\n", "broker.history"),
+        ("history:\n  db: mysql://x/y\n", "must be a postgresql:// URL"),
+        (
+            "broker:\n  history: off\nhistory:\n  db: postgresql://db/agents\n",
+            "an index needs the stream, but broker.history is off",
+        ),
+    ],
+)
+def test_bad_history_settings_are_one_clear_error(tmp_path: Path, text: str, problem: str) -> None:
+    assert problem in load_error(write(tmp_path, text))

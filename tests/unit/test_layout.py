@@ -425,3 +425,32 @@ def test_graph_node_ids_and_labels_are_valid_mermaid(tmp_path: Path) -> None:
         assert re.match(r"    n\d+[\[({ -]", line), line
         assert '"' in line or re.fullmatch(r"    n\d+ --> n\d+", line), line
     assert "odd.name-1.inbox.a-1" in graph
+
+
+@pytest.mark.parametrize("queue_type", wire.QUEUE_TYPES)
+def test_history_off_leaves_out_the_stream_and_every_binding_of_it(
+    example: AgentsConfig, queue_type: wire.QueueType
+) -> None:
+    broker = example.broker.model_copy(update={"history": "off", "queue_type": queue_type})
+    off = layout_of(example.model_copy(update={"broker": broker}))
+    on = layout_of(
+        example.model_copy(update={"broker": broker.model_copy(update={"history": "stream"})})
+    )
+    history = wire.history_name("ns")
+    assert history in {q.name for q in on.queues}
+    assert any(b.queue == history for b in on.bindings)
+    assert history not in {q.name for q in off.queues}
+    assert not [b for b in off.bindings if b.queue == history]
+    assert {b for b in on.bindings if b.queue != history} == set(off.bindings)
+    assert history not in mermaid(example.model_copy(update={"broker": broker}))
+
+
+def test_history_off_route_and_inbox_pieces_bind_no_history() -> None:
+    options = NamespaceOptions(history="off")
+    pieces = (
+        base_layout("ns", options)
+        + inbox_layout("ns", "bob", options)
+        + route_layout("ns", "*.*.notification.-", ["bob"], options)
+    )
+    assert wire.history_name("ns") not in {b.queue for b in pieces.bindings}
+    assert wire.history_name("ns") not in {q.name for q in pieces.queues}
