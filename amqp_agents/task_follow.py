@@ -29,6 +29,7 @@ from . import wire
 from .cancellation import canceller
 from .errors import HistoryTimeoutError, InvalidMessageError
 from .history import CLOCK_SKEW, append_marker
+from .history_reader import history_off
 from .message import Message, MessageType
 from .rpc import TaskHandle
 from .task_state import TaskLog, state_of
@@ -96,7 +97,12 @@ async def resubscribe(
         since: read history from this time on (default: the task's timestamp; with
             only an id, the stream's first retained entry: slow on a long history).
         timeout_s: the handle's default wait for the result.
+
+    Raises:
+        HistoryOffError: the namespace keeps no history: nothing to follow.
     """
+    if not client.options.keeps_history:
+        raise history_off(client.namespace)
     task_id = task if isinstance(task, str) else task.id
     if since is None and isinstance(task, Message):
         since = task.timestamp
@@ -129,8 +135,11 @@ async def find_task(
     """Read history to its current end (a marker, as history.py does) for ``task_id``.
 
     Raises:
+        HistoryOffError: the namespace keeps no history.
         HistoryTimeoutError: the end was not reached within ``timeout_s``.
     """
+    if not client.options.keeps_history:
+        raise history_off(client.namespace)
     found = FoundTask()
     channel = await client.connection.channel(publisher_confirms=True)
     try:

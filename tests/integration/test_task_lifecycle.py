@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from amqp_agents import (
     AgentCard,
     HandlerError,
+    HistoryOffError,
     Message,
     MessagePassingAgent,
     MessageQueue,
@@ -482,3 +483,28 @@ async def test_a_handler_names_the_input_required_state(
         (TaskState.INPUT_REQUIRED, "which year?"),
         (TaskState.COMPLETED, "asked"),
     ]
+
+
+async def test_with_history_off_cancel_and_discovery_work_and_resubscribe_says_why_not(
+    make_queue: MakeQueue,
+) -> None:
+    queue = await make_queue(history="off")
+    gate = asyncio.Event()
+    agent = MessagePassingAgent("worker", queue, card=AgentCard(description="no history"))
+
+    @agent.on(MessageType.TASK)
+    async def work(message: Message) -> Any:
+        await gate.wait()
+
+    await agent.start_consuming()
+    try:
+        handle = await send(queue, "worker")
+        assert [info.card.description for info in await queue.discover()] == ["no history"]
+        with pytest.raises(HistoryOffError, match="is off"):
+            await queue.resubscribe(handle.message)
+        assert await handle.cancel() is True
+        with pytest.raises(TaskCancelledError):
+            await handle.result()
+    finally:
+        gate.set()
+        await agent.stop()
