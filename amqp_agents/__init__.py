@@ -7,6 +7,7 @@ from .client import BrokerClient
 from .errors import (
     AgentsError,
     BrokerConnectionError,
+    BrokerUnreachableError,
     ConfigError,
     DeliveryError,
     HandlerError,
@@ -51,6 +52,7 @@ __all__ = [
     "AgentsError",
     "BrokerClient",
     "BrokerConnectionError",
+    "BrokerUnreachableError",
     "ConfigError",
     "DeliveryError",
     "HandlerError",

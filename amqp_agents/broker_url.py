@@ -27,6 +27,8 @@ from .errors import ConfigError
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 SCHEMES = ("amqp", "amqps")
+MEMORY_SCHEME = "memory"
+"""``memory://[USER@]NAME``: the in-process broker called NAME (:mod:`amqp_agents.memory`)."""
 
 BrokerUrl = str | Sequence[str]
 """One URL (one node, or several in its host part), or a list of one-node URLs."""
@@ -68,10 +70,25 @@ def node_urls(url: str) -> tuple[str, ...]:
     Raises:
         ConfigError: one line naming what is wrong (the password is never shown).
     """
+    if memory_broker(url) is not None:
+        return (url.strip(),)
     nodes: list[str] = []
     for whole in _NEXT_URL.split(url.strip()):
         nodes.extend(_split_hosts(whole.strip()))
     return tuple(nodes)
+
+
+def memory_broker(url: str) -> tuple[str, str | None] | None:
+    """(broker name, user) of a ``memory://[USER@]NAME`` URL; None for any other URL.
+
+    >>> memory_broker("memory://"), memory_broker("memory://writer@demo")
+    (('', None), ('demo', 'writer'))
+    """
+    scheme, sep, rest = url.strip().partition("://")
+    if not sep or scheme.lower() != MEMORY_SCHEME:
+        return None
+    user, at, name = rest.rstrip("/").rpartition("@")
+    return name, (user.split(":", 1)[0] or None) if at else None
 
 
 def redact_url(url: str) -> str:
@@ -108,6 +125,7 @@ def _split_hosts(url: str) -> list[str]:
     if scheme.lower() not in SCHEMES:
         raise ConfigError(
             f"broker URL {shown!r} is not AMQP (scheme {scheme!r}): use amqp:// or amqps://"
+            " (or memory:// for the in-process broker)"
         )
     try:
         parts = urlsplit(url)

@@ -182,6 +182,8 @@ class BrokerConfig(_Section):
             return None
         scheme, sep, rest = value.get_secret_value().partition("://")
         host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+        if scheme.lower() == "memory" and sep:
+            return value  # memory://NAME: the in-process broker (amqp_agents.memory)
         if scheme.lower() not in ("amqp", "amqps") or not sep or not host:
             # The value is not shown: it may hold a password.
             raise ValueError("must be an amqp:// or amqps:// URL with a host")

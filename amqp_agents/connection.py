@@ -40,15 +40,17 @@ from yarl import URL
 
 from . import _frame_guard
 from .broker_url import DEFAULT_URL as DEFAULT_URL
-from .broker_url import node_urls
+from .broker_url import memory_broker, node_urls
 from .broker_url import redact_url as redact_url
 from .broker_url import resolve_url as resolve_url
-from .errors import BrokerConnectionError
+from .errors import BrokerConnectionError, BrokerUnreachableError
 
 log = logging.getLogger(__name__)
 
 MAX_REFUSED_RECONNECTS = 5
 """Reconnection rounds refused for our credentials or vhost, in a row, before giving up."""
+START_A_BROKER = "start RabbitMQ with `docker compose up -d rabbitmq`, or set AMQP_URL"
+"""The hint every "no broker answers" error ends with."""
 _NOT_ALLOWED = 530
 """connection.close reply code for a vhost the user may not (or no longer) use."""
 
@@ -259,6 +261,8 @@ async def connect(
     # the tests: _frame_guard.py). Installed here, not on import, so that importing
     # amqp_agents changes no other library (tests/unit/test_frame_guard.py).
     _frame_guard.install()
+    if (memory := memory_broker(url)) is not None:
+        return await _connect_memory(url, *memory, name=name)
     nodes = node_urls(url)
     connection = AgentConnection(
         URL(nodes[0]),
@@ -272,12 +276,37 @@ async def connect(
         await connection.connect(timeout=timeout_s)
     except (TimeoutError, AMQPError, OSError) as exc:
         await connection.close()
-        raise BrokerConnectionError(_cannot_connect(url, connection, exc)) from None
+        failed = connection.failed_nodes or [(redact_url(url), exc)]
+        text = _cannot_connect(failed)
+        if all(_unanswered(error) for _, error in failed):
+            raise BrokerUnreachableError(f"{text}; {START_A_BROKER}") from None
+        raise BrokerConnectionError(text) from None
     return connection
 
 
-def _cannot_connect(url: str, connection: AgentConnection, exc: BaseException) -> str:
-    failed = connection.failed_nodes or [(redact_url(url), exc)]
+async def _connect_memory(url: str, broker: str, user: str | None, *, name: str) -> AgentConnection:
+    """A connection to the in-process broker ``broker`` (:mod:`amqp_agents.memory`)."""
+    from .memory.transport import MemoryConnection  # imports this module
+
+    connection = MemoryConnection(
+        URL(url),
+        broker=broker,
+        user=user or "guest",
+        client_properties={"connection_name": name},
+    )
+    await connection.connect()
+    return connection
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether a connection attempt failed because nothing answered (no listener, a
+    timeout), not because a broker answered: refused us, closed the connection with a
+    reason (a missing vhost), or failed the TLS handshake."""
+    answered = ConnectionClosed | AuthenticationError | ProbableAuthenticationError | ssl.SSLError
+    return not isinstance(exc, answered)
+
+
+def _cannot_connect(failed: Sequence[tuple[str, BaseException]]) -> str:
     if len(failed) == 1:
         node, error = failed[0]
         return f"cannot connect to {node}: {_describe(error)}"

@@ -9,6 +9,7 @@ do", or one branch for the failure it knows how to handle::
     ├── InvalidMessageError         an envelope that fails validation (ours or a foreign one)
     │   └── MessageTooLargeError    refused before publishing: over the size limit
     ├── BrokerConnectionError       broker unreachable, credentials refused, link lost
+    │   └── BrokerUnreachableError  no node answered at all (says how to start one)
     ├── TopologyError               a queue/exchange is missing (passive mode) or conflicts
     ├── QueueUnavailableError       a queue's node is down or its leader being elected:
     │                               temporary, retried (agents resume when it is back)
@@ -74,6 +75,10 @@ class MessageTooLargeError(InvalidMessageError):
 
 class BrokerConnectionError(AgentsError):
     """The broker could not be reached, refused our credentials, or the link was lost."""
+
+
+class BrokerUnreachableError(BrokerConnectionError):
+    """No broker node answered (nothing listening, a timeout); nothing refused us."""
 
 
 class TopologyError(AgentsError):

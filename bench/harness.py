@@ -33,6 +33,7 @@ DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 IMPLEMENTATIONS: dict[str, str] = {
     "aio-pika": "bench.impl_aiopika:AioPikaImplementation",
     "amqp_agents": "bench.impl_amqp_agents:AmqpAgentsImplementation",
+    "memory": "bench.impl_memory:MemoryImplementation",
     "amqp_agents-obs": "bench.impl_observed:ObservedAmqpAgentsImplementation",
     "amqp_agents-metrics": "bench.impl_observed:MetricsOnlyImplementation",
     "amqp_agents-tracing": "bench.impl_observed:TracingOnlyImplementation",
@@ -41,7 +42,8 @@ IMPLEMENTATIONS: dict[str, str] = {
 }
 """Name -> ``module:Class``; imported lazily so a broken plug-in does not stop the others."""
 DEFAULT_IMPLEMENTATIONS: tuple[str, ...] = ("aio-pika", "amqp_agents")
-"""What runs without ``--impl``; ``amqp_agents-obs`` (tracing and metrics on) on request."""
+"""What runs without ``--impl``; ``amqp_agents-obs`` (tracing and metrics on) and
+``memory`` (amqp_agents on ``memory://``) on request."""
 
 WORKLOADS: tuple[str, ...] = ("pipe", "rpc_seq", "rpc_conc", "fanout", "memory", "history")
 SINGLE_RUN: frozenset[str] = frozenset({"memory", "history"})
@@ -334,8 +336,9 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, Cell]], str
                 results[workload][name] = Cell(status="error", note=f"cannot load: {exc!r}")
 
     try:
-        async with asyncio.timeout(OPEN_TIMEOUT):
-            rabbitmq_version = await broker.server_version()
+        if any(getattr(cls, "needs_broker", True) for cls in classes.values()):
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                rabbitmq_version = await broker.server_version()
         log(f"RabbitMQ {rabbitmq_version}; prefix {run_prefix}; sizes {sizes}")
         for workload in args.workloads:
             runs = 1 if workload in SINGLE_RUN else args.runs

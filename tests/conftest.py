@@ -3,6 +3,9 @@
 Order: ``$AMQP_URL`` if set; else the local broker on 127.0.0.1:5672 if it answers;
 else a RabbitMQ container through testcontainers if Docker works; else the session
 fails loudly. There is no skip: a test run without a broker is a failed run.
+
+tests/integration/conftest.py runs its tests on this broker and on ``memory://``
+(the in-process broker); :func:`raw_connect` opens a plain connection to either.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import pytest
 from hypothesis import settings
 
 from amqp_agents import MessageQueue
+from amqp_agents.memory.transport import PlainMemoryConnection
 from amqp_agents.topology import delete_namespace
+
+pytest_plugins = ["amqp_agents.testing"]  # memory_queue, virtual_clock (tests/memory)
 
 # Hypothesis' per-example deadline (200 ms) measures the machine, not the code: on a
 # loaded 2-core CI runner a pure decode example can take longer and fail as flaky.
@@ -41,9 +47,38 @@ def _port_open(host: str, port: int) -> bool:
         return False
 
 
+async def raw_connect(url: str) -> aio_pika.abc.AbstractConnection:
+    """A plain aio-pika connection to ``url``: a RabbitMQ, or ``memory://NAME``."""
+    if url.startswith("memory://"):
+        plain = PlainMemoryConnection(url)
+        await plain.connect()
+        return plain
+    return await aio_pika.connect(url)
+
+
+RawConnect = Callable[[str], Awaitable[aio_pika.abc.AbstractConnection]]
+
+
+@pytest.fixture
+def connect_raw() -> RawConnect:
+    """:func:`raw_connect`, for tests and fixtures elsewhere."""
+    return raw_connect
+
+
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
+def amqp_url(rabbitmq_url: str) -> str:
+    """The broker of tests that run on RabbitMQ only (integration tests override it)."""
+    return rabbitmq_url
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> Iterator[str]:
     """The URL of a real broker; never skips."""
+    yield from find_rabbitmq()
+
+
+def find_rabbitmq() -> Iterator[str]:
+    """``$AMQP_URL``, else the local broker, else a container (stopped after); else fail."""
     if url := os.environ.get("AMQP_URL"):
         yield url
         return
@@ -51,9 +86,7 @@ def amqp_url() -> Iterator[str]:
         yield LOCAL_URL
         return
     try:
-        from testcontainers.rabbitmq import RabbitMqContainer
-
-        container = RabbitMqContainer("rabbitmq:3.13-management")
+        container = rabbitmq_container_class()(RABBITMQ_IMAGE)
         container.start()
     except Exception as exc:  # no Docker engine, no image, ...
         pytest.fail(
@@ -68,6 +101,18 @@ def amqp_url() -> Iterator[str]:
         yield f"amqp://guest:guest@{host}:{port}/"
     finally:
         container.stop()
+
+
+RABBITMQ_IMAGE = "rabbitmq:3.13-management"
+
+
+def rabbitmq_container_class() -> Any:
+    """testcontainers' RabbitMQ container class, from its current module."""
+    try:
+        from testcontainers.community.rabbitmq import RabbitMqContainer
+    except ImportError:  # testcontainers before 4.14
+        from testcontainers.rabbitmq import RabbitMqContainer
+    return RabbitMqContainer
 
 
 @pytest.fixture
@@ -108,7 +153,7 @@ async def queue(make_queue: Callable[..., Awaitable[MessageQueue]]) -> MessageQu
 @pytest.fixture
 async def raw_channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
     """A plain aio-pika channel (confirms on), for playing a foreign client."""
-    connection = await aio_pika.connect(amqp_url)
+    connection = await raw_connect(amqp_url)
     try:
         yield await connection.channel(publisher_confirms=True)
     finally:
@@ -117,7 +162,7 @@ async def raw_channel(amqp_url: str) -> AsyncIterator[aio_pika.abc.AbstractChann
 
 async def cleanup_namespace(url: str, namespace: str, queues: Sequence[str] = ()) -> None:
     """Delete the exchanges and fixed queues of ``namespace``, and ``queues``."""
-    connection = await aio_pika.connect(url)
+    connection = await raw_connect(url)
     try:
         channel = await connection.channel()
         await asyncio.wait_for(delete_namespace(channel, namespace, queues), 30)

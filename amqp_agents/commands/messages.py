@@ -23,7 +23,7 @@ from amqp_agents import wire
 from amqp_agents.agent import MessagePassingAgent
 from amqp_agents.connection import redact_url
 from amqp_agents.demo import run_demo
-from amqp_agents.errors import TopologyError
+from amqp_agents.errors import BrokerUnreachableError, TopologyError
 from amqp_agents.message import Message, MessageType, create_task_message
 from amqp_agents.queue import MessageQueue
 from amqp_agents.rpc import TaskHandle
@@ -80,6 +80,10 @@ async def _namespace_exists(args: argparse.Namespace, namespace: str) -> bool:
         return False
 
 
+MEMORY_DEMO_URL = "memory://demo"
+"""Where the demo runs when no broker answers (or with ``--memory``): in this process."""
+
+
 class _Stream:
     """Prints the pieces of a streamed answer on one line, as they arrive."""
 
@@ -97,11 +101,43 @@ class _Stream:
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the researcher/writer demo in its own namespace, then delete it."""
+    """Run the researcher/writer demo in its own namespace, then delete it; in memory
+    when no broker answers (or with ``--memory``)."""
+    if args.memory:
+        args.url = MEMORY_DEMO_URL
+    try:
+        return await _demo(args)
+    except _Unreachable as unreachable:
+        print(
+            f"No broker answers ({unreachable.error}): running the demo in memory instead"
+            " (memory://, this process only).",
+            flush=True,
+        )
+        args.url = MEMORY_DEMO_URL
+        return await _demo(args)
+
+
+class _Unreachable(Exception):
+    """The demo's broker did not answer before anything ran on it."""
+
+    def __init__(self, error: BrokerUnreachableError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _demo(args: argparse.Namespace) -> int:
     namespace = args.namespace or f"demo-{uuid.uuid4().hex[:8]}"
-    delete = not args.keep and not (args.namespace and await _namespace_exists(args, namespace))
-    demo_queue = options.message_queue(args, passive=False, namespace=namespace, routes=False)
-    async with demo_queue as queue:
+    in_memory = str(args.url or "").startswith("memory://")
+    try:
+        existed = bool(args.namespace) and await _namespace_exists(args, namespace)
+        delete = not args.keep and not existed
+        queue = options.message_queue(args, passive=False, namespace=namespace, routes=False)
+        await queue.connect()
+    except BrokerUnreachableError as exc:
+        if in_memory:
+            raise
+        raise _Unreachable(exc) from None
+    async with queue:
         fate = "deleted at the end; --keep keeps it" if delete else "kept"
         print(f"Namespace {namespace!r} on {redact_url(queue.url)} ({fate}).")
         print("Starting researcher and writer...", flush=True)
@@ -286,6 +322,12 @@ def add_parsers(sub: argparse._SubParsersAction[options.Parser]) -> None:
         help="seconds each task may take (default: %(default)s)",
     )
     demo.add_argument("--keep", action="store_true", help="keep the namespace afterwards")
+    demo.add_argument(
+        "--memory",
+        action="store_true",
+        help="run in memory (memory://), without a broker; the demo does so by itself"
+        " when no broker answers",
+    )
     demo.set_defaults(func=cmd_demo, parser=demo)
 
     send = sub.add_parser(

@@ -1,4 +1,16 @@
-"""Running the ``amqp-agents`` CLI as a user does (a subprocess), and cleaning up after it.
+"""Two brokers for every behaviour test, and the ``amqp-agents`` CLI run as a user does.
+
+**One suite, two brokers.** Every test here that uses a broker (``amqp_url``, and
+through it ``queue``, ``make_queue``, ``raw_channel``...) runs twice: ``[rabbitmq]`` on
+the real broker, ``[memory]`` on ``memory://`` (an in-process broker of its own per
+test). A test that can only hold on RabbitMQ says why with
+``@pytest.mark.rabbitmq_only(reason=...)`` and runs there alone. A difference between
+the two is a defect of the memory broker, fixed there, never in the test.
+
+The CLI runs as a user runs it (a subprocess), so its tests are RabbitMQ-only: a
+subprocess cannot reach the test's in-process broker. A test using ``spawn`` (so also
+``run_cli``) or ``rabbitmqctl`` is RabbitMQ-only without a mark; the part of the suite
+that needs no broker at all is ``-m "not rabbitmq"``.
 
 Synchronisation is on the processes' output, never on time: :meth:`CliProcess.expect`
 reads lines until one contains the text, with a timeout that fails the test.
@@ -11,18 +23,76 @@ import os
 import shutil
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
 
+from amqp_agents import memory
 from amqp_agents.config import load_config
 from amqp_agents.layout import layout_of
+from amqp_agents.memory.transport import PlainMemoryConnection
 from amqp_agents.topology import delete_namespace
 
 ROOT = Path(__file__).parents[2]
 TESTS = Path(__file__).parents[1]
+BROKERS = ("rabbitmq", "memory")
+
+
+RABBITMQ_ONLY_FIXTURES = {
+    "spawn": "a CLI subprocess cannot reach the test's in-process broker",
+    "rabbitmqctl": "the broker's own command line",
+}
+"""Fixtures that make a test RabbitMQ-only by themselves (a test needs no mark)."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each broker test on both brokers, unless it is RabbitMQ-only: marked so, or
+    using a fixture of :data:`RABBITMQ_ONLY_FIXTURES`."""
+    if "broker" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("rabbitmq_only")
+    if marker is not None and not marker.kwargs.get("reason"):
+        raise pytest.UsageError(f"{metafunc.definition.nodeid}: rabbitmq_only needs a reason")
+    implied = any(name in metafunc.fixturenames for name in RABBITMQ_ONLY_FIXTURES)
+    brokers = ["rabbitmq"] if marker is not None or implied else list(BROKERS)
+    params = [
+        pytest.param(b, marks=pytest.mark.rabbitmq) if b == "rabbitmq" else b for b in brokers
+    ]
+    metafunc.parametrize("broker", params, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def plain_clients_reach_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``aio_pika.connect(url)`` in a test (a foreign client) reaches ``memory://`` too."""
+    original = aio_pika.connect
+
+    async def connect(url: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(url, str) and url.startswith("memory://"):
+            plain = PlainMemoryConnection(url)
+            await plain.connect()
+            return plain
+        return await original(url, *args, **kwargs)
+
+    monkeypatch.setattr(aio_pika, "connect", connect)
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest) -> str:
+    """Which broker this run of the test uses: ``rabbitmq`` or ``memory``."""
+    return str(request.param)
+
+
+@pytest.fixture
+def amqp_url(broker: str, namespace: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's broker: the real one, or an in-process one of its own."""
+    if broker == "rabbitmq":
+        yield str(request.getfixturevalue("rabbitmq_url"))
+        return
+    yield f"memory://{namespace}"
+    memory.forget(namespace)
 
 
 class CliProcess:
@@ -92,8 +162,12 @@ def cli_env(amqp_url: str, namespace: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def spawn(cli_env: dict[str, str]) -> AsyncIterator[Spawn]:
-    """Factory of running CLI processes; any still running at teardown is killed."""
+async def spawn(cli_env: dict[str, str], config_files: list[Path]) -> AsyncIterator[Spawn]:
+    """Factory of running CLI processes; any still running at teardown is killed.
+
+    Before ``config_files`` deletes the namespace (it is set up first, so torn down
+    after): a live ``run`` would declare an inbox again as soon as it is deleted.
+    """
     started: list[CliProcess] = []
 
     async def factory(*args: str, env: dict[str, str] | None = None) -> CliProcess:
@@ -138,7 +212,9 @@ EXAMPLE = ROOT / "config" / "agents.example.yaml"
 
 
 @pytest.fixture
-async def config_files(amqp_url: str, namespace: str) -> AsyncIterator[list[Path]]:
+async def config_files(
+    amqp_url: str, namespace: str, connect_raw: Callable[[str], Awaitable[Any]]
+) -> AsyncIterator[list[Path]]:
     """Configuration files a test uses; every queue of their layouts is deleted after.
 
     A test may so create the whole topology of a file (`topology apply`, `run`).
@@ -151,7 +227,7 @@ async def config_files(amqp_url: str, namespace: str) -> AsyncIterator[list[Path
         config = load_config(path, env=env)
         assert config.broker.namespace == namespace, "tests stay in their namespace"
         queues |= {queue.name for queue in layout_of(config).queues}
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_raw(amqp_url)
     try:
         channel = await connection.channel()
         await asyncio.wait_for(delete_namespace(channel, namespace, sorted(queues)), 30)

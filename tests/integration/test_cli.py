@@ -16,6 +16,10 @@ import pytest
 
 from .conftest import EXAMPLE, ROOT, Run
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the CLI runs as a subprocess, which cannot reach the test's in-process broker"
+)
+
 SCRIPT = Path(sys.executable).parent / "amqp-agents"
 """The console script pip installed, as a user runs it."""
 

@@ -28,6 +28,10 @@ from amqp_agents.topology import delete_namespace
 from .conftest import EXAMPLE, ROOT, Run, Spawn
 from .test_cli import one_error_line
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the CLI runs as a subprocess, which cannot reach the test's in-process broker"
+)
+
 
 def names_on_broker(rabbitmqctl: str, namespace: str) -> set[str]:
     """Every queue and exchange of ``namespace`` on the broker."""
@@ -226,6 +230,7 @@ async def test_demo_keeps_its_namespace_with_keep(
 
 SLOW_AGENTS = """
 from amqp_agents.agent import MessagePassingAgent
+
 
 
 class Slow(MessagePassingAgent):

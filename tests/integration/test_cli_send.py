@@ -15,6 +15,10 @@ from .conftest import EXAMPLE, Run
 from .test_cli import one_error_line
 from .test_cli_config import run_with_input
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the CLI runs as a subprocess, which cannot reach the test's in-process broker"
+)
+
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 

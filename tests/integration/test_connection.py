@@ -16,6 +16,10 @@ from amqp_agents.connection import AgentConnection
 from amqp_agents.errors import BrokerConnectionError
 from amqp_agents.topology import delete_namespace
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="real connections: vhosts, refused credentials, cluster nodes"
+)
+
 ROOT = Path(__file__).parents[2]
 DEAD_HOST = "127.0.0.1:1"
 """A node that never answers: nothing listens on port 1."""

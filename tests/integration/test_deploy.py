@@ -26,6 +26,10 @@ from amqp_agents import Message, MessagePassingAgent, MessageQueue, MessageType,
 
 from .conftest import ROOT, Run, Spawn
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="RabbitMQ users, permissions and vhosts: memory:// has none"
+)
+
 AGENTS = ("researcher", "writer")
 CONFIG = """
 broker:

@@ -34,6 +34,11 @@ from amqp_agents.history_indexer import Commit, HistoryIndexer
 from .conftest import ROOT, Spawn
 from .history_support import append_to_history
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the history indexer is a process of its own (with PostgreSQL) reading the"
+    " stream over AMQP"
+)
+
 PG_ADMIN_URL = os.environ.get("PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BASE = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -38,8 +38,10 @@ def entry(i: int, conversation: str, *, sender: str = "alice") -> Message:
 
 
 @pytest.fixture
-async def scan_channel(amqp_url: str) -> AsyncIterator[AbstractChannel]:
-    connection = await aio_pika.connect(amqp_url)
+async def scan_channel(
+    amqp_url: str, connect_raw: Callable[[str], Awaitable[Any]]
+) -> AsyncIterator[AbstractChannel]:
+    connection = await connect_raw(amqp_url)
     try:
         yield await connection.channel(publisher_confirms=True)
     finally:

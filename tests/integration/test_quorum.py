@@ -183,6 +183,7 @@ async def test_an_agent_waits_out_an_unavailable_inbox_and_serves_again(
         await agent.stop()
 
 
+@pytest.mark.rabbitmq_only(reason="its agents run as `amqp-agents run` subprocesses")
 async def test_a_message_that_kills_its_agent_is_dead_lettered_after_the_delivery_limit(
     spawn: Spawn,
     config_file: Callable[[str], Path],
@@ -226,6 +227,7 @@ async def test_a_message_that_kills_its_agent_is_dead_lettered_after_the_deliver
         await deaths[-1].finish(timeout_s=2)
 
 
+@pytest.mark.rabbitmq_only(reason="its agents run as `amqp-agents run` subprocesses")
 async def test_three_replicas_share_an_inbox_and_each_task_is_handled_once(
     spawn: Spawn, config_file: Callable[[str], Path], queue: MessageQueue, namespace: str
 ) -> None:

@@ -17,7 +17,13 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, CliProcess
+
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the README's commands run as subprocesses against a broker"
+)
 
 NOT_RUN = {"pip install .", "pip install -e '.[dev]'", "pytest"}
 """Installing the package and running this suite: what the test itself stands on."""

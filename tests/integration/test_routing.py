@@ -135,6 +135,7 @@ async def make_routing_queue(
     namespace: str,
     request: pytest.FixtureRequest,
     make_queue: Callable[..., Awaitable[MessageQueue]],
+    connect_raw: Callable[[str], Awaitable[Any]],
 ) -> AsyncIterator[MakeRoutingQueue]:
     """Factory of connected MessageQueues with routes; deletes every queue they declared.
 
@@ -158,7 +159,7 @@ async def make_routing_queue(
     for queue in made:
         declared |= queue.declared_queues
         await queue.close()
-    connection = await aio_pika.connect(amqp_url)
+    connection = await connect_raw(amqp_url)
     try:
         channel = await connection.channel()
         for name in sorted(declared):

@@ -12,6 +12,10 @@ from amqp_agents.config import load_config
 
 from .conftest import Run, Spawn
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the CLI runs as a subprocess, which cannot reach the test's in-process broker"
+)
+
 RUNNING = "agent(s) running"
 
 

@@ -22,6 +22,10 @@ from amqp_agents.topology import delete_namespace, inspect_layout
 
 from .conftest import Run
 
+pytestmark = pytest.mark.rabbitmq_only(
+    reason="the CLI runs as a subprocess, which cannot reach the test's in-process broker"
+)
+
 
 async def broker_state(rabbitmqctl: str, namespace: str) -> dict[str, Any]:
     """Exchanges, queues (with arguments) and bindings of ``namespace``, as listed by the broker."""

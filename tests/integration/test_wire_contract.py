@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aio_pika
@@ -33,8 +33,20 @@ async def researcher(queue: MessageQueue) -> AsyncIterator[ResearchAgent]:
 
 
 @pytest.fixture
-async def raw(amqp_url: str) -> AsyncIterator[aiormq.abc.AbstractChannel]:
-    """A bare aiormq channel with publisher confirms: a client that is not ours."""
+async def raw(
+    amqp_url: str, connect_raw: Callable[[str], Awaitable[Any]]
+) -> AsyncIterator[aiormq.abc.AbstractChannel]:
+    """A bare aiormq channel with publisher confirms: a client that is not ours (on
+    ``memory://``, the channel under aio-pika's, which answers as aiormq's)."""
+    if amqp_url.startswith("memory://"):
+        plain = await connect_raw(amqp_url)
+        try:
+            underlay = await (await plain.channel()).get_underlay_channel()
+            await underlay.confirm_delivery()
+            yield underlay
+        finally:
+            await plain.close()
+        return
     connection = await aiormq.connect(amqp_url)
     try:
         channel = await connection.channel()
