@@ -271,6 +271,7 @@ class MessagePassingAgent(DefaultHandlers):
         self._stopped.clear()
         self.error = None
         await self._cancels.start(self.queue)  # first: a cancelled task skips on arrival
+        await announce(self.queue, self.card, self.id, self.handlers)  # before any handler
         self._channel = await self.queue.channel(prefetch=self.concurrency)
         names = self.queue.inbox_queue_names(self.id)
         lanes = [await self._channel.get_queue(name, ensure=False) for name in names]
@@ -283,7 +284,6 @@ class MessagePassingAgent(DefaultHandlers):
         self._channel.close_callbacks.add(self._on_channel_closed)
         if isinstance(self._channel, AbstractRobustChannel):
             self._channel.reopen_callbacks.add(self._on_channel_reopened)
-        await announce(self.queue, self.card, self.id, self.handlers)
         log.info("agent %s consuming %s (concurrency %d)", self.id, names, self.concurrency)
 
     @property
