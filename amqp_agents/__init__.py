@@ -2,6 +2,7 @@
 
 from . import _interrupt  # noqa: F401  (first: see its docstring)
 from .agent import MessagePassingAgent
+from .cards import AgentCard, AgentInfo, Skill
 from .client import BrokerClient
 from .errors import (
     AgentsError,
@@ -20,11 +21,13 @@ from .errors import (
     InvalidMessageError,
     MessageTooLargeError,
     NoRouteError,
+    PayloadError,
     PublishTimeoutError,
     QueueUnavailableError,
     RemoteError,
     RequestTimeoutError,
     RoutingError,
+    TaskCancelledError,
     TopologyError,
     UnknownRecipientError,
 )
@@ -41,8 +44,11 @@ from .retry import RetryPolicy
 from .routed_queue import RoutingMessageQueue
 from .routing import MessageRouter
 from .rpc import TaskHandle
+from .task_state import TaskState, TaskUpdate
 
 __all__ = [
+    "AgentCard",
+    "AgentInfo",
     "AgentsError",
     "BrokerClient",
     "BrokerConnectionError",
@@ -66,6 +72,7 @@ __all__ = [
     "MessageTooLargeError",
     "MessageType",
     "NoRouteError",
+    "PayloadError",
     "PriorityMessageQueue",
     "PublishTimeoutError",
     "QueueUnavailableError",
@@ -74,8 +81,12 @@ __all__ = [
     "RetryPolicy",
     "RoutingError",
     "RoutingMessageQueue",
+    "Skill",
     "Subscription",
+    "TaskCancelledError",
     "TaskHandle",
+    "TaskState",
+    "TaskUpdate",
     "TopologyError",
     "UnknownRecipientError",
     "create_result_message",

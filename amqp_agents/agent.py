@@ -36,8 +36,7 @@ import contextlib
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aio_pika.abc import (
     AbstractChannel,
@@ -45,14 +44,17 @@ from aio_pika.abc import (
     AbstractRobustChannel,
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
+from pydantic import BaseModel
 
 from . import instrumentation, wire
 from .admission import Admit, RecentIds, Skip
+from .cancellation import CancelWatch
+from .cards import AgentCard, announce
 from .client import BrokerClient
 from .declaring import Outage
+from .default_handlers import DefaultHandlers, Handler
 from .errors import AgentsError, HandlerError, QueueUnavailableError, TopologyError
 from .lanes import LaneConsumers, PrioritySlots
-from .llm import complete_task
 from .message import (
     Message,
     MessagePriority,
@@ -60,26 +62,23 @@ from .message import (
     create_task_message,
     validate_agent_id,
 )
-from .outcomes import ack_handled, answer, handler_failed, result_reply, send_reply
+from .outcomes import ack_handled, cancelled, handler_failed, result_reply, send_reply
+from .payloads import typed
+from .progress import Handling
 from .retry import RetryPolicy
 from .rpc import StatusCallback
+from .task_state import STATE_KEY, TaskState
 from .topology import is_temporary
+
+_H = TypeVar("_H", bound=Callable[..., Awaitable[Any]])
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Message], Awaitable[Any]]
+
+_current: contextvars.ContextVar[Handling] = contextvars.ContextVar("amqp_agents_current")
 
 
-@dataclass(slots=True)
-class _Context:
-    message: Message
-    reply_address: str | None
-
-
-_current: contextvars.ContextVar[_Context] = contextvars.ContextVar("amqp_agents_current")
-
-
-class MessagePassingAgent:
+class MessagePassingAgent(DefaultHandlers):
     """An agent that consumes its inbox and answers by message type.
 
     Override ``_process_task`` / ``_process_request`` (or ``_handle_*``) in a subclass,
@@ -96,6 +95,8 @@ class MessagePassingAgent:
         drain_timeout_s: how long :meth:`stop` lets running handlers finish.
         dedup_window: remember this many handled message ids and skip redelivered
             duplicates (0 = off).
+        card: what the agent says of itself (cards.py): published when it starts, its
+            skills filled in from the handlers; marked gone when it stops.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class MessagePassingAgent:
         retry: RetryPolicy | None = None,
         drain_timeout_s: float = 30.0,
         dedup_window: int = 0,
+        card: AgentCard | None = None,
     ) -> None:
         self.id = validate_agent_id(agent_id)
         self.queue = message_queue
@@ -132,6 +134,8 @@ class MessagePassingAgent:
         self._resume_lock = asyncio.Lock()
         self._resuming: set[asyncio.Task[None]] = set()
         self._inbox_lost = False
+        self.card = card or AgentCard()
+        self._cancels = CancelWatch(self.id, message_queue.senders)
         self.error: BaseException | None = None
         """Why the agent stopped on its own (its inbox could not be consumed), if it did."""
         self._setup_handlers()
@@ -141,59 +145,23 @@ class MessagePassingAgent:
 
     # -- handlers ---------------------------------------------------------------------
 
-    def _setup_handlers(self) -> None:
-        """Install the default handlers (the tutorial's three)."""
-        self.handlers[MessageType.TASK] = self._handle_task
-        self.handlers[MessageType.REQUEST] = self._handle_request
-        self.handlers[MessageType.NOTIFICATION] = self._handle_notification
-
-    def on(self, msg_type: MessageType) -> Callable[[Handler], Handler]:
+    def on(
+        self, msg_type: MessageType, *, model: type[BaseModel] | None = None
+    ) -> Callable[[_H], _H]:
         """Decorator registering a handler for ``msg_type`` without subclassing.
+
+        With ``model`` (or a handler whose parameter is annotated with a pydantic
+        model) the handler gets the content validated into it (:mod:`payloads`).
 
         >>> @agent.on(MessageType.REQUEST)          # doctest: +SKIP
         ... async def answer(message): return {"echo": message.content}
         """
 
-        def register(handler: Handler) -> Handler:
-            self.handlers[msg_type] = handler
+        def register(handler: _H) -> _H:
+            self.handlers[msg_type] = typed(handler, model)
             return handler
 
         return register
-
-    async def _handle_task(self, message: Message) -> Any:
-        """Run ``_process_task`` on a task's description and context."""
-        content = message.content if isinstance(message.content, dict) else {}
-        description = content.get("description", message.content)
-        context = content.get("context") or {}
-        return await self._process_task(description, context)
-
-    async def _handle_request(self, message: Message) -> Any:
-        """Answer a request with ``_process_request``."""
-        return await self._process_request(message.content)
-
-    async def _handle_notification(self, message: Message) -> None:
-        """Log a notification; it needs no reply."""
-        log.info("[%s] notification from %s: %r", self.id, message.sender, message.content)
-
-    async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
-        """Complete a task; override for your agent's work.
-
-        The default asks the ``llm_client`` given to the agent, if any (see
-        :func:`amqp_agents.llm.complete_task`).
-
-        Raises:
-            HandlerError: no ``llm_client`` was given and this was not overridden (the
-                requester gets it as a RemoteError, without retries).
-        """
-        if self.llm is None:
-            raise HandlerError(
-                f"agent {self.id!r} has no llm_client; pass one or override _process_task"
-            )
-        return await complete_task(self.llm, self.model, task, context)
-
-    async def _process_request(self, request: Any) -> Any:
-        """Answer a request; override in a subclass."""
-        return f"Received request: {request}"
 
     # -- sending ----------------------------------------------------------------------
 
@@ -252,16 +220,23 @@ class MessagePassingAgent:
             return handle
         return await handle.result()
 
-    async def send_status(self, content: Any) -> None:
+    async def send_status(self, content: Any, *, state: TaskState | None = None) -> None:
         """From inside a handler: report progress on the message being handled.
 
-        The requester receives it through its ``on_status`` callback.
+        The requester receives it through ``on_status`` and ``TaskHandle.updates()``;
+        ``state`` (e.g. ``TaskState.INPUT_REQUIRED``) names the state it means.
         """
-        current = _current.get(None)
-        if current is None:
-            raise HandlerError("send_status() is only meaningful inside a handler")
-        status = answer(self.id, current.message, MessageType.STATUS, content)
-        await send_reply(self.queue, status, current.reply_address)
+        await self._handling_now().report(content, {STATE_KEY: state.value} if state else {})
+
+    async def send_chunk(self, content: Any) -> None:
+        """From inside a handler: send the next partial result (LLM tokens, a paragraph);
+        ``TaskHandle.updates()`` yields them in order before the result."""
+        await self._handling_now().chunk(content)
+
+    def _handling_now(self) -> Handling:
+        if (current := _current.get(None)) is None:
+            raise HandlerError("send_status()/send_chunk() only work inside a handler")
+        return current
 
     # -- consuming --------------------------------------------------------------------
 
@@ -295,6 +270,8 @@ class MessagePassingAgent:
         await self.queue.ensure_inbox(self.id)
         self._stopped.clear()
         self.error = None
+        await self._cancels.start(self.queue)  # first: a cancelled task skips on arrival
+        await announce(self.queue, self.card, self.id, self.handlers)  # before any handler
         self._channel = await self.queue.channel(prefetch=self.concurrency)
         names = self.queue.inbox_queue_names(self.id)
         lanes = [await self._channel.get_queue(name, ensure=False) for name in names]
@@ -424,6 +401,8 @@ class MessagePassingAgent:
         # reopened (consumer-less) by the next reconnect.
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self._channel.close()
+        await self._cancels.stop()
+        await announce(self.queue, self.card, self.id, {}, gone=True)
         self._stopped.set()
         log.info("agent %s stopped", self.id)
 
@@ -492,18 +471,27 @@ class MessagePassingAgent:
             )
             await incoming.ack()
             return
-        reply_address = incoming.reply_to
-        token = _current.set(_Context(message, reply_address))
+        if self._cancels.cancels(message):  # cancelled while it waited in the inbox
+            await cancelled(self.queue, incoming, message, "before it started", agent_id=self.id)
+            return
+        handling = Handling(self.id, self.queue, message, incoming.reply_to)
+        token = _current.set(handling)
+        handling.announce_working()
         try:
-            result = await handler(message)
+            with self._cancels.running(message):
+                result = await handler(message)
         except asyncio.CancelledError:
-            raise
+            if not self._cancels.interrupted(message):
+                raise
+            await cancelled(self.queue, incoming, message, "while it ran", agent_id=self.id)
+            return
         except Exception as exc:
             await handler_failed(self.queue, self.retry, incoming, message, exc, agent_id=self.id)
             return
         finally:
+            handling.done()
             _current.reset(token)
         if (reply := result_reply(self.id, message, result)) is not None:
-            await send_reply(self.queue, reply, reply_address)
+            await send_reply(self.queue, reply, incoming.reply_to)
         self._seen.add(message.id)
         await ack_handled(incoming)

@@ -7,6 +7,7 @@ takes ``--config`` and finds its broker and namespace by one rule
 (:mod:`amqp_agents.commands.options`).
 
     demo | send | history            talk to a broker from the shell
+    cancel TASK_ID | agents          cancel a task; list the agents and their cards
     run CONFIG [--agent ID ...]      run the configured agents until SIGTERM/SIGINT
     topology plan|apply|graph CONFIG what the namespace needs; create it; draw it
     topology delete CONFIG_OR_NS     delete a namespace, after showing what it holds
@@ -26,7 +27,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from .commands import history, messages, options, routes, topology
+from .commands import history, messages, options, routes, tasks, topology
 from .commands.messages import format_timeline
 from .errors import AgentsError
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     messages.add_parsers(sub)
     history.add_parsers(sub)
+    tasks.add_parsers(sub)
     topology.add_parsers(sub)
     routes.add_parsers(sub)
     return parser

@@ -31,7 +31,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
-from . import instrumentation, pull, wire
+from . import cancellation, cards, instrumentation, pull, task_follow, wire
 from .broker_url import BrokerUrl
 from .connection import MAX_REFUSED_RECONNECTS, connect, redact_url, resolve_url
 from .declaring import Declarations
@@ -179,6 +179,7 @@ class BrokerClient(Settling):
         self._rpc = RpcClient(
             self._open_channel, self.send, self.namespace, self.reply_owner, senders=self.senders
         )
+        self._rpc.cancel = cancellation.canceller(self)  # for TaskHandle.cancel()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact_url(self.url)!r}, namespace={self.namespace!r})"
@@ -408,6 +409,20 @@ class BrokerClient(Settling):
     ) -> TaskHandle:
         """Send a request whose reply comes back to this connection (see :mod:`rpc`)."""
         return await self._rpc.request(message, timeout_s=timeout_s, on_status=on_status)
+
+    async def resubscribe(
+        self, task: Message | str, *, since: datetime | None = None, timeout_s: float = 30.0
+    ) -> TaskHandle:
+        """A handle on a task sent earlier, from this connection or one that was cut:
+        its answers so far and to come, read from history (:mod:`task_follow`)."""
+        return await task_follow.resubscribe(self, task, since=since, timeout_s=timeout_s)
+
+    async def discover(
+        self, *, include_gone: bool = False, timeout_s: float = 10.0
+    ) -> list[cards.AgentInfo]:
+        """The namespace's agents: their newest cards, and how many consumers each inbox
+        has now (:mod:`cards`)."""
+        return await cards.discover(self, include_gone=include_gone, timeout_s=timeout_s)
 
     # -- consuming --------------------------------------------------------------------
 

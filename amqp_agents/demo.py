@@ -7,8 +7,11 @@ installed, the two workers ask the model instead (any OpenAI-compatible endpoint
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +19,7 @@ from .agent import MessagePassingAgent
 from .llm import client_from_env, complete_task
 from .message import Message, MessageType
 from .queue import MessageQueue
+from .rpc import TaskHandle
 
 
 class ResearchAgent(MessagePassingAgent):
@@ -38,7 +42,8 @@ class ResearchAgent(MessagePassingAgent):
 
 
 class WriterAgent(MessagePassingAgent):
-    """Writes an article from the research in its task's context.
+    """Writes an article from the research in its task's context, and streams it: each
+    piece goes to the requester as a partial result (``send_chunk``) as it is written.
 
     With routes, findings routed to it (a RESULT from another agent) are written up
     too, and the article goes out without recipient: in the example, to the
@@ -57,12 +62,25 @@ class WriterAgent(MessagePassingAgent):
     async def _process_task(self, task: str, context: dict[str, Any]) -> Any:
         if self.llm is None:
             await self.send_status({"step": "drafting"})
-        return await self._write(task, context)
+        article = await self._write(task, context)
+        for piece in pieces(str(article)):
+            await self.send_chunk(piece)
+        return article
 
     async def _write(self, task: str, context: dict[str, Any]) -> Any:
         if self.llm is not None:
             return await complete_task(self.llm, self.model, task, context)
         return f"Article written based on: {context.get('research', '')}"
+
+
+def pieces(text: str) -> list[str]:
+    """``text`` cut after each ": ", sentence end or newline, the cuts kept: the pieces
+    a writer streams (an LLM streams tokens; a canned answer has none).
+
+    >>> pieces("Article written based on: Research completed on: AI")
+    ['Article written based on: ', 'Research completed on: ', 'AI']
+    """
+    return [piece for piece in re.split(r"(?<=[:.!?\n] )|(?<=\n)", text) if piece]
 
 
 async def pass_on(agent: MessagePassingAgent, content: Any, handled: Message) -> None:
@@ -99,8 +117,16 @@ class DemoResult:
     model: str | None = None
 
 
-async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResult:
-    """Run the scenario on a connected queue and read its conversation back from history."""
+async def run_demo(
+    queue: MessageQueue,
+    *,
+    timeout_s: float = 60.0,
+    on_piece: Callable[[str], None] = lambda _piece: None,
+) -> DemoResult:
+    """Run the scenario on a connected queue and read its conversation back from history.
+
+    ``on_piece`` is called with each piece of the article as the writer streams it.
+    """
     llm = client_from_env()
     model = os.environ.get("AMQP_AGENTS_MODEL", "gpt-4o-mini")
     researcher = ResearchAgent("researcher", queue, llm, model=model)
@@ -117,13 +143,19 @@ async def run_demo(queue: MessageQueue, *, timeout_s: float = 60.0) -> DemoResul
             timeout=timeout_s,
             conversation_id=conversation_id,
         )
-        article = await coordinator.send_task(
+        writing: TaskHandle = await coordinator.send_task(
             "writer",
             "Write an article about AI trends",
             context={"research": research},
             timeout=timeout_s,
             conversation_id=conversation_id,
+            wait_for_result=False,
         )
+        async with asyncio.timeout(timeout_s):
+            async for update in writing.updates():
+                if update.chunk is not None:
+                    on_piece(str(update.content))
+        article = await writing.result()
     finally:
         await researcher.stop()
         await writer.stop()

@@ -21,10 +21,14 @@ do", or one branch for the failure it knows how to handle::
     │   └── PublishTimeoutError     no confirm within the publish timeout (also TimeoutError)
     ├── RequestTimeoutError         send_task waited longer than its timeout (also TimeoutError)
     ├── RemoteError                 the handler on the other side raised; carries its error
+    ├── TaskCancelledError          the task was cancelled (TaskHandle.cancel(), `amqp-agents
+    │                               cancel`): what waiting for its result raises
     ├── HandlerError                raise it in a handler to fail WITHOUT retry: the
     │                               message goes straight to {ns}.dead (the requester
     │                               gets a RemoteError at once); raised by the library
     │                               when no handler / no LLM client fits a message
+    │   └── PayloadError            a typed handler's payload does not fit its model: refused
+    │                               at once (state "rejected"), neither retried nor dead-lettered
     └── HistoryError                a history query that cannot be answered (index unreachable)
         ├── HistoryQueryError       bad arguments: since after until, limit < 1 (also ValueError)
         ├── HistoryTimeoutError     a stream scan did not reach its end in time (also TimeoutError)
@@ -137,12 +141,33 @@ class RemoteError(AgentsError):
         super().__init__(f"{agent_id or 'remote'} raised {error_type}: {error_message}")
 
 
+class TaskCancelledError(AgentsError):
+    """The task was cancelled before it finished; there is no result.
+
+    Attributes:
+        task_id: the cancelled task's message id.
+    """
+
+    def __init__(self, task_id: str, detail: str = "") -> None:
+        self.task_id = task_id
+        super().__init__(f"task {task_id} was cancelled" + (f": {detail}" if detail else ""))
+
+
 class HandlerError(AgentsError):
     """A handler failed for good: raise it to fail WITHOUT retry.
 
     Any other exception from a handler is retried by the agent's RetryPolicy; this one
     dead-letters the message at once and sends the requester its ERROR reply. The
     library raises it too when an agent cannot handle a message (no LLM client).
+    """
+
+
+class PayloadError(HandlerError):
+    """A message's content does not fit the pydantic model its handler takes.
+
+    The requester gets it at once as a RemoteError naming the field; the message is
+    acknowledged, neither retried nor dead-lettered (it is the sender's mistake, not
+    the agent's crash).
     """
 
 

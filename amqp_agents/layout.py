@@ -5,8 +5,13 @@ from the functions here, one per piece, each returning a :class:`Layout` of spec
 names and arguments of docs/wire-format.md, from :mod:`amqp_agents.wire`)::
 
     base_layout(ns, options)             the traffic, dead-letter and replies exchanges,
+<<<<<<< HEAD
+                                         {ns}.dead, the {ns}.history stream, and the
+                                         cancels and cards streams with their exchanges
+=======
                                          {ns}.dead, the {ns}.history stream (unless
                                          history is off)
+>>>>>>> main
     inbox_layout(ns, agent_id, options)  an inbox (classic) or its lanes (quorum), bound
                                          for its agent and for history
     retry_layout(ns, agent_id, delays, options)  an agent's retry exchange and queues
@@ -188,16 +193,23 @@ def _first_of_each_name(specs: Iterable[_Named]) -> tuple[_Named, ...]:
 
 
 def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
-    """What every namespace has before any agent: traffic, dead letters, replies, history.
+    """What every namespace has before any agent: traffic, dead letters, replies,
+    history, and the two control streams (cancel records, agent cards).
 
     The history stream is bound to the replies exchange, so it keeps every reply. With
-    history off, neither the stream nor that binding.
+    history off, neither the stream nor that binding. Each control stream is fed by a
+    fanout exchange of its own name (its only binding); they are there either way.
     """
     traffic = wire.exchange_name(ns)
     dlx = wire.dead_letter_exchange_name(ns)
     replies = wire.reply_exchange_name(ns)
     dead = wire.dead_queue_name(ns)
     history = wire.history_name(ns)
+    cancels, cards = wire.cancel_stream_name(ns), wire.card_stream_name(ns)
+    cancel_arguments = wire.control_stream_arguments(
+        max_bytes=wire.CANCEL_STREAM_MAX_BYTES, max_age=options.history_max_age
+    )
+    card_arguments = wire.control_stream_arguments(max_bytes=wire.CARD_STREAM_MAX_BYTES)
     history_arguments = wire.history_arguments(
         max_age=options.history_max_age,
         max_bytes=options.history_max_bytes,
@@ -209,17 +221,29 @@ def base_layout(ns: str, options: NamespaceOptions = DEFAULT_OPTIONS) -> Layout:
             ExchangeSpec(traffic, "topic", "agent traffic"),
             ExchangeSpec(dlx, "fanout", "dead letters"),
             ExchangeSpec(replies, "topic", "replies"),
+            ExchangeSpec(wire.cancel_exchange_name(ns), "fanout", "cancel records"),
+            ExchangeSpec(wire.card_exchange_name(ns), "fanout", "agent cards"),
         ),
         queues=(QueueSpec(dead, wire.dead_queue_arguments(options.queue_type), "dead letters"),),
         bindings=(BindingSpec(dlx, dead, "", "dead letters"),),
     )
-    if not options.keeps_history:
-        return base
+    if options.keeps_history:
+        base += Layout(
+            ns,
+            queues=(QueueSpec(history, history_arguments, "history"),),
+            bindings=(
+                BindingSpec(replies, history, wire.history_reply_binding_key(ns), "every answer"),
+            ),
+        )
     return base + Layout(
         ns,
-        queues=(QueueSpec(history, history_arguments, "history"),),
+        queues=(
+            QueueSpec(cancels, cancel_arguments, "cancel records"),
+            QueueSpec(cards, card_arguments, "agent cards"),
+        ),
         bindings=(
-            BindingSpec(replies, history, wire.history_reply_binding_key(ns), "every answer"),
+            BindingSpec(wire.cancel_exchange_name(ns), cancels, "", "cancel records"),
+            BindingSpec(wire.card_exchange_name(ns), cards, "", "agent cards"),
         ),
     )
 

@@ -16,9 +16,16 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from . import instrumentation, wire
 from .client import BrokerClient
-from .errors import AgentsError, HandlerError, UnknownRecipientError
+from .errors import (
+    AgentsError,
+    HandlerError,
+    PayloadError,
+    TaskCancelledError,
+    UnknownRecipientError,
+)
 from .message import Message, MessageType
 from .retry import RetryPolicy
+from .task_state import STATE_KEY, TaskState
 
 log = logging.getLogger("amqp_agents.agent")
 """The agent's log: what an agent did with a message is filtered by this one name."""
@@ -54,8 +61,15 @@ def result_reply(sender: str, message: Message, result: Any) -> Message | None:
     return None
 
 
-def error_reply(sender: str, message: Message, error: Exception, attempts: int) -> Message | None:
-    """The ERROR reply for a handler's last failure on a request, or None (no request)."""
+def error_reply(
+    sender: str,
+    message: Message,
+    error: Exception,
+    attempts: int,
+    state: TaskState = TaskState.FAILED,
+) -> Message | None:
+    """The ERROR reply for a handler's last failure on a request (or for a request
+    refused or cancelled: ``state``), or None (no request)."""
     if message.type not in REPLY_TYPES:
         return None
     content = {
@@ -63,7 +77,28 @@ def error_reply(sender: str, message: Message, error: Exception, attempts: int) 
         "error_message": str(error),
         "attempts": attempts,
     }
-    return answer(sender, message, MessageType.ERROR, content)
+    reply = answer(sender, message, MessageType.ERROR, content)
+    if state is not TaskState.FAILED:
+        reply.metadata[STATE_KEY] = state.value
+    return reply
+
+
+async def refuse(
+    client: BrokerClient,
+    incoming: AbstractIncomingMessage,
+    message: Message,
+    error: Exception,
+    state: TaskState,
+    *,
+    agent_id: str,
+) -> None:
+    """End a delivery that is not to be handled (cancelled, or a payload that does not
+    fit): its requester gets the ERROR reply with ``state``, then the ack. Neither a
+    retry nor a dead letter: nothing crashed."""
+    log.info("%s: %s %s: %s", agent_id, state.value, message.id, error)
+    if reply := error_reply(agent_id, message, error, wire.attempt_of(incoming.headers), state):
+        await send_reply(client, reply, incoming.reply_to)
+    await ack_handled(incoming)
 
 
 async def send_reply(client: BrokerClient, reply: Message, reply_address: str | None) -> None:
@@ -93,6 +128,19 @@ async def send_reply(client: BrokerClient, reply: Message, reply_address: str | 
         )
 
 
+async def cancelled(
+    client: BrokerClient,
+    incoming: AbstractIncomingMessage,
+    message: Message,
+    when: str,
+    *,
+    agent_id: str,
+) -> None:
+    """End a cancelled task (``when``: "before it started", "while it ran")."""
+    error = TaskCancelledError(message.id, when)
+    await refuse(client, incoming, message, error, TaskState.CANCELED, agent_id=agent_id)
+
+
 async def handler_failed(
     client: BrokerClient,
     retry: RetryPolicy,
@@ -104,6 +152,9 @@ async def handler_failed(
 ) -> None:
     """Retry a failed delivery later while ``retry`` allows and ``error`` is not a
     :class:`HandlerError`; else send the ERROR reply and dead-letter it."""
+    if isinstance(error, PayloadError):
+        await refuse(client, incoming, message, error, TaskState.REJECTED, agent_id=agent_id)
+        return
     instrumentation.failed(error)
     attempt = wire.attempt_of(incoming.headers) + 1
     permanent = isinstance(error, HandlerError)

@@ -291,8 +291,13 @@ class Publisher:
         message_id: str,
         recipient: str | None = None,
         via: AbstractChannel | None = None,
+        *,
+        traced: bool = True,
     ) -> None:
         """Publish with ``mandatory`` and wait for the broker's confirm; map failures.
+
+        ``traced=False``: a control record (a card, a cancel record, a stream marker),
+        not a message of any piece of work: no span, not counted as sent.
 
         What ``aio_pika.Exchange.publish`` does, on the aiormq channel under the
         publishing channel (or ``via``; a robust channel swaps it after a reconnect, so
@@ -300,7 +305,12 @@ class Publisher:
         DeliveryError; :func:`publish_errors` turns them into ours.
         """
         channel = via or self._channel
-        with instrumentation.publishing(exchange, routing_key, properties):
+        hook = (
+            instrumentation.publishing(exchange, routing_key, properties)
+            if traced
+            else contextlib.nullcontext()
+        )
+        with hook:
             try:
                 if channel.is_closed:
                     raise ChannelInvalidStateError(f"{channel!r} closed")

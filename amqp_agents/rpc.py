@@ -21,7 +21,7 @@ import asyncio
 import inspect
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -35,15 +35,19 @@ from .errors import (
     InvalidMessageError,
     RemoteError,
     RequestTimeoutError,
+    TaskCancelledError,
     TopologyError,
     map_exceptions,
 )
 from .message import Message, MessageType
 from .senders import SenderPolicy
+from .task_state import STATE_KEY, TaskLog, TaskState, TaskUpdate, state_of
 
 log = logging.getLogger(__name__)
 
 StatusCallback = Callable[[Message], Awaitable[None] | None]
+CancelTask = Callable[[Message, datetime], Awaitable[None]]
+"""Publishes the cancel record of a task, kept until its deadline (cancellation.py)."""
 
 
 @dataclass(slots=True)
@@ -54,6 +58,8 @@ class _Pending:
     """The request's sender: a reply must be addressed to it."""
     responder: str | None
     """The agent asked (None: a routed request, answered by whoever a route chose)."""
+    log: TaskLog = field(default_factory=TaskLog)
+    """Every answer so far, for TaskHandle.state() and updates()."""
 
 
 class ReplyListener:
@@ -108,12 +114,13 @@ class ReplyListener:
 
     def expect(
         self, request: Message, on_status: StatusCallback | None = None
-    ) -> asyncio.Future[Message]:
-        """Register interest in the reply to ``request`` (call before publishing)."""
+    ) -> tuple[asyncio.Future[Message], TaskLog]:
+        """Register interest in the reply to ``request`` (call before publishing); the
+        future of its reply, and the log of its answers."""
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         pending = _Pending(future, on_status, request.sender, request.recipient or None)
         self._pending[request.id] = pending
-        return future
+        return future, pending.log
 
     def refusal(self, incoming: AbstractIncomingMessage, reply: Message) -> str | None:
         """Why ``reply`` does not answer a request of ours, or None (it does)."""
@@ -155,6 +162,7 @@ class ReplyListener:
             )
             return
         pending = self._pending[reply.reply_to or ""]
+        pending.log.add(reply)
         if reply.type is MessageType.STATUS:
             if pending.on_status is not None:
                 try:
@@ -172,6 +180,7 @@ class ReplyListener:
         # A closed reply channel strands every waiter: fail them now rather than at timeout.
         error = BrokerConnectionError("reply channel closed; the reply may be lost")
         for pending in self._pending.values():
+            pending.log.end(TaskState.FAILED)
             if not pending.future.done():
                 pending.future.set_exception(error)
                 # A TaskHandle nobody awaits any more must not log "exception never
@@ -182,12 +191,19 @@ class ReplyListener:
 
 @dataclass(slots=True)
 class TaskHandle:
-    """A request sent with ``wait_for_result=False``; await :meth:`result` later."""
+    """A request sent with ``wait_for_result=False``; await :meth:`result` later, follow
+    it with :meth:`updates`, ask its :meth:`state`, or :meth:`cancel` it.
+
+    ``deadline``: when its requester stops waiting (a cancel record is kept until then).
+    """
 
     message: Message
     _future: asyncio.Future[Message]
     _timeout_s: float
     _forget: Callable[[], None] = field(repr=False)
+    _log: TaskLog = field(default_factory=TaskLog, repr=False)
+    _cancel: CancelTask | None = field(default=None, repr=False)
+    deadline: datetime | None = None
 
     @property
     def message_id(self) -> str:
@@ -214,11 +230,61 @@ class TaskHandle:
             ) from None
         return content_or_raise(reply)
 
+    async def state(self) -> TaskState:
+        """The task's state as its answers so far say (A2A's names, task_state.py)."""
+        return self._log.state
+
+    def updates(self) -> AsyncIterator[TaskUpdate]:
+        """Every answer in arrival order: status reports, partial results (``chunk``),
+        and last the result or error (``final``); each once, from the first, however
+        late the iteration starts. Ends after the final one (or once cancelled here, or
+        the link to the broker was lost: see :meth:`state`)."""
+        return self._log.follow()
+
+    async def cancel(self) -> bool:
+        """Cancel the task wherever it is (cancellation.py): queued, it is skipped;
+        running, its handler is cancelled. :meth:`result` then raises
+        TaskCancelledError. The record is kept in the broker until ``deadline``.
+
+        Returns:
+            True, or False when the task had already finished: a no-op (logged).
+        """
+        if self._log.state.final or self._future.done():
+            log.info("task %s already %s: nothing to cancel", self.message.id, self._log.state)
+            return False
+        assert self._cancel is not None and self.deadline is not None
+        await self._cancel(self.message, self.deadline)
+        self._forget()
+        error = TaskCancelledError(self.message.id, "by its requester")
+        self._log.add(cancelled_here(self.message, error))
+        if not self._future.done():
+            self._future.set_exception(error)
+            self._future.exception()  # retrieved: nobody need await result() after this
+        return True
+
+
+def cancelled_here(task: Message, error: TaskCancelledError) -> Message:
+    """The ERROR a requester records for a task it cancelled itself (the agent's own
+    answer, if it sends one, comes after the requester stopped listening)."""
+    content = {"error_type": type(error).__name__, "error_message": str(error), "attempts": 0}
+    return Message(
+        sender=task.recipient,
+        recipient=task.sender,
+        type=MessageType.ERROR,
+        content=content,
+        reply_to=task.id,
+        conversation_id=task.conversation_id,
+        metadata={STATE_KEY: TaskState.CANCELED.value},
+    )
+
 
 def content_or_raise(reply: Message) -> Any:
-    """A reply's content, or the :class:`RemoteError` an ERROR reply stands for."""
+    """A reply's content, or the :class:`RemoteError` (:class:`TaskCancelledError`) an
+    ERROR reply stands for."""
     if reply.type is MessageType.ERROR:
         content = reply.content if isinstance(reply.content, dict) else {}
+        if state_of(reply) is TaskState.CANCELED:
+            raise TaskCancelledError(reply.reply_to or "", str(content.get("error_message", "")))
         raise RemoteError(
             str(content.get("error_type", "Error")),
             str(content.get("error_message", reply.content)),
@@ -239,6 +305,7 @@ class RpcClient:
     Args:
         open_channel: opens a channel of the connection for the listener.
         send: publishes a message with ``reply_to`` and ``deadline`` (confirmed).
+        cancel: publishes a task's cancel record (for :meth:`TaskHandle.cancel`).
         namespace: the namespace.
         owner: the agent id in the reply queue's name, if any.
         senders: whom each RabbitMQ user may speak for (see :class:`ReplyListener`).
@@ -252,9 +319,11 @@ class RpcClient:
         owner: str | None,
         *,
         senders: SenderPolicy,
+        cancel: CancelTask | None = None,
     ) -> None:
         self._open_channel = open_channel
         self._send = send
+        self.cancel = cancel
         self._namespace = namespace
         self._owner = owner
         self._senders = senders
@@ -293,7 +362,7 @@ class RpcClient:
             The errors of the ``send`` given (UnknownRecipientError, ...).
         """
         replies = await self.listener()
-        future = replies.expect(message, on_status)
+        future, answers = replies.expect(message, on_status)
         deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
         try:
             with instrumentation.requesting(message, future, timeout_s):
@@ -301,4 +370,5 @@ class RpcClient:
         except BaseException:
             replies.forget(message.id)
             raise
-        return TaskHandle(message, future, timeout_s, lambda: replies.forget(message.id))
+        forget = lambda: replies.forget(message.id)  # noqa: E731
+        return TaskHandle(message, future, timeout_s, forget, answers, self.cancel, deadline)

@@ -84,6 +84,22 @@ MEMORY_DEMO_URL = "memory://demo"
 """Where the demo runs when no broker answers (or with ``--memory``): in this process."""
 
 
+class _Stream:
+    """Prints the pieces of a streamed answer on one line, as they arrive."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.started = False
+
+    def show(self, piece: str) -> None:
+        print(piece if self.started else self.label + piece, end="", flush=True)
+        self.started = True
+
+    def end(self) -> None:
+        if self.started:
+            print()
+
+
 async def cmd_demo(args: argparse.Namespace) -> int:
     """Run the researcher/writer demo in its own namespace, then delete it; in memory
     when no broker answers (or with ``--memory``)."""
@@ -125,13 +141,15 @@ async def _demo(args: argparse.Namespace) -> int:
         fate = "deleted at the end; --keep keeps it" if delete else "kept"
         print(f"Namespace {namespace!r} on {redact_url(queue.url)} ({fate}).")
         print("Starting researcher and writer...", flush=True)
+        streamed = _Stream("Writer streams the article: ")
         try:
-            result = await run_demo(queue, timeout_s=args.timeout)
+            result = await run_demo(queue, timeout_s=args.timeout, on_piece=streamed.show)
         finally:
             if delete:
                 channel = await queue.channel()
                 await delete_namespace(channel, namespace, sorted(queue.declared_queues))
                 await channel.close()
+    streamed.end()
     print(f"\nResearch: {result.research}")
     print(f"Article:  {result.article}")
     if result.model is None:

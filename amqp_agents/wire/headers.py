@@ -40,6 +40,9 @@ H_TRACESTATE = "tracestate"
 """W3C trace context: vendor-specific trace state, carried along with ``traceparent``."""
 H_HISTORY_MARKER = "x-history-marker"
 """Set only on the marker a history query appends to find the stream's current end."""
+H_STREAM_MARKER = "x-stream-marker"
+"""Set only on the marker a reader of a control stream (cancels, cards) appends to find
+its current end; every reader skips markers."""
 
 DEAD_ERROR_MESSAGE_CHARS = 4000
 """An exception's text is cut here: the header travels in one frame with the others."""

@@ -23,6 +23,10 @@ Names for namespace ``ns``::
     retry_exchange_name("agents", "w") -> "agents.retry.w"    (direct; one per agent)
     retry_queue_name("agents", "w", 0.2) -> "agents.retry.w.200ms"
     topology_record_name("agents")     -> "agents.topology"   (what `topology apply` bound)
+    cancel_exchange_name("agents")     -> "agents.cancels"    (fanout; into the stream below)
+    cancel_stream_name("agents")       -> "agents.cancels"    (stream of cancel records)
+    card_exchange_name("agents")       -> "agents.cards"      (fanout; into the stream below)
+    card_stream_name("agents")         -> "agents.cards"      (stream of agent cards)
 """
 
 from __future__ import annotations
@@ -235,6 +239,57 @@ def topology_record_name(ns: str) -> str:
     AMQP cannot list bindings, so ``topology plan`` compares with this record.
     """
     return f"{ns}.topology"
+
+
+def cancel_exchange_name(ns: str) -> str:
+    """The fanout exchange cancel records are published to: ``"agents.cancels"``.
+
+    Its only binding leads into :func:`cancel_stream_name` (an exchange and a queue may
+    share a name: they are apart on the broker), so a broker permission can let a user
+    cancel (write here) without letting it write into any queue by name.
+    """
+    return f"{ns}.cancels"
+
+
+def cancel_stream_name(ns: str) -> str:
+    """The stream keeping every cancel record until its retention drops it.
+
+    Every agent reads it from its start when it starts, and then follows it: a cancel
+    outlives the agent's process (docs/wire-format.md, "Cancelling a task").
+    """
+    return f"{ns}.cancels"
+
+
+def card_exchange_name(ns: str) -> str:
+    """The fanout exchange agent cards are published to: ``"agents.cards"``."""
+    return f"{ns}.cards"
+
+
+def card_stream_name(ns: str) -> str:
+    """The stream of agent cards: the newest record of an agent id is its card
+    (docs/wire-format.md, "Agent cards")."""
+    return f"{ns}.cards"
+
+
+def control_stream_arguments(*, max_bytes: int, max_age: str | None = None) -> dict[str, Any]:
+    """A small stream of control records (cancels, cards), bounded by size (and age).
+
+    Segments of a tenth of the size, so retention drops little at a time.
+    """
+    args: dict[str, Any] = {
+        "x-queue-type": "stream",
+        "x-max-length-bytes": max_bytes,
+        "x-stream-max-segment-size-bytes": max(max_bytes // 10, 1_000_000),
+    }
+    if max_age is not None:
+        args["x-max-age"] = max_age
+    return args
+
+
+CANCEL_STREAM_MAX_BYTES = 50_000_000
+"""Cancel records kept at most (bytes); each is a few hundred bytes."""
+CARD_STREAM_MAX_BYTES = 20_000_000
+"""Card records kept at most (bytes); an agent publishes one per start and stop."""
 
 
 def retry_queue_name(ns: str, agent_id: str, delay_s: float, lane: Lane = NORMAL_LANE) -> str:

@@ -43,12 +43,17 @@ async def test_demo_runs_the_tutorial_scenario_with_canned_answers(run_cli: Run)
     assert "These answers are canned: no LLM is configured (OPENAI_API_KEY is unset)" in output
     for variable in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "AMQP_AGENTS_MODEL"):
         assert variable in output.split("canned", 1)[1]
+    # The writer streams its article in pieces, printed as they arrive.
+    streamed = "Writer streams the article: Article written based on: Research completed on:"
+    assert streamed in output
+    assert output.index(streamed) < output.index("Article:  Article written")
     assert timeline_rows(output) == [
         ("coordinator", "researcher", "task"),
         ("researcher", "coordinator", "status"),
         ("researcher", "coordinator", "result"),
         ("coordinator", "writer", "task"),
-        ("writer", "coordinator", "status"),
+        ("writer", "coordinator", "status"),  # "drafting"
+        *[("writer", "coordinator", "status")] * 3,  # the article's three pieces
         ("writer", "coordinator", "result"),
     ]
 
@@ -138,4 +143,6 @@ async def test_demo_asks_the_configured_model(run_cli: Run, fake_openai: FakeOpe
     assert "Article:  model answer 2" in output
     assert f"Answered by model 'tiny-test-model' at {fake_openai.base_url}" in output
     assert "canned" not in output
-    assert [row[2] for row in timeline_rows(output)] == ["task", "result", "task", "result"]
+    # Between them, status reports: a model's answer streamed, "working" if it was slow.
+    answers = [row[2] for row in timeline_rows(output) if row[2] != "status"]
+    assert answers == ["task", "result", "task", "result"]

@@ -88,7 +88,9 @@ async def test_off_declares_no_stream_and_no_history_binding(
     destinations = {destination for _, destination, _ in bindings}
     assert destinations, "the inbox bindings are there"
     assert wire.history_name(queue.namespace) not in destinations
-    assert destinations <= {*queue.inbox_queue_names("bob"), wire.dead_queue_name(queue.namespace)}
+    ns = queue.namespace
+    control = {wire.cancel_stream_name(ns), wire.card_stream_name(ns)}  # there either way
+    assert destinations <= {*queue.inbox_queue_names("bob"), wire.dead_queue_name(ns), *control}
 
 
 async def test_stream_is_declared_with_history_on(

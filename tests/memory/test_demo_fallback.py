@@ -19,7 +19,8 @@ CONVERSATION = [
     ("researcher", "coordinator", "status"),
     ("researcher", "coordinator", "result"),
     ("coordinator", "writer", "task"),
-    ("writer", "coordinator", "status"),
+    ("writer", "coordinator", "status"),  # "drafting"
+    *[("writer", "coordinator", "status")] * 3,  # the article, streamed in three pieces
     ("writer", "coordinator", "result"),
 ]
 

@@ -14,6 +14,8 @@ COMMANDS = [
     ["demo"],
     ["send"],
     ["history"],
+    ["cancel"],
+    ["agents"],
     ["run"],
     ["topology"],
     ["topology", "plan"],

@@ -53,6 +53,7 @@ def test_retry_delays_are_those_the_agent_uses(
     assert RetryPolicy(max_attempts, delays_s).distinct_delays() == expected
 
 
+STREAMS = {"ns.history", "ns.cancels", "ns.cards"}
 CLASSIC = NamespaceOptions(queue_type="classic")
 QUORUM = NamespaceOptions(queue_type="quorum")
 
@@ -72,12 +73,16 @@ def test_layout_of_the_example_in_classic_mode(example: AgentsConfig) -> None:
         ("ns", "topic"),
         ("ns.dlx", "fanout"),
         ("ns.replies", "topic"),
+        ("ns.cancels", "fanout"),  # cancel records, into the stream of that name
+        ("ns.cards", "fanout"),  # agent cards, likewise
         ("ns.retry.researcher", "direct"),  # one per agent that retries
         ("ns.retry.writer", "direct"),
     ]
     assert [q.name for q in layout.queues] == [
         "ns.dead",
         "ns.history",
+        "ns.cancels",
+        "ns.cards",
         "ns.inbox.researcher",
         "ns.inbox.writer",
         "ns.inbox.coordinator",
@@ -136,9 +141,10 @@ def test_layout_of_the_example_in_quorum_mode(example: AgentsConfig) -> None:
         "ns.inbox.monitor.high",
         "ns.inbox.monitor",
     ]
-    # Every durable queue but the history stream is a quorum queue.
+    # Every durable queue but the streams (history, cancels, cards) is a quorum queue.
     assert {name: args["x-queue-type"] for name, args in queues.items()} == {
-        name: "stream" if name == "ns.history" else "quorum" for name in queues
+        name: "stream" if name in {"ns.history", "ns.cancels", "ns.cards"} else "quorum"
+        for name in queues
     }
     assert queues["ns.inbox.researcher"] == {
         "x-queue-type": "quorum",
@@ -256,6 +262,8 @@ def test_joined_layouts_keep_each_piece_once_in_first_order() -> None:
     assert [q.name for q in joined.queues] == [
         "ns.dead",
         "ns.history",
+        "ns.cancels",
+        "ns.cards",
         "ns.inbox.a.high",
         "ns.inbox.a",
     ]

@@ -1,0 +1,261 @@
+"""Cancelling a task: the cancel record, and the agent's watch over the records.
+
+A cancel is a record in the namespace's stream ``{ns}.cancels`` (published through
+the fanout exchange of that name), not a message to the agent's inbox, because it
+must reach the task wherever it is::
+
+    queued in the inbox ──> skipped when it arrives: ERROR reply, state "canceled", ack
+    running ──────────────> its handler is cancelled (asyncio), the same reply, ack;
+                            the agent goes on, nothing is retried
+    finished ─────────────> nothing to do (TaskHandle.cancel() says so)
+
+The stream keeps the record, not the agent: an agent reads the stream from its start
+when it starts, and then follows it, so a cancel outlives an agent's restart. The
+agents of one connection share that reader (:class:`CancelRecords`); each has its
+:class:`CancelWatch` over it. A record carries the task's deadline; past it, the
+task cannot run any more (the agent dead-letters it as expired) and readers drop the
+record. The stream's retention (age and size) bounds what is read at start.
+
+A record is honoured only when the RabbitMQ user that published it (its validated
+``user_id``) may speak for the task's sender (senders.py): only the requester cancels.
+The record's form is in docs/wire-format.md, "Cancelling a task".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from . import wire
+from .control_stream import StreamReader
+from .message import Message, MessageType
+from .publish import Publisher, properties
+from .senders import SenderPolicy
+
+if TYPE_CHECKING:
+    from .client import BrokerClient
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY = 1000
+"""Records read between two sweeps of those past their deadline."""
+
+
+def cancel_record(task_id: str, *, sender: str, recipient: str) -> Message:
+    """The cancel record of task ``task_id`` (its ``reply_to`` names the task)."""
+    return Message(
+        sender=sender,
+        recipient=recipient,
+        type=MessageType.NOTIFICATION,
+        content={"cancel": task_id},
+        reply_to=task_id,
+    )
+
+
+async def publish_cancel(
+    publisher: Publisher, task_id: str, *, sender: str, recipient: str, deadline: datetime
+) -> None:
+    """Append the cancel record of a task to ``{ns}.cancels``, kept until ``deadline``.
+
+    Raises:
+        DeliveryError, BrokerConnectionError: as any confirmed publish.
+    """
+    record = cancel_record(task_id, sender=sender, recipient=recipient)
+    publisher.senders.check_sendable(record)
+    out = wire.encode(
+        record,
+        extra_headers={wire.H_DEADLINE_US: wire.to_us(deadline)},
+        max_body_bytes=publisher.max_body_bytes,
+    )
+    exchange = wire.cancel_exchange_name(publisher.namespace)
+    props = properties(out, publisher.user_id)
+    await publisher.publish(exchange, "", out.body, props, record.id, traced=False)
+
+
+def canceller(client: BrokerClient) -> Callable[[Message, datetime], Awaitable[None]]:
+    """What cancels a task sent through ``client`` (``TaskHandle.cancel``)."""
+
+    async def cancel(task: Message, deadline: datetime) -> None:
+        await publish_cancel(
+            client.publisher,
+            task.id,
+            sender=task.sender,
+            recipient=task.recipient,
+            deadline=deadline,
+        )
+
+    return cancel
+
+
+@dataclass(frozen=True, slots=True)
+class _Cancel:
+    user_id: str | None
+    deadline: datetime
+    recipient: str
+
+
+class CancelRecords:
+    """The cancel records of a namespace as one connection reads them: every agent on
+    the connection shares one stream consumer (one channel, one read at start), however
+    many agents it serves. Started by the first :class:`CancelWatch`, stopped with the
+    last. Get it with :meth:`of`."""
+
+    def __init__(self, client: BrokerClient) -> None:
+        self.client = client
+        self.cancels: dict[str, _Cancel] = {}
+        self.watches: set[CancelWatch] = set()
+        self._reader: StreamReader | None = None
+        self._lock = asyncio.Lock()
+        self._read = 0
+        self._waiters: dict[str, asyncio.Future[None]] = {}
+
+    @classmethod
+    def of(cls, client: BrokerClient) -> CancelRecords:
+        """The records of ``client``'s connection (made on first use)."""
+        records = _records.get(client)
+        if records is None:
+            records = _records[client] = cls(client)
+        return records
+
+    async def join(self, watch: CancelWatch) -> None:
+        """Add an agent's watch; the first one starts reading (returns once caught up).
+
+        A namespace without the stream (declared by an older version, or not readable
+        with this user's permissions) leaves the agents without cancellation, logged.
+        """
+        async with self._lock:
+            self.watches.add(watch)
+            if self._reader is not None:
+                return
+            ns = self.client.namespace
+            self._reader = reader = StreamReader(
+                await self.client.channel(),
+                self.client.publisher,
+                wire.cancel_stream_name(ns),
+                wire.cancel_exchange_name(ns),
+                self._on_record,
+            )
+            try:
+                await reader.start(timeout_s=self.client.connect_timeout_s)
+            except Exception as exc:
+                log.warning(
+                    "cannot read the cancel records of %s (%s: %s); tasks of %s cannot be"
+                    " cancelled",
+                    wire.cancel_stream_name(ns),
+                    type(exc).__name__,
+                    exc,
+                    watch.agent_id,
+                )
+
+    async def leave(self, watch: CancelWatch) -> None:
+        """Remove an agent's watch; the last one stops reading."""
+        async with self._lock:
+            self.watches.discard(watch)
+            if self.watches or self._reader is None:
+                return
+            reader, self._reader = self._reader, None
+            self.cancels.clear()
+            await reader.close()
+
+    async def received(self, task_id: str) -> None:
+        """Return once a record for ``task_id`` was read (to know that a cancel has
+        reached this connection's agents; bound it with a timeout)."""
+        if task_id not in self.cancels:
+            waiter = self._waiters.setdefault(task_id, asyncio.get_running_loop().create_future())
+            await asyncio.shield(waiter)
+
+    def _on_record(self, incoming: AbstractIncomingMessage) -> None:
+        deadline = wire.deadline_of(incoming.headers)
+        task_id = incoming.correlation_id
+        if deadline is None or not task_id or deadline <= datetime.now(UTC):
+            return
+        recipient = (incoming.headers or {}).get(wire.H_RECIPIENT)
+        recipient = recipient if isinstance(recipient, str) else ""
+        self.cancels[task_id] = _Cancel(incoming.user_id, deadline, recipient)
+        self._read += 1
+        if self._read % PRUNE_EVERY == 0:
+            now = datetime.now(UTC)
+            self.cancels = {k: c for k, c in self.cancels.items() if c.deadline > now}
+        for watch in self.watches:
+            watch.interrupt(task_id)
+        if (waiter := self._waiters.pop(task_id, None)) is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+_records: weakref.WeakKeyDictionary[BrokerClient, CancelRecords] = weakref.WeakKeyDictionary()
+
+
+class CancelWatch:
+    """An agent's view of the cancel records: which of its tasks are cancelled, and the
+    handlers it cancels when a record for a running task arrives.
+
+    Args:
+        agent_id: the agent (records addressed to another agent are ignored).
+        senders: who may cancel whose tasks.
+    """
+
+    def __init__(self, agent_id: str, senders: SenderPolicy) -> None:
+        self.agent_id = agent_id
+        self.senders = senders
+        self._records: CancelRecords | None = None
+        self._running: dict[str, tuple[asyncio.Task[object], Message]] = {}
+        self._interrupted: set[str] = set()
+
+    async def start(self, client: BrokerClient) -> None:
+        """Follow the records of ``client``'s connection (returns once caught up)."""
+        self._records = CancelRecords.of(client)
+        await self._records.join(self)
+
+    async def stop(self) -> None:
+        """Stop following the records."""
+        records, self._records = self._records, None
+        if records is not None:
+            await records.leave(self)
+
+    def cancels(self, message: Message) -> bool:
+        """Whether a record cancels ``message`` (a task this agent holds)."""
+        cancel = None if self._records is None else self._records.cancels.get(message.id)
+        if cancel is None or cancel.deadline <= datetime.now(UTC):
+            return False
+        if cancel.recipient not in ("", self.agent_id):
+            return False
+        return self.senders.may_speak_for(cancel.user_id, message.sender)
+
+    @contextmanager
+    def running(self, message: Message) -> Iterator[None]:
+        """While the body runs ``message``'s handler, a record for it cancels the task."""
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - handlers run in tasks
+            yield
+            return
+        self._running[message.id] = (task, message)
+        try:
+            yield
+        finally:
+            del self._running[message.id]
+            if message.id in self._interrupted:
+                task.uncancel()  # our cancel, not the task's: it goes on to reply and ack
+
+    def interrupted(self, message: Message) -> bool:
+        """Whether a cancel record (not a stop, not the link) cancelled its handler."""
+        if message.id in self._interrupted:
+            self._interrupted.discard(message.id)
+            return True
+        return False
+
+    def interrupt(self, task_id: str) -> None:
+        """A record for ``task_id`` arrived: cancel its handler if it runs here."""
+        running = self._running.get(task_id)
+        if running is not None and task_id not in self._interrupted and self.cancels(running[1]):
+            task, _ = running
+            self._interrupted.add(task_id)
+            task.cancel(f"task {task_id} cancelled by its requester")
+            log.info("%s: task %s cancelled while running", self.agent_id, task_id)
