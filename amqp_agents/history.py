@@ -45,6 +45,7 @@ from aio_pika import Message as AmqpMessage
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from . import wire
+from ._delivery_tap import Delivery, DeliveryTap
 from .errors import HistoryQueryError, HistoryTimeoutError, InvalidMessageError
 from .message import Message
 
@@ -182,7 +183,6 @@ class _Scan:
 
     query: HistoryQuery
     marker: str
-    channel: aiormq.abc.AbstractChannel
     progress: ProgressCallback | None
     done: asyncio.Future[None]
     found: deque[Message] = field(default_factory=deque)
@@ -197,6 +197,8 @@ class _Scan:
     read_matches: int = 0
     ack_every: int = ACK_EVERY
 
+    tap: DeliveryTap | None = None
+
     def __post_init__(self) -> None:
         if self.query.newest_first and self.query.limit is not None:
             self.found = deque(maxlen=self.query.limit)
@@ -210,9 +212,21 @@ class _Scan:
             self.done.done() and not self.done.cancelled() and self.done.exception() is None,
         )
 
-    async def on_delivery(self, delivered: aiormq.abc.DeliveredMessage) -> None:
-        # Everything up to the ack is synchronous: deliveries are handled in order.
-        tag = delivered.delivery_tag or 0
+    async def consume(self, channel: aiormq.abc.AbstractChannel, stream: str, start: Any) -> str:
+        """Start reading ``stream`` at ``start``; return the consumer tag."""
+        self.tap = DeliveryTap(
+            channel, f"history-scan-{uuid.uuid4()}", self.on_delivery, self.on_error
+        )
+        await self.tap.consume(stream, arguments={H_STREAM_OFFSET: start})
+        return self.tap.consumer_tag
+
+    def on_error(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def on_delivery(self, delivered: Delivery) -> None:
+        # Called in stream order, synchronously, by the connection's reader (_delivery_tap).
+        tag = delivered.delivery_tag
         if self.done.done():
             return
         self.read += 1
@@ -221,9 +235,10 @@ class _Scan:
             self.progress(self.snapshot())
         if tag - self.acked_tag >= self.ack_every and not self.done.done():
             self.acked_tag = tag
-            await self.channel.basic_ack(tag, multiple=True, wait=False)
+            assert self.tap is not None
+            self.tap.ack_through(tag)
 
-    def _examine(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+    def _examine(self, delivered: Delivery) -> None:
         headers = delivered.header.properties.headers or {}
         at = headers.get(H_STREAM_OFFSET)
         if isinstance(at, int):
@@ -299,13 +314,11 @@ async def scan_history(
         ) from None
     underlay = await channel.get_underlay_channel()
     await underlay.basic_qos(prefetch_count=SCAN_PREFETCH)
-    scan = _Scan(query, marker, underlay, progress, asyncio.get_running_loop().create_future())
+    scan = _Scan(query, marker, progress, asyncio.get_running_loop().create_future())
     if query.until is not None:
         scan.stop_after_us = _to_us(query.until + clock_skew)
     start: datetime | str = "first" if query.since is None else query.since - clock_skew
-    consume = await underlay.basic_consume(
-        name, scan.on_delivery, arguments={H_STREAM_OFFSET: start}
-    )
+    consumer_tag = await scan.consume(underlay, name, start)
     try:
         remaining = None if timeout is None else max(timeout - (time.perf_counter() - started), 0)
         await asyncio.wait_for(asyncio.shield(scan.done), remaining)
@@ -317,8 +330,8 @@ async def scan_history(
             " until or limit, or give a longer timeout"
         ) from None
     finally:
-        if consume.consumer_tag is not None and not underlay.is_closed:
-            await underlay.basic_cancel(consume.consumer_tag)
+        if not underlay.is_closed:
+            await underlay.basic_cancel(consumer_tag)
     if progress is not None:
         progress(scan.snapshot())
     found = list(scan.found)
@@ -350,20 +363,18 @@ async def follow_history(
     underlay = await channel.get_underlay_channel()
     await underlay.basic_qos(prefetch_count=SCAN_PREFETCH)
     done = asyncio.get_running_loop().create_future()
-    scan = _Scan(query, "", underlay, None, done, on_match=on_match, ack_every=1)
+    scan = _Scan(query, "", None, done, on_match=on_match, ack_every=1)
     if query.until is not None:
         scan.stop_after_us = _to_us(query.until + clock_skew)
     start: datetime | str = "next" if query.since is None else query.since - clock_skew
-    consume = await underlay.basic_consume(
-        wire.history_name(namespace), scan.on_delivery, arguments={H_STREAM_OFFSET: start}
-    )
+    consumer_tag = await scan.consume(underlay, wire.history_name(namespace), start)
     if on_ready is not None:
         on_ready()
     try:
         await asyncio.shield(done)
     finally:
-        if consume.consumer_tag is not None and not underlay.is_closed:
-            await underlay.basic_cancel(consume.consumer_tag)
+        if not underlay.is_closed:
+            await underlay.basic_cancel(consumer_tag)
 
 
 def bounded(query: HistoryQuery, bounds: QueryBounds) -> HistoryQuery:
@@ -418,7 +429,7 @@ class _Entry:
         "type",
     )
 
-    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
+    def __init__(self, delivered: aiormq.abc.DeliveredMessage | Delivery) -> None:
         properties = delivered.header.properties
         self.body = delivered.body
         self.headers = properties.headers
@@ -431,7 +442,7 @@ class _Entry:
         self.routing_key = delivered.routing_key
 
 
-def decode_entry(delivered: aiormq.abc.DeliveredMessage) -> Message:
+def decode_entry(delivered: aiormq.abc.DeliveredMessage | Delivery) -> Message:
     """The message of a history stream delivery.
 
     Raises:
