@@ -119,7 +119,10 @@ class DeliveryTap:
     async def put(self, item: tuple[int, Any]) -> None:
         frame = item[1]
         if self._deliver is None:
-            if isinstance(frame, commands.Basic.Deliver) and frame.consumer_tag == self.consumer_tag:
+            if (
+                isinstance(frame, commands.Basic.Deliver)
+                and frame.consumer_tag == self.consumer_tag
+            ):
                 self._deliver = frame
                 return
             await self._queue.put(item)
@@ -173,4 +176,3 @@ class DeliveryTap:
 
     def empty(self) -> bool:
         return self._queue.empty()
-

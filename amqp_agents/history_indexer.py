@@ -21,8 +21,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from asyncio import FIRST_COMPLETED
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -31,8 +35,9 @@ import asyncpg
 from aio_pika.abc import AbstractConnection
 
 from . import wire
+from ._delivery_tap import Delivery, DeliveryTap
 from .errors import InvalidMessageError
-from .history import H_STREAM_OFFSET, SCAN_PREFETCH, decode_entry
+from .history import H_STREAM_OFFSET, decode_entry
 from .history_index import Row, ensure_schema, prune_markers, stored_offset, write_batch
 from .message import Message
 
@@ -40,6 +45,9 @@ log = logging.getLogger(__name__)
 
 BATCH_MAX = 2000
 """Most entries written in one transaction."""
+INDEX_PREFETCH = 3 * BATCH_MAX
+"""Unacknowledged entries the broker may send: while one batch is written, the next
+ones arrive (with the prefetch equal to a batch, the read stopped during each write)."""
 BATCH_WINDOW_S = 0.05
 """How long a batch collects entries after its first one: without it a busy stream was
 committed about 6 entries at a time (a transaction's round trips per 6 messages). A
@@ -181,36 +189,45 @@ class HistoryIndexer:
     async def _copy(
         self, database: asyncpg.Connection, channel: aiormq.abc.AbstractChannel, offset: int
     ) -> None:
-        """Read from ``offset`` on, committing each batch with the offset after it."""
-        inbox: asyncio.Queue[aiormq.abc.DeliveredMessage] = asyncio.Queue()
+        """Read from ``offset`` on, committing each batch with the offset after it.
 
-        async def on_delivery(delivered: aiormq.abc.DeliveredMessage) -> None:
-            inbox.put_nowait(delivered)
+        The read and the writes overlap: while a batch is written, the tap keeps
+        collecting the next one (up to :data:`INDEX_PREFETCH` unacknowledged entries,
+        room for a few batches); a batch is acknowledged once committed.
+        """
+        arrived: deque[Delivery] = deque()
+        wake = asyncio.Event()
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        await channel.basic_qos(prefetch_count=SCAN_PREFETCH)
-        await channel.basic_consume(
-            wire.history_name(self.namespace),
-            on_delivery,
-            arguments={H_STREAM_OFFSET: offset},
-        )
+        def on_delivery(delivered: Delivery) -> None:
+            arrived.append(delivered)
+            wake.set()
+
+        def on_error(exc: BaseException) -> None:
+            if not failed.done():
+                failed.set_exception(exc)
+
+        tap = DeliveryTap(channel, f"history-indexer-{uuid.uuid4()}", on_delivery, on_error)
+        await channel.basic_qos(prefetch_count=INDEX_PREFETCH)
+        await tap.consume(wire.history_name(self.namespace), arguments={H_STREAM_OFFSET: offset})
         log.info("history indexer of %r: reading from offset %d", self.namespace, offset)
         self._just_attached = True
         closing = asyncio.ensure_future(channel.closing)
         try:
             while True:
-                first = asyncio.ensure_future(inbox.get())
-                await asyncio.wait({first, closing}, return_when=asyncio.FIRST_COMPLETED)
-                if not first.done():
-                    first.cancel()
-                    raise _Disconnected(f"channel closed: {closing.exception()}")
-                batch = await _collect(first.result(), inbox)
+                batch = await _collect(arrived, wake, closing, failed)
                 offset = await self._commit(database, batch, offset)
                 await channel.basic_ack(batch[-1].delivery_tag or 0, multiple=True, wait=False)
         finally:
             closing.cancel()
+            if not failed.done():
+                failed.cancel()
 
     async def _commit(
-        self, database: asyncpg.Connection, batch: list[aiormq.abc.DeliveredMessage], offset: int
+        self,
+        database: asyncpg.Connection,
+        batch: Sequence[Delivery | aiormq.abc.DeliveredMessage],
+        offset: int,
     ) -> int:
         """Write one batch; return the next offset to read."""
         rows: list[Row] = []
@@ -258,29 +275,48 @@ class HistoryIndexer:
 
 
 async def _collect(
-    first: aiormq.abc.DeliveredMessage, inbox: asyncio.Queue[aiormq.abc.DeliveredMessage]
-) -> list[aiormq.abc.DeliveredMessage]:
-    """A batch: ``first`` and what arrives within :data:`BATCH_WINDOW_S`, up to
-    :data:`BATCH_MAX`; cut short once it holds a query's marker and nothing is waiting."""
-    batch = [first]
-    marker = _is_marker(first)
-    deadline = asyncio.get_running_loop().time() + BATCH_WINDOW_S
+    arrived: deque[Delivery],
+    wake: asyncio.Event,
+    closing: asyncio.Future[Any],
+    failed: asyncio.Future[None],
+) -> list[Delivery]:
+    """A batch: what has arrived, and what arrives within :data:`BATCH_WINDOW_S` of the
+    first entry, up to :data:`BATCH_MAX`; cut short once it holds a query's marker and
+    nothing more is waiting (read-your-writes queries do not wait for the window).
+
+    Raises:
+        _Disconnected: the channel closed.
+    """
+    loop = asyncio.get_running_loop()
+    batch: list[Delivery] = []
+    marker = False
+    deadline: float | None = None
     while len(batch) < BATCH_MAX:
-        if inbox.empty():
-            left = deadline - asyncio.get_running_loop().time()
+        if arrived:
+            entry = arrived.popleft()
+            batch.append(entry)
+            marker = marker or _is_marker(entry)
+            continue
+        if batch:
+            if deadline is None:
+                deadline = loop.time() + BATCH_WINDOW_S
+            left = deadline - loop.time()
             if marker or left <= 0:
                 break
-            try:
-                batch.append(await asyncio.wait_for(inbox.get(), left))
-            except TimeoutError:
-                break
         else:
-            batch.append(inbox.get_nowait())
-        marker = marker or _is_marker(batch[-1])
+            left = None
+        wake.clear()
+        waiter = asyncio.ensure_future(wake.wait())
+        await asyncio.wait({waiter, closing, failed}, timeout=left, return_when=FIRST_COMPLETED)
+        waiter.cancel()
+        if failed.done():
+            failed.result()
+        if closing.done() and not arrived:
+            raise _Disconnected(f"channel closed: {closing.exception()}")
     return batch
 
 
-def _is_marker(delivered: aiormq.abc.DeliveredMessage) -> bool:
+def _is_marker(delivered: Delivery) -> bool:
     return wire.H_HISTORY_MARKER in (delivered.header.properties.headers or {})
 
 
