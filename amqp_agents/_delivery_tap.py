@@ -82,13 +82,14 @@ class DeliveryTap:
         self.on_delivery = on_delivery
         self.on_error = on_error
         self.failed = False
-        self._queue: asyncio.Queue[Any] = channel.frames
+        frames = getattr(channel, "frames", None)  # the memory broker's channel has none
+        self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue() if frames is None else frames
         self._deliver: commands.Basic.Deliver | None = None
         self._header: ContentHeader | None = None
         self._size = 0
         self._parts: list[bytes] = []
         self._ack_tag = 0
-        if isinstance(self._queue, asyncio.Queue | DeliveryTap):  # not the memory broker's
+        if frames is not None:
             channel.frames = self  # type: ignore[assignment]
 
     async def consume(self, queue: str, arguments: dict[str, Any] | None = None) -> None:
