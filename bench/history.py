@@ -11,8 +11,10 @@
    ``scan_client_cpu_us_per_msg`` = this process's CPU time per entry (what the client
    costs whatever else the machine is doing).
 3. Indexer: ``amqp-agents history index`` as its own process, from an empty database
-   until it has committed all N: ``ingest_msg_per_s``; its RSS is sampled at every
-   tenth of N, ``indexer_rss_growth_mb`` counts from the sample at 20 %.
+   until it has committed all N: ``ingest_msg_per_s``, and its CPU time per message
+   (``indexer_cpu_us_per_msg``, from its start, imports included: what it costs
+   whatever else the machine is doing); its RSS is sampled at every tenth of N,
+   ``indexer_rss_growth_mb`` counts from the sample at 20 %.
 4. Indexed queries, the indexer still running: ``HISTORY_QUERIES`` ``conversation()``
    calls for random conversations with read-your-writes (a marker each, waiting for
    the indexer to pass it): ``query_p50_ms``, ``query_p99_ms``; and the same without
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -107,6 +110,12 @@ async def scan(mq: MessageQueue, conversations: int) -> dict[str, float]:
     }
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used since it started."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_BYTES / 1e6
 
@@ -132,6 +141,7 @@ async def ingest(indexer: asyncio.subprocess.Process, n: int, t0: float) -> dict
             base = samples.get(2, min(samples.values()))
             return {
                 "ingest_msg_per_s": n / elapsed,
+                "indexer_cpu_us_per_msg": process_cpu_s(indexer.pid) / n * 1e6,
                 "indexer_rss_mb": final,
                 "indexer_rss_growth_mb": final - base,
             }
