@@ -9,12 +9,18 @@ must reach the task wherever it is::
                             the agent goes on, nothing is retried
     finished ─────────────> nothing to do (TaskHandle.cancel() says so)
 
-The stream keeps the record, not the agent: an agent reads the stream from its start
-when it starts, and then follows it, so a cancel outlives an agent's restart. The
-agents of one connection share that reader (:class:`CancelRecords`); each has its
+The stream keeps the record, not the agent: an agent reads the stream when it starts,
+and then follows it, so a cancel outlives an agent's restart. The agents of one
+connection share that reader (:class:`CancelRecords`); each has its
 :class:`CancelWatch` over it. A record carries the task's deadline; past it, the
 task cannot run any more (the agent dead-letters it as expired) and readers drop the
-record. The stream's retention (age and size) bounds what is read at start.
+record.
+
+What a start replays is bounded by time, not only by the stream's retention: an agent
+holds a task at most ``wire.MAX_TASK_DEADLINE_S`` after its timestamp (admission.py),
+and a cancel is published after its task, so records older than that (plus
+:data:`CLOCK_SKEW_S`) cannot cancel a task that may still run. The reader starts at
+that age (``x-stream-offset`` as a timestamp) instead of the stream's first entry.
 
 A record is honoured only when the RabbitMQ user that published it (its validated
 ``user_id``) may speak for the task's sender (senders.py): only the requester cancels.
@@ -29,7 +35,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -47,6 +53,17 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 1000
 """Records read between two sweeps of those past their deadline."""
+
+CLOCK_SKEW_S = 300.0
+"""Slack for the clocks of requesters, broker and agents: the replay starts this much
+earlier than the oldest task an agent may still run."""
+
+
+def replay_start(now: datetime | None = None) -> datetime:
+    """Where a starting agent reads the cancels stream from: the oldest record that may
+    still cancel a task it could run (see the module's docstring)."""
+    window_s = wire.MAX_TASK_DEADLINE_S + CLOCK_SKEW_S
+    return (now or datetime.now(UTC)) - timedelta(seconds=window_s)
 
 
 def cancel_record(task_id: str, *, sender: str, recipient: str) -> Message:
@@ -144,7 +161,7 @@ class CancelRecords:
                 self._on_record,
             )
             try:
-                await reader.start(timeout_s=self.client.connect_timeout_s)
+                await reader.start(timeout_s=self.client.connect_timeout_s, start=replay_start())
             except Exception as exc:
                 log.warning(
                     "cannot read the cancel records of %s (%s: %s); tasks of %s cannot be"
@@ -164,6 +181,11 @@ class CancelRecords:
             reader, self._reader = self._reader, None
             self.cancels.clear()
             await reader.close()
+
+    @property
+    def entries_read(self) -> int:
+        """Stream entries read since the reader started (its replay, then live ones)."""
+        return 0 if self._reader is None else self._reader.entries
 
     async def received(self, task_id: str) -> None:
         """Return once a record for ``task_id`` was read (to know that a cancel has
