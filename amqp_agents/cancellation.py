@@ -127,7 +127,9 @@ class CancelRecords:
 
     def __init__(self, client: BrokerClient) -> None:
         self.client = client
-        self.cancels: dict[str, _Cancel] = {}
+        self.cancels: dict[str, list[_Cancel]] = {}
+        """Per task, every live record read: one from a user who may not cancel it must
+        not hide (replace) the requester's own."""
         self.watches: set[CancelWatch] = set()
         self._reader: StreamReader | None = None
         self._lock = asyncio.Lock()
@@ -201,11 +203,15 @@ class CancelRecords:
             return
         recipient = (incoming.headers or {}).get(wire.H_RECIPIENT)
         recipient = recipient if isinstance(recipient, str) else ""
-        self.cancels[task_id] = _Cancel(incoming.user_id, deadline, recipient)
+        self.cancels.setdefault(task_id, []).append(_Cancel(incoming.user_id, deadline, recipient))
         self._read += 1
         if self._read % PRUNE_EVERY == 0:
             now = datetime.now(UTC)
-            self.cancels = {k: c for k, c in self.cancels.items() if c.deadline > now}
+            self.cancels = {
+                task: live
+                for task, records in self.cancels.items()
+                if (live := [c for c in records if c.deadline > now])
+            }
         for watch in self.watches:
             watch.interrupt(task_id)
         if (waiter := self._waiters.pop(task_id, None)) is not None and not waiter.done():
@@ -244,12 +250,14 @@ class CancelWatch:
 
     def cancels(self, message: Message) -> bool:
         """Whether a record cancels ``message`` (a task this agent holds)."""
-        cancel = None if self._records is None else self._records.cancels.get(message.id)
-        if cancel is None or cancel.deadline <= datetime.now(UTC):
-            return False
-        if cancel.recipient not in ("", self.agent_id):
-            return False
-        return self.senders.may_speak_for(cancel.user_id, message.sender)
+        records = () if self._records is None else self._records.cancels.get(message.id, ())
+        now = datetime.now(UTC)
+        return any(
+            cancel.deadline > now
+            and cancel.recipient in ("", self.agent_id)
+            and self.senders.may_speak_for(cancel.user_id, message.sender)
+            for cancel in records
+        )
 
     @contextmanager
     def running(self, message: Message) -> Iterator[None]:
