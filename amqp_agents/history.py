@@ -16,8 +16,10 @@ A scan is made fast and bounded rather than clever:
   past that time; an oldest-first ``limit`` ends it at the limit-th match.
 * The headers (conversation, sender, recipient, timestamp) decide whether an entry can
   match; only those that can are decoded into a :class:`Message`.
-* Deliveries are taken straight from the channel (no per-message wrapper object) and
-  acknowledged in batches (``multiple``) with a large prefetch.
+* Deliveries are taken straight from the connection's frame reader by a
+  :class:`~amqp_agents._delivery_tap.DeliveryTap` (no frame queue, no task and no
+  wrapper object per delivery) and acknowledged in batches (``multiple``) with a large
+  prefetch.
 * The timeout is the caller's, and a progress callback reports a long scan.
 
 Entry timestamps are the senders' clocks while the stream is ordered by arrival, so
