@@ -6,19 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-pytest.importorskip("opentelemetry.sdk")
-
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler  # noqa: E402
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags  # noqa: E402
-from opentelemetry.trace.propagation.tracecontext import (  # noqa: E402
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, Sampler
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry.trace.propagation.tracecontext import (
     TraceContextTextMapPropagator,
 )
-from opentelemetry.trace.span import TraceState  # noqa: E402
+from opentelemetry.trace.span import TraceState
 
-from amqp_agents.tracing import _GETTER, extract, inject  # noqa: E402
+from amqp_agents.tracing import _GETTER, extract, inject
 
 PROPAGATOR = TraceContextTextMapPropagator()
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -47,9 +44,7 @@ VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 )
 def test_extract_reads_what_the_propagator_reads(headers: dict[str, Any]) -> None:
     ours = trace.get_current_span(extract(headers)).get_span_context()
-    theirs = trace.get_current_span(
-        PROPAGATOR.extract(headers, getter=_GETTER)
-    ).get_span_context()
+    theirs = trace.get_current_span(PROPAGATOR.extract(headers, getter=_GETTER)).get_span_context()
     assert ours == theirs
     assert (ours.is_remote, ours.trace_flags, ours.trace_state) == (
         theirs.is_remote,
@@ -65,7 +60,9 @@ def test_inject_writes_what_the_propagator_writes(
 ) -> None:
     tracer = TracerProvider(sampler=sampler).get_tracer("test")
     parent = NonRecordingSpan(
-        SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, True, TraceFlags(1), state)
+        SpanContext(
+            0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, True, TraceFlags(1), state
+        )
     )
     span = tracer.start_span("send x", context=trace.set_span_in_context(parent))
     ours: dict[str, Any] = {}
