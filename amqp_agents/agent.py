@@ -208,6 +208,7 @@ class MessagePassingAgent(DefaultHandlers):
             RequestTimeoutError: no result within ``timeout`` seconds.
             RemoteError: the recipient's handler failed for the last time.
             UnknownRecipientError: the recipient has no inbox.
+            ConfigError: ``timeout`` is not in (0, 24 h] (wire.MAX_TASK_DEADLINE_S).
         """
         message = create_task_message(self.id, recipient, task_description, context, priority)
         # A sub-task sent from inside a handler continues that conversation.

@@ -32,6 +32,7 @@ from aiormq.exceptions import ChannelAccessRefused
 from . import instrumentation, wire
 from .errors import (
     BrokerConnectionError,
+    ConfigError,
     InvalidMessageError,
     RemoteError,
     RequestTimeoutError,
@@ -299,6 +300,24 @@ class _Send(Protocol):
     ) -> None: ...
 
 
+def task_deadline(timeout_s: float) -> datetime:
+    """The deadline a task sent now with ``timeout_s`` carries.
+
+    An agent holds a task at most ``wire.MAX_TASK_DEADLINE_S`` after its timestamp (that
+    bound is what lets a starting agent replay only a day of cancels), so a longer
+    timeout is refused here rather than expiring silently while the requester waits.
+
+    Raises:
+        ConfigError: ``timeout_s`` is not in (0, MAX_TASK_DEADLINE_S].
+    """
+    if not 0 < timeout_s <= wire.MAX_TASK_DEADLINE_S:
+        raise ConfigError(
+            f"task timeout {timeout_s:g}s: it must be above 0 and at most "
+            f"{wire.MAX_TASK_DEADLINE_S}s (24 h), the longest an agent holds a task"
+        )
+    return datetime.now(UTC) + timedelta(seconds=timeout_s)
+
+
 class RpcClient:
     """Sends requests and keeps the reply listener they wait on (started on first use).
 
@@ -361,9 +380,9 @@ class RpcClient:
         Raises:
             The errors of the ``send`` given (UnknownRecipientError, ...).
         """
+        deadline = task_deadline(timeout_s)
         replies = await self.listener()
         future, answers = replies.expect(message, on_status)
-        deadline = datetime.now(UTC) + timedelta(seconds=timeout_s)
         try:
             with instrumentation.requesting(message, future, timeout_s):
                 await self._send(message, reply_to=replies.queue_name, deadline=deadline)

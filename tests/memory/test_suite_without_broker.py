@@ -7,7 +7,6 @@ container's module imports under ``filterwarnings = error`` and ``start()`` is c
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,23 +16,34 @@ import pytest
 ROOT_CONFTEST = str(Path(__file__).parents[1] / "conftest.py")
 
 
-def root_conftest() -> Any:
-    """tests/conftest.py as pytest loaded it."""
-    found = [m for m in sys.modules.values() if getattr(m, "__file__", None) == ROOT_CONFTEST]
+def root_conftest(config: pytest.Config) -> Any:
+    """tests/conftest.py as pytest loaded it.
+
+    Asked of pytest's plugin manager, not ``sys.modules``: the conftest files of folders
+    without ``__init__.py`` (tests/, tests/reliability/) are all imported as ``conftest``,
+    so in a whole-suite run the later one replaces the root's entry in ``sys.modules``.
+    """
+    found = [
+        plugin
+        for plugin in config.pluginmanager.get_plugins()
+        if getattr(plugin, "__file__", None) == ROOT_CONFTEST
+    ]
     assert found and isinstance(found[0], ModuleType)
     return found[0]
 
 
-def test_testcontainers_rabbitmq_imports_with_warnings_as_errors() -> None:
-    container_class = root_conftest().rabbitmq_container_class()
+def test_testcontainers_rabbitmq_imports_with_warnings_as_errors(
+    pytestconfig: pytest.Config,
+) -> None:
+    container_class = root_conftest(pytestconfig).rabbitmq_container_class()
 
     assert container_class.__name__ == "RabbitMqContainer"
 
 
 def test_without_a_local_broker_the_suite_starts_a_container(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pytestconfig: pytest.Config
 ) -> None:
-    conftest = root_conftest()
+    conftest = root_conftest(pytestconfig)
     asked: list[str] = []
 
     def ask_docker(self: Any, image: str, **kwargs: Any) -> None:

@@ -8,14 +8,15 @@ sender, and with a ``user_id`` that may speak for the agent asked.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from amqp_agents import Message, MessageType
+from amqp_agents import ConfigError, Message, MessageType
 from amqp_agents.outcomes import answer
-from amqp_agents.rpc import ReplyListener
+from amqp_agents.rpc import ReplyListener, task_deadline
 from amqp_agents.senders import SenderPolicy
 
 from .test_admission import delivery
@@ -59,3 +60,20 @@ async def test_a_reply_is_taken_only_as_the_answer_to_the_question_asked(
         assert got is None
     else:
         assert got is not None and refused in got, got
+
+
+@pytest.mark.parametrize("timeout_s", [0, -1, 24 * 3600 + 1, float("inf")])
+def test_a_task_timeout_an_agent_would_not_honour_is_refused(timeout_s: float) -> None:
+    with pytest.raises(ConfigError, match="at most 86400s"):
+        task_deadline(timeout_s)
+
+
+@pytest.mark.parametrize("timeout_s", [0.01, 30, 24 * 3600])
+def test_a_task_timeout_within_the_day_gives_its_deadline(timeout_s: float) -> None:
+    before = datetime.now(UTC)
+    deadline = task_deadline(timeout_s)
+    assert (
+        before + timedelta(seconds=timeout_s)
+        <= deadline
+        <= datetime.now(UTC) + timedelta(seconds=timeout_s)
+    )
