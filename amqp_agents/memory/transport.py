@@ -14,6 +14,7 @@ closes it, so error handling above sees the same exceptions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import UnderlayConnection
+from aio_pika.message import IncomingMessage
+from aio_pika.queue import consumer as _aio_pika_consumer
+from aio_pika.tools import create_task as aio_pika_create_task
 from aio_pika.tools import OneShotCallback
 from aiormq.abc import DeliveredMessage
 from aiormq.channel import exception_by_code
@@ -433,7 +437,17 @@ class MemoryChannel:
             body=stored.body,
             channel=self,  # type: ignore[arg-type]
         )
-        self._track(asyncio.get_running_loop().create_task(consumer.callback(message)))
+        callback = consumer.callback
+        if type(callback) is functools.partial and callback.func is _aio_pika_consumer:
+            # aio-pika's own consumer callback: it only builds the IncomingMessage and
+            # starts the user's callback in a task; do that here, skipping the task
+            # aiormq would run it in (one task per delivery instead of two).
+            incoming = IncomingMessage(message, no_ack=callback.keywords["no_ack"])
+            started = aio_pika_create_task(callback.args[0], incoming)
+            if isinstance(started, asyncio.Task):
+                self._track(started)
+            return
+        self._track(asyncio.get_running_loop().create_task(callback(message)))
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         # Held until done (the loop keeps only weak references), as aiormq holds its own.
