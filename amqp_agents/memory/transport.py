@@ -442,7 +442,7 @@ class MemoryChannel:
             # aio-pika's own consumer callback: it only builds the IncomingMessage and
             # starts the user's callback in a task; do that here, skipping the task
             # aiormq would run it in (one task per delivery instead of two).
-            incoming = IncomingMessage(message, no_ack=callback.keywords["no_ack"])
+            incoming = incoming_message(message, callback.keywords["no_ack"])
             started = aio_pika_create_task(callback.args[0], incoming)
             if isinstance(started, asyncio.Task):
                 self._track(started)
@@ -498,6 +498,24 @@ class MemoryChannel:
             queue.requeue(stored)
         else:
             self.broker.dead_letter(queue, stored, "rejected")
+
+
+class _Building(IncomingMessage):
+    """An IncomingMessage under construction: aio-pika's own ``__init__`` runs on it
+    without its per-attribute lock check (26 calls of a property per message, about
+    four fifths of the object's cost), which cannot fire there: the message is
+    unlocked until that ``__init__``'s last line. Then it becomes an IncomingMessage."""
+
+    __slots__ = ()
+    __setattr__ = object.__setattr__
+
+
+def incoming_message(delivered: DeliveredMessage, no_ack: bool) -> IncomingMessage:
+    """``IncomingMessage(delivered, no_ack=no_ack)``, the same object, built faster."""
+    message = object.__new__(_Building)
+    IncomingMessage.__init__(message, delivered, no_ack=no_ack)
+    message.__class__ = IncomingMessage
+    return message
 
 
 def _stream_start(queue: Queue, offset: Any) -> int:
