@@ -25,8 +25,8 @@ import aio_pika
 from aio_pika.abc import UnderlayConnection
 from aio_pika.message import IncomingMessage
 from aio_pika.queue import consumer as _aio_pika_consumer
-from aio_pika.tools import create_task as aio_pika_create_task
 from aio_pika.tools import OneShotCallback
+from aio_pika.tools import create_task as aio_pika_create_task
 from aiormq.abc import DeliveredMessage
 from aiormq.channel import exception_by_code
 from aiormq.exceptions import (
