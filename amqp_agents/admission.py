@@ -139,7 +139,7 @@ def admit(
             return Skip(f"message {message.id} is not for {agent_id}")
         message = routed
     if handling:
-        deadline = wire.deadline_of(incoming.headers)
+        deadline = wire.held_deadline(incoming.headers, message.timestamp)
         if deadline is not None and deadline <= datetime.now(UTC):
             return DeadLetter("expired")
         if incoming.reply_to and (refused := _reply_to_refusal(incoming, gate)):

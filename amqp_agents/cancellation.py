@@ -9,12 +9,18 @@ must reach the task wherever it is::
                             the agent goes on, nothing is retried
     finished ─────────────> nothing to do (TaskHandle.cancel() says so)
 
-The stream keeps the record, not the agent: an agent reads the stream from its start
-when it starts, and then follows it, so a cancel outlives an agent's restart. The
-agents of one connection share that reader (:class:`CancelRecords`); each has its
+The stream keeps the record, not the agent: an agent reads the stream when it starts,
+and then follows it, so a cancel outlives an agent's restart. The agents of one
+connection share that reader (:class:`CancelRecords`); each has its
 :class:`CancelWatch` over it. A record carries the task's deadline; past it, the
 task cannot run any more (the agent dead-letters it as expired) and readers drop the
-record. The stream's retention (age and size) bounds what is read at start.
+record.
+
+What a start replays is bounded by time, not only by the stream's retention: an agent
+holds a task at most ``wire.MAX_TASK_DEADLINE_S`` after its timestamp (admission.py),
+and a cancel is published after its task, so records older than that (plus
+:data:`CLOCK_SKEW_S`) cannot cancel a task that may still run. The reader starts at
+that age (``x-stream-offset`` as a timestamp) instead of the stream's first entry.
 
 A record is honoured only when the RabbitMQ user that published it (its validated
 ``user_id``) may speak for the task's sender (senders.py): only the requester cancels.
@@ -29,7 +35,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from aio_pika.abc import AbstractIncomingMessage
@@ -47,6 +53,17 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY = 1000
 """Records read between two sweeps of those past their deadline."""
+
+CLOCK_SKEW_S = 300.0
+"""Slack for the clocks of requesters, broker and agents: the replay starts this much
+earlier than the oldest task an agent may still run."""
+
+
+def replay_start(now: datetime | None = None) -> datetime:
+    """Where a starting agent reads the cancels stream from: the oldest record that may
+    still cancel a task it could run (see the module's docstring)."""
+    window_s = wire.MAX_TASK_DEADLINE_S + CLOCK_SKEW_S
+    return (now or datetime.now(UTC)) - timedelta(seconds=window_s)
 
 
 def cancel_record(task_id: str, *, sender: str, recipient: str) -> Message:
@@ -110,7 +127,9 @@ class CancelRecords:
 
     def __init__(self, client: BrokerClient) -> None:
         self.client = client
-        self.cancels: dict[str, _Cancel] = {}
+        self.cancels: dict[str, list[_Cancel]] = {}
+        """Per task, every live record read: one from a user who may not cancel it must
+        not hide (replace) the requester's own."""
         self.watches: set[CancelWatch] = set()
         self._reader: StreamReader | None = None
         self._lock = asyncio.Lock()
@@ -144,7 +163,7 @@ class CancelRecords:
                 self._on_record,
             )
             try:
-                await reader.start(timeout_s=self.client.connect_timeout_s)
+                await reader.start(timeout_s=self.client.connect_timeout_s, start=replay_start())
             except Exception as exc:
                 log.warning(
                     "cannot read the cancel records of %s (%s: %s); tasks of %s cannot be"
@@ -165,6 +184,11 @@ class CancelRecords:
             self.cancels.clear()
             await reader.close()
 
+    @property
+    def entries_read(self) -> int:
+        """Stream entries read since the reader started (its replay, then live ones)."""
+        return 0 if self._reader is None else self._reader.entries
+
     async def received(self, task_id: str) -> None:
         """Return once a record for ``task_id`` was read (to know that a cancel has
         reached this connection's agents; bound it with a timeout)."""
@@ -179,11 +203,15 @@ class CancelRecords:
             return
         recipient = (incoming.headers or {}).get(wire.H_RECIPIENT)
         recipient = recipient if isinstance(recipient, str) else ""
-        self.cancels[task_id] = _Cancel(incoming.user_id, deadline, recipient)
+        self.cancels.setdefault(task_id, []).append(_Cancel(incoming.user_id, deadline, recipient))
         self._read += 1
         if self._read % PRUNE_EVERY == 0:
             now = datetime.now(UTC)
-            self.cancels = {k: c for k, c in self.cancels.items() if c.deadline > now}
+            self.cancels = {
+                task: live
+                for task, records in self.cancels.items()
+                if (live := [c for c in records if c.deadline > now])
+            }
         for watch in self.watches:
             watch.interrupt(task_id)
         if (waiter := self._waiters.pop(task_id, None)) is not None and not waiter.done():
@@ -222,12 +250,14 @@ class CancelWatch:
 
     def cancels(self, message: Message) -> bool:
         """Whether a record cancels ``message`` (a task this agent holds)."""
-        cancel = None if self._records is None else self._records.cancels.get(message.id)
-        if cancel is None or cancel.deadline <= datetime.now(UTC):
-            return False
-        if cancel.recipient not in ("", self.agent_id):
-            return False
-        return self.senders.may_speak_for(cancel.user_id, message.sender)
+        records = () if self._records is None else self._records.cancels.get(message.id, ())
+        now = datetime.now(UTC)
+        return any(
+            cancel.deadline > now
+            and cancel.recipient in ("", self.agent_id)
+            and self.senders.may_speak_for(cancel.user_id, message.sender)
+            for cancel in records
+        )
 
     @contextmanager
     def running(self, message: Message) -> Iterator[None]:

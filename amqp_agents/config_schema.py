@@ -74,6 +74,25 @@ def _object_path(value: str) -> str:
     return value
 
 
+def _version(value: Any) -> Any:
+    # YAML reads `version: 1.10` as the number 1.1: refuse numbers rather than guess.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(
+            f'write the version as a quoted string (e.g. "{value}"): YAML read a number'
+        )
+    return value
+
+
+def _version_text(value: str) -> str:
+    if not value.strip() or len(value) > 64:
+        raise ValueError("a version is 1 to 64 characters, not blank")
+    return value
+
+
+CARD_FIELDS = ("description", "version", "a2a")
+"""The agent fields that go into its card."""
+
+
 def _compiled_route(value: Any) -> Any:
     # A pattern as written becomes its CompiledRule here, the only compile on the way
     # from the file to the broker's bindings and the consumer's checks.
@@ -268,6 +287,9 @@ class AgentConfig(_Section):
             :class:`~amqp_agents.retry.RetryPolicy` itself (YAML keys ``max_attempts``,
             ``delays_s``).
         inbox: the inbox's limits.
+        description, version, a2a: the agent's card (cards.py), published when it
+            starts and listed by ``amqp-agents agents``; a field left out keeps what
+            the class's own card says.
     """
 
     id: AgentId
@@ -275,6 +297,13 @@ class AgentConfig(_Section):
     concurrency: PositiveInt = 8
     retry: RetryPolicy = RetryPolicy()
     inbox: InboxConfig = InboxConfig()
+    description: Annotated[str, Field(max_length=2000)] = ""
+    version: Annotated[str, BeforeValidator(_version), AfterValidator(_version_text)] = "0"
+    a2a: dict[Annotated[str, Field(min_length=1)], Any] | None = None
+
+    def card_fields(self) -> dict[str, Any]:
+        """The card fields the file sets (for :meth:`AgentCard.model_copy`)."""
+        return {name: getattr(self, name) for name in CARD_FIELDS if name in self.model_fields_set}
 
 
 class RouteConfig(_Section):

@@ -1,11 +1,12 @@
-"""Reading a control stream (cancel records, agent cards) from its start, then live.
+"""Reading a control stream (cancel records, agent cards) from a start, then live.
 
 The broker keeps such records, not a process: a reader that starts (an agent after a
-restart, ``amqp-agents agents``) reads the stream from its first retained entry and
-rebuilds what it needs. As with history (:mod:`amqp_agents.history`), an AMQP stream
-consumer is never told it reached the end, so the reader appends a marker
-(``x-stream-marker``, through the stream's own exchange) and has caught up once it
-reads it back. Every reader skips markers.
+restart, ``amqp-agents agents``) reads the stream from its first retained entry (the
+cancels: from the oldest record that can still matter) and rebuilds what it needs. As
+with history (:mod:`amqp_agents.history`), an AMQP stream consumer is never told it
+reached the end, so the reader appends a marker (``x-stream-marker``, through the
+stream's own exchange) and has caught up once it reads it back. Every reader skips
+markers.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class StreamReader:
         self._on_record = on_record
         self._marker = str(uuid.uuid4())
         self._caught_up = asyncio.Event()
+        self.entries = 0
+        """Entries read so far, markers excluded (what a start's replay cost)."""
 
     async def start(self, *, timeout_s: float, start: str | datetime = "first") -> None:
         """Consume from ``start``, append the marker, and return once it was read back.
@@ -95,6 +98,7 @@ class StreamReader:
                 if wire.header_text(headers[wire.H_STREAM_MARKER]) == self._marker:
                     self._caught_up.set()
             else:
+                self.entries += 1
                 self._on_record(incoming)
         except Exception:
             log.exception("%s: a record could not be read; skipped", self.stream)

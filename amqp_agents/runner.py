@@ -340,7 +340,7 @@ def build_agent(
             " by `run` yet: messages an agent gives up on always go to the dead letters"
         )
     try:
-        return cls(
+        built = cls(
             agent.id,
             queue,
             concurrency=agent.concurrency,
@@ -352,6 +352,8 @@ def build_agent(
             f"{config.where('agents', index, 'class')}: cannot create {agent.class_path}"
             f" for agent {agent.id!r}: {type(exc).__name__}: {exc}"
         ) from exc
+    built.card = built.card.model_copy(update=agent.card_fields())  # the file's word wins
+    return built
 
 
 def ssl_context_of(config: AgentsConfig) -> ssl.SSLContext | None:

@@ -44,6 +44,11 @@ H_STREAM_MARKER = "x-stream-marker"
 """Set only on the marker a reader of a control stream (cancels, cards) appends to find
 its current end; every reader skips markers."""
 
+MAX_TASK_DEADLINE_S = 24 * 3600
+"""The longest a task's deadline may lie after its timestamp: an agent holds a task to
+``min(deadline, timestamp + this)``. So every task an agent can still run was sent less
+than this long ago, and a reader of the cancels stream may skip older records."""
+
 DEAD_ERROR_MESSAGE_CHARS = 4000
 """An exception's text is cut here: the header travels in one frame with the others."""
 
@@ -54,6 +59,15 @@ def deadline_of(headers: Any) -> datetime | None:
     if isinstance(value, int) and not isinstance(value, bool):
         return from_us(value)
     return None
+
+
+def held_deadline(headers: Any, sent_at: datetime) -> datetime | None:
+    """The deadline an agent holds a task to: the requester's (None: it has none), but
+    at most :data:`MAX_TASK_DEADLINE_S` after ``sent_at`` (its timestamp)."""
+    deadline = deadline_of(headers)
+    if deadline is None:
+        return None
+    return min(deadline, sent_at + timedelta(seconds=MAX_TASK_DEADLINE_S))
 
 
 def attempt_of(headers: Any) -> int:

@@ -107,6 +107,39 @@ async def test_cli_cancel_of_a_finished_task_says_so(
     )
 
 
+@pytest.mark.parametrize("to", [["--to", "worker"], []], ids=["to-worker", "to-any"])
+async def test_cli_cancel_with_history_off_publishes_without_the_lookup(
+    make_queue: Callable[..., Awaitable[MessageQueue]], run_cli: Run, to: list[str]
+) -> None:
+    queue = await make_queue(history="off")
+    handled: list[Any] = []
+    agent = MessagePassingAgent("worker", queue)
+
+    @agent.on(MessageType.TASK)
+    async def work(message: Message) -> Any:
+        handled.append(message.content)
+        return message.content
+
+    await queue.ensure_inbox("worker")  # the agent is not running yet
+    handle = await send(queue, "worker", "doomed")
+    status, output = await run_cli("cancel", "--history", "off", *to, handle.message_id)
+    assert status == 0, output
+    assert f"cancel record for task {handle.message_id} published" in output
+    assert "history is off, so whether the task exists or already completed is unknown" in output
+    await agent.start_consuming()
+    try:
+        with pytest.raises(TaskCancelledError, match="before it started"):
+            async with asyncio.timeout(WAIT_S):
+                await handle.result()
+        assert await (await send(queue, "worker", "kept")).result() == "kept"
+        assert handled == ["kept"]
+        # A finished task: the same record, the same honest answer; nothing changes.
+        status, output = await run_cli("cancel", "--history", "off", handle.message_id)
+        assert (status, "is unknown" in output) == (0, True), output
+    finally:
+        await agent.stop()
+
+
 async def test_cli_cancel_of_an_unknown_task_is_one_line(queue: MessageQueue, run_cli: Run) -> None:
     status, output = await run_cli("cancel", "no-such-task")
     assert status == 1

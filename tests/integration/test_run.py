@@ -180,3 +180,43 @@ async def test_passive_mode_names_what_is_missing(
     assert line.endswith(
         "; create it first with `amqp-agents topology apply CONFIG` as a user that may configure it"
     )
+
+
+async def test_run_publishes_the_cards_of_the_config_file(
+    spawn: Spawn, config_file: Callable[[str], Path], namespace: str
+) -> None:
+    config = config_file(
+        """
+        broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}"}
+        agents:
+          - id: carded
+            class: "integration.probe_agents:UntilStopAgent"
+            description: "drafts release notes"
+            version: "3.1"
+            a2a: {name: "Release notes"}
+          - {id: plain, class: "integration.probe_agents:UntilStopAgent"}
+        """
+    )
+    run = await spawn("run", str(config))
+    await run.expect(RUNNING)
+    agents = await spawn("agents", "--namespace", namespace)
+    assert await agents.finish() == 0, agents.output
+    rows = {line.split()[0]: line.split() for line in agents.lines[1:]}
+    assert rows["carded"][1:3] == ["running", "3.1"], agents.output
+    assert agents.lines[1].endswith("drafts release notes")
+    assert rows["plain"][1:3] == ["running", "0"], agents.output
+    run.process.send_signal(signal.SIGTERM)
+    assert await run.finish() == 0, run.output
+
+
+async def test_a_bad_card_value_stops_run_in_one_line(spawn: Spawn, tmp_path: Path) -> None:
+    config = tmp_path / "agents.yaml"  # refused before connecting: nothing to clean up
+    config.write_text(
+        'broker: {url: "${AMQP_URL}", namespace: "${AMQP_NAMESPACE}"}\n'
+        "agents:\n"
+        '  - {id: carded, class: "integration.probe_agents:UntilStopAgent", version: 2.0}\n'
+    )
+    run = await spawn("run", str(config))
+    assert await run.finish() != 0
+    assert len(run.lines) == 1, run.output
+    assert "agents[0].version: write the version as a quoted string" in run.lines[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -26,6 +27,7 @@ from amqp_agents import (
     TaskHandle,
     TaskState,
     TaskUpdate,
+    cancellation,
     wire,
 )
 from amqp_agents.cancellation import CancelRecords, publish_cancel
@@ -219,6 +221,80 @@ async def test_a_cancel_outlives_an_agent_restart(
     await start_agent("worker", setup, on=await make_queue())
     assert await (await send(queue, "worker", "kept")).result() == "kept"
     assert handled == ["kept"]
+
+
+async def test_a_restart_replays_only_the_cancels_that_may_still_matter(
+    start_agent: Start,
+    queue: MessageQueue,
+    make_queue: MakeQueue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handled: list[Any] = []
+
+    def setup(agent: MessagePassingAgent) -> None:
+        @agent.on(MessageType.TASK)
+        async def work(message: Message) -> Any:
+            handled.append(message.content)
+            return message.content
+
+    far = datetime.now(UTC) + timedelta(hours=1)
+    for n in range(5):  # cancels of tasks sent before the bound: a restart skips them
+        await publish_cancel(
+            queue.publisher, f"old-{n}", sender="boss", recipient="worker", deadline=far
+        )
+    # A stream offset by timestamp has whole seconds: let the clock pass to a later
+    # second than the old records' (time passing, not a synchronisation).
+    bound = datetime.fromtimestamp(int(datetime.now(UTC).timestamp()) + 2, UTC)
+    await asyncio.sleep((bound - datetime.now(UTC)).total_seconds())
+    first = await start_agent("worker", setup)
+    await first.stop()
+    doomed = await send(queue, "worker", "doomed")
+    assert await doomed.cancel() is True
+    monkeypatch.setattr(cancellation, "replay_start", lambda now=None: bound)
+    restarted = await make_queue()
+    await start_agent("worker", setup, on=restarted)
+    assert await (await send(queue, "worker", "kept")).result() == "kept"
+    assert handled == ["kept"]  # the cancel made before the restart still applies
+    assert CancelRecords.of(restarted).entries_read == 1  # not the 5 older records
+
+
+async def test_a_task_sent_longer_ago_than_the_longest_deadline_is_expired(
+    start_agent: Start, queue: MessageQueue, raw_channel: aio_pika.abc.AbstractChannel
+) -> None:
+    handled: list[Any] = []
+
+    def setup(agent: MessagePassingAgent) -> None:
+        @agent.on(MessageType.TASK)
+        async def work(message: Message) -> Any:
+            handled.append(message.content)
+            young_handled.set()
+
+    young_handled = asyncio.Event()
+    await queue.ensure_inbox("worker")
+    now = datetime.now(UTC)
+    held = timedelta(seconds=wire.MAX_TASK_DEADLINE_S)
+    for content, age in [("too old", held + timedelta(minutes=1)), ("young", timedelta(0))]:
+        # The requester's deadline is ahead for both: only the timestamp differs.
+        message = Message(
+            sender="boss",
+            recipient="worker",
+            type=MessageType.TASK,
+            content=content,
+            timestamp=now - age,
+        )
+        await queue.send(message, deadline=now + timedelta(hours=1))
+    dead = await raw_channel.declare_queue(wire.dead_queue_name(queue.namespace), passive=True)
+    await start_agent("worker", setup)
+    async with asyncio.timeout(WAIT_S):
+        async with dead.iterator() as letters:
+            async for letter in letters:
+                await letter.ack()
+                break
+    assert json.loads(letter.body) == "too old"
+    assert letter.headers[wire.H_DEAD_REASON] == "expired"
+    async with asyncio.timeout(WAIT_S):
+        await young_handled.wait()
+    assert handled == ["young"]
 
 
 # -- states and updates -------------------------------------------------------------------

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import doctest
+from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from amqp_agents import Message, MessageType, PayloadError, TaskState, demo, payloads, task_state
+from amqp_agents import (
+    Message,
+    MessageType,
+    PayloadError,
+    TaskState,
+    cancellation,
+    demo,
+    payloads,
+    task_state,
+    wire,
+)
 from amqp_agents.cards import skills_of
 from amqp_agents.payloads import Validating, model_of, typed
 from amqp_agents.task_state import TaskLog, chunk_of, state_of
@@ -157,3 +168,26 @@ def test_a_card_lists_each_type_with_its_schema() -> None:
 @pytest.mark.parametrize("module", [task_state, payloads, demo], ids=lambda m: m.__name__)
 def test_the_doctests(module: ModuleType) -> None:
     assert doctest.testmod(module).failed == 0
+
+
+@pytest.mark.parametrize(
+    ("deadline_in", "held_in"),
+    [
+        (timedelta(hours=1), timedelta(hours=1)),
+        (timedelta(hours=48), timedelta(seconds=wire.MAX_TASK_DEADLINE_S)),
+    ],
+    ids=["within", "capped"],
+)
+def test_an_agent_holds_a_task_at_most_the_longest_deadline(
+    deadline_in: timedelta, held_in: timedelta
+) -> None:
+    sent = datetime(2026, 1, 1, tzinfo=UTC)
+    headers = {wire.H_DEADLINE_US: wire.to_us(sent + deadline_in)}
+    assert wire.held_deadline(headers, sent) == sent + held_in
+    assert wire.held_deadline({}, sent) is None
+
+
+def test_the_cancel_replay_starts_before_the_oldest_task_that_may_run() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    window = timedelta(seconds=wire.MAX_TASK_DEADLINE_S + cancellation.CLOCK_SKEW_S)
+    assert cancellation.replay_start(now) == now - window
