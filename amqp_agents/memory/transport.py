@@ -507,14 +507,14 @@ class _Building(IncomingMessage):
     unlocked until that ``__init__``'s last line. Then it becomes an IncomingMessage."""
 
     __slots__ = ()
-    __setattr__ = object.__setattr__
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
 
 
 def incoming_message(delivered: DeliveredMessage, no_ack: bool) -> IncomingMessage:
     """``IncomingMessage(delivered, no_ack=no_ack)``, the same object, built faster."""
     message = object.__new__(_Building)
     IncomingMessage.__init__(message, delivered, no_ack=no_ack)
-    message.__class__ = IncomingMessage
+    message.__class__ = IncomingMessage  # type: ignore[assignment]
     return message
 
 
