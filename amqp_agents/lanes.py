@@ -11,11 +11,10 @@ overtaken by a more urgent one, as in a classic priority queue; only the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
@@ -42,14 +41,9 @@ class PrioritySlots:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrival = itertools.count()
 
-    @contextlib.asynccontextmanager
-    async def hold(self, priority: int) -> AsyncIterator[None]:
+    def hold(self, priority: int) -> _Held:
         """Wait for a slot (more urgent waiters first), hold it for the block."""
-        await self._acquire(priority)
-        try:
-            yield
-        finally:
-            self._release()
+        return _Held(self, priority)
 
     @property
     def waiting(self) -> int:
@@ -77,6 +71,23 @@ class PrioritySlots:
                 future.set_result(None)
                 return
         self._free += 1
+
+
+class _Held:
+    """``async with slots.hold(priority)``: a plain context manager, not a generator
+    one (which costs a generator and a wrapper per delivery)."""
+
+    __slots__ = ("_priority", "_slots")
+
+    def __init__(self, slots: PrioritySlots, priority: int) -> None:
+        self._slots = slots
+        self._priority = priority
+
+    async def __aenter__(self) -> None:
+        await self._slots._acquire(self._priority)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._slots._release()
 
 
 class LaneConsumers:

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -220,11 +221,11 @@ class MemoryBroker:
             raise not_found("queue", queue)
         if exchange not in self.exchanges:
             raise not_found("exchange", exchange)
-        self.exchanges[exchange].bindings[(queue, key)] = None
+        self.exchanges[exchange].bind(queue, key)
 
     def unbind(self, queue: str, exchange: str, key: str) -> None:
         if exchange in self.exchanges:
-            self.exchanges[exchange].bindings.pop((queue, key), None)
+            self.exchanges[exchange].unbind(queue, key)
 
     def delete_queue(self, name: str) -> int:
         queue = self.queues.pop(name, None)
@@ -232,8 +233,7 @@ class MemoryBroker:
             return 0
         queue.deleted = True
         for exchange in self.exchanges.values():
-            for binding in [b for b in exchange.bindings if b[0] == name]:
-                del exchange.bindings[binding]
+            exchange.unbind(name)
         for consumer in list(queue.consumers):
             consumer.channel.cancelled_by_broker(consumer)
         queue.consumers.clear()
@@ -299,7 +299,7 @@ class MemoryBroker:
                 expires_at = now + int(expiration) / 1000
             except ValueError:
                 raise precondition(f"invalid expiration '{expiration}'") from None
-        stamp = datetime.now(UTC).timestamp()
+        stamp = time.time()
         for name in names:
             queue = self.queues[name]
             stored = Stored(
@@ -323,7 +323,7 @@ class MemoryBroker:
                 if key in self.queues:
                     names[key] = None
                 continue
-            for name in exchange.route(key, self.queues):
+            for name in exchange.route(key):
                 names[name] = None
         return list(names)
 
@@ -368,7 +368,7 @@ class MemoryBroker:
         copy.expiration = None
         key = queue.dead_letter_key
         routing = [key] if key is not None else keys
-        stamp = datetime.now(UTC).timestamp()
+        stamp = time.time()
         for name in self._route(target, routing):
             if name == queue.name and reason != "rejected" and target.name == "":
                 continue

@@ -24,15 +24,45 @@ STREAM_CHUNK = 16
 stream in chunks of entries; a reader sees them arrive over time, not all at once)."""
 
 
+ROUTE_CACHE_KEYS = 4096
+"""Routing keys whose queues an exchange remembers (then it forgets them all)."""
+
+
 @dataclass(slots=True)
 class Exchange:
     name: str
     type: str
     durable: bool = True
     bindings: dict[tuple[str, str], None] = field(default_factory=dict)
-    """(queue, key) in binding order."""
+    """(queue, key) in binding order. Change it only through :meth:`bind` and
+    :meth:`unbind`, which forget :attr:`routes`."""
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """routing key -> the queues it reaches: matched once per key, not per message."""
 
-    def route(self, key: str, queues: Mapping[str, Queue]) -> list[str]:
+    def bind(self, queue: str, key: str) -> None:
+        self.bindings[(queue, key)] = None
+        self.routes.clear()
+
+    def unbind(self, queue: str, key: str | None = None) -> None:
+        """Remove one binding of ``queue``, or with ``key=None`` all of them."""
+        if key is not None:
+            self.bindings.pop((queue, key), None)
+        else:
+            for binding in [b for b in self.bindings if b[0] == queue]:
+                del self.bindings[binding]
+        self.routes.clear()
+
+    def route(self, key: str) -> tuple[str, ...]:
+        """The queues bound to ``key``, in binding order."""
+        names = self.routes.get(key)
+        if names is None:
+            names = tuple(self._match(key))
+            if len(self.routes) >= ROUTE_CACHE_KEYS:
+                self.routes.clear()
+            self.routes[key] = names
+        return names
+
+    def _match(self, key: str) -> list[str]:
         if self.type == "fanout":
             return [q for q, _ in self.bindings]
         if self.type == "topic":
