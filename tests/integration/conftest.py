@@ -30,7 +30,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from amqp_agents import memory
+from amqp_agents import MessageQueue, memory
 from amqp_agents.config import load_config
 from amqp_agents.layout import layout_of
 from amqp_agents.memory.transport import PlainMemoryConnection
@@ -162,11 +162,16 @@ def cli_env(amqp_url: str, namespace: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def spawn(cli_env: dict[str, str], config_files: list[Path]) -> AsyncIterator[Spawn]:
+async def spawn(
+    cli_env: dict[str, str],
+    config_files: list[Path],
+    make_queue: Callable[..., Awaitable[MessageQueue]],
+) -> AsyncIterator[Spawn]:
     """Factory of running CLI processes; any still running at teardown is killed.
 
-    Before ``config_files`` deletes the namespace (it is set up first, so torn down
-    after): a live ``run`` would declare an inbox again as soon as it is deleted.
+    Before ``config_files`` and ``make_queue`` delete the namespace (they are set up
+    first, so torn down after): a live ``run`` would declare an inbox again as soon as
+    it is deleted, and the test would leak it onto the broker.
     """
     started: list[CliProcess] = []
 
