@@ -16,6 +16,7 @@ results/cluster-timings.json.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -327,14 +328,37 @@ def _drop_member(cluster: PrivateCluster, queue: str, node: PrivateBroker) -> No
     assert out == "ok", f"delete_member {queue} {node.node}: {out}"
 
 
+def _lead_from(cluster: PrivateCluster, queue: str, node: PrivateBroker) -> None:
+    """Make ``node``'s replica the leader of the quorum queue ``queue`` (vhost ``/``).
+
+    Whether a lane without a majority refuses a publish at once depends on its leader:
+    a stopped leader leaves no process to take the publish, and the channel nacks it; a
+    leader that lives on without a majority takes it and never commits it, so only the
+    publish timeout ends the wait. The test needs the first case every time, not when
+    an election happens to go that way.
+    """
+    name = "<<" + ",".join(str(b) for b in queue.encode()) + ">>"
+    out = cluster.any_running().eval(
+        f'{{ok, Q}} = rabbit_amqqueue:lookup(rabbit_misc:r(<<"/">>, queue, {name})), '
+        f"{{RaName, Leader}} = amqqueue:get_pid(Q), "
+        f"ra:transfer_leadership({{RaName, Leader}}, {{RaName, '{node.node}'}})."
+    )
+    assert out in ("ok", "already_leader"), f"transfer_leadership {queue}: {out}"
+
+
+def _led_from(cluster: PrivateCluster, queue: str, node: PrivateBroker) -> bool:
+    return cluster.placement(queue).leader == node.node
+
+
 async def test_a_lane_without_a_majority_refuses_the_send_typed_and_promptly(
     whole_cluster: PrivateCluster,
 ) -> None:
-    """The agent's lanes have replicas on nodes 2 and 3 only; node 2 stops, so no lane
-    has a majority, while the cluster (nodes 1 and 3) has one and keeps serving. A
-    ``send`` through node 1 then raises ``InboxUnavailableError`` (the broker's nack),
-    well before its publish timeout, and nothing has the message. Node 2 back, sends go
-    through again, and the refused message never reaches the agent.
+    """The agent's lanes have replicas on nodes 2 and 3 only, led from node 2; node 2
+    stops, so no lane has a majority (nor a leader), while the cluster (nodes 1 and 3)
+    has one and keeps serving. A ``send`` through node 1 then raises
+    ``InboxUnavailableError`` (the broker's nack), well before its publish timeout, and
+    nothing has the message. Node 2 back, sends go through again, and the refused
+    message never reaches the agent.
     """
     cluster = whole_cluster
     member_gone = cluster.nodes[1]
@@ -352,6 +376,9 @@ async def test_a_lane_without_a_majority_refuses_the_send_typed_and_promptly(
             await asyncio.to_thread(_drop_member, cluster, lane, cluster.nodes[0])
             placement = await asyncio.to_thread(cluster.placement, lane)
             assert sorted(placement.members) == sorted(n.node for n in cluster.nodes[1:])
+            await asyncio.to_thread(_lead_from, cluster, lane, member_gone)
+            led = functools.partial(_led_from, cluster, lane, member_gone)
+            await asyncio.to_thread(cluster.wait_until, led, f"{lane} led from 2", WAIT_S)
         await asyncio.to_thread(cluster.stop, member_gone)
 
         refused = {
