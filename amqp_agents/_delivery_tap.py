@@ -1,30 +1,38 @@
-"""A consumer's deliveries handed to a plain function, straight from the connection.
+"""A channel's deliveries and confirms handled straight from the connection's reader.
 
 aiormq passes every frame of a channel through an ``asyncio.Queue`` to the channel's
 own reader task, which assembles a delivery from its three frames (method, content
-header, body) and then starts one task per delivery to run the consumer callback. For
-a history scan or the indexer, which read hundreds of thousands of stream entries in
-a row, those three hand-overs (each a task switch) and the task per entry were about
-half of the client's CPU (docs/history.md).
+header, body) and then starts one task per delivery to run the consumer callback;
+aio-pika's consumer then builds an ``IncomingMessage`` (it converts every property,
+about 35 us) and starts a second task. For an agent that is most of what receiving a
+message costs on top of handling it; for a history scan or the indexer, which read
+hundreds of thousands of stream entries in a row, it was about half of the client's
+CPU (docs/history.md).
 
-A :class:`DeliveryTap` takes the place of the channel's frame queue. The connection's
-reader gives it each frame of the channel; it assembles the deliveries of its one
-consumer itself and calls a synchronous function with each, in order, in the reader's
-own turn: no queue, no task. Every other frame (consume-ok, confirms, cancel, close, a
-delivery to another consumer with its content) goes on to the channel's queue as
-before, so the channel works as usual.
-
-Only for a channel that reads one long stream: a slow callback holds up the whole
-connection's reader. The tap stays on the channel until the channel closes (taking it
+A :class:`FrameSwitch` takes the place of a channel's frame queue. The connection's
+reader gives it each frame of the channel; it assembles the deliveries of the
+consumers registered with it and calls each one's callback with a :class:`Delivery`,
+in order, in the reader's own turn: no queue hand-over, no task, no wrapper. A
+publisher confirm is settled in the same turn when nothing is queued before it (a
+``basic.return`` still queued must be seen first: it turns the confirm into an
+error). Every other frame (consume-ok, cancel, close, a delivery to an unregistered
+consumer with its content) goes on to the channel's queue as before, so the channel
+works as usual. The switch stays on the channel until the channel closes (taking it
 off between a delivery's frames would hand a lone content frame to the channel's RPC
 queue).
+
+A callback runs inside the connection's reader: it must not block. An agent's starts
+a task for the delivery; the stream readers (:class:`DeliveryTap`) do their work in
+place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import aiormq
@@ -33,98 +41,192 @@ from pamqp import commands
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+log = logging.getLogger(__name__)
+
 
 class Delivery:
-    """One delivery as the tap assembled it. It reads like aiormq's ``DeliveredMessage``
-    (``delivery_tag``, ``routing_key``, ``header.properties``, ``body``), so code that
-    handles one handles the other, without a channel reference or a wrapper object."""
+    """One delivery as the switch assembled it.
 
-    __slots__ = ("body", "delivery_tag", "header", "routing_key")
-
-    def __init__(
-        self, delivery_tag: int, routing_key: str | None, header: ContentHeader, body: bytes
-    ) -> None:
-        self.delivery_tag = delivery_tag
-        self.routing_key = routing_key
-        self.header = header
-        self.body = body
-
-
-DeliveryCallback = Callable[[Delivery], None]
-ErrorCallback = Callable[[BaseException], None]
-
-
-class DeliveryTap:
-    """Feeds the deliveries of ``consumer_tag`` on ``channel`` to ``on_delivery``.
-
-    Args:
-        channel: the aiormq channel; the tap replaces its frame queue at once. (A
-            channel without one, the memory broker's, gets an ordinary consumer
-            callback that calls the tap.)
-        consumer_tag: the tag :meth:`consume` gives the consumer whose deliveries it
-            takes (chosen here: deliveries can arrive before consume-ok is read).
-        on_delivery: called with each delivery, in order. It must not block; to
-            acknowledge, it calls :meth:`ack_through`.
-        on_error: called once with what ``on_delivery`` raised; the tap then drops
-            the consumer's further deliveries (an exception must not reach the
-            connection's reader, which would close the whole connection).
+    It reads like aiormq's ``DeliveredMessage`` (``delivery_tag``, ``routing_key``,
+    ``header.properties``, ``body``) and like aio-pika's ``IncomingMessage`` (the
+    properties by name, ``ack``/``nack``/``reject``), so the code that handles one
+    handles the others; the properties are read from the content header when asked,
+    not converted up front.
     """
+
+    __slots__ = (
+        "body",
+        "channel",
+        "delivery_tag",
+        "exchange",
+        "header",
+        "redelivered",
+        "routing_key",
+    )
 
     def __init__(
         self,
         channel: aiormq.abc.AbstractChannel,
-        consumer_tag: str,
-        on_delivery: DeliveryCallback,
-        on_error: ErrorCallback,
+        deliver: commands.Basic.Deliver,
+        header: ContentHeader,
+        body: bytes,
     ) -> None:
         self.channel = channel
-        self.consumer_tag = consumer_tag
-        self.on_delivery = on_delivery
-        self.on_error = on_error
-        self.failed = False
-        frames = getattr(channel, "frames", None)  # the memory broker's channel has none
+        self.delivery_tag: int = deliver.delivery_tag or 0
+        self.exchange = deliver.exchange
+        self.redelivered = bool(deliver.redelivered)
+        self.header = header
+        self.body = body
+        self.routing_key: str | None = deliver.routing_key
+
+    @property
+    def headers(self) -> dict[str, Any]:
+        return self.header.properties.headers or {}
+
+    @property
+    def content_type(self) -> str | None:
+        return self.header.properties.content_type
+
+    @property
+    def message_id(self) -> str | None:
+        return self.header.properties.message_id
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.header.properties.correlation_id
+
+    @property
+    def reply_to(self) -> str | None:
+        return self.header.properties.reply_to
+
+    @property
+    def type(self) -> str | None:
+        return self.header.properties.message_type
+
+    @property
+    def priority(self) -> int | None:
+        return self.header.properties.priority
+
+    @property
+    def timestamp(self) -> datetime | None:
+        return self.header.properties.timestamp
+
+    @property
+    def user_id(self) -> str | None:
+        return self.header.properties.user_id
+
+    @property
+    def expiration(self) -> float | None:
+        """In seconds, as aio-pika decodes it (the property is milliseconds, as text)."""
+        value = self.header.properties.expiration
+        if not value:
+            return None
+        try:
+            return float(value) / 1000
+        except ValueError:
+            return None
+
+    async def ack(self, multiple: bool = False) -> None:
+        """Acknowledge it once the frame is on its way to the broker."""
+        await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
+
+    async def nack(self, multiple: bool = False, requeue: bool = True) -> None:
+        """Give it back (``requeue``) or drop it to the queue's dead-letter exchange."""
+        await self.channel.basic_nack(self.delivery_tag, multiple=multiple, requeue=requeue)
+
+    async def reject(self, requeue: bool = False) -> None:
+        """Refuse it (``requeue`` puts it back)."""
+        await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
+
+
+DeliveryCallback = Callable[[Delivery], Awaitable[None] | None]
+"""Called in the connection reader's turn; an awaitable it returns is awaited there."""
+
+
+class FrameSwitch:
+    """A channel's frame queue that handles registered consumers' deliveries and
+    publisher confirms itself (module docstring). Get it with :meth:`of`."""
+
+    def __init__(self, channel: aiormq.abc.AbstractChannel) -> None:
+        self.channel = channel
+        self.consumers: dict[str, DeliveryCallback] = {}
+        frames = getattr(channel, "frames", None)
         self._queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue() if frames is None else frames
+        self._installed = frames is not None
         self._deliver: commands.Basic.Deliver | None = None
+        self._callback: DeliveryCallback | None = None
         self._header: ContentHeader | None = None
         self._size = 0
         self._parts: list[bytes] = []
-        self._ack_tag = 0
-        if frames is not None:
+        if self._installed:
             channel.frames = self  # type: ignore[assignment]
 
-    async def consume(self, queue: str, arguments: dict[str, Any] | None = None) -> None:
-        """Start the consumer; its deliveries may reach ``on_delivery`` before this returns."""
+    @classmethod
+    def of(cls, channel: aiormq.abc.AbstractChannel) -> FrameSwitch:
+        """The channel's switch, installed on first use."""
+        frames = getattr(channel, "frames", None)
+        if isinstance(frames, FrameSwitch):
+            return frames
+        return cls(channel)
 
-        async def callback(delivered: aiormq.abc.DeliveredMessage) -> None:
-            # Only where the tap could not take the channel's frames (the memory broker).
-            await self.deliver(
-                Delivery(
-                    delivered.delivery_tag or 0,
-                    delivered.routing_key,
-                    delivered.header,
-                    delivered.body,
-                )
+    async def consume(
+        self,
+        queue: str,
+        consumer_tag: str,
+        callback: DeliveryCallback,
+        *,
+        no_ack: bool = False,
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
+        """Start a consumer whose deliveries go to ``callback``; they may arrive before
+        this returns (the tag is chosen by the caller for that reason)."""
+        self.register(consumer_tag, callback)
+        channel = self.channel
+
+        async def fallback(delivered: aiormq.abc.DeliveredMessage) -> None:
+            # Only where the switch could not take the channel's frames (the memory
+            # broker's channel has no frame queue): aiormq's own path, then ours.
+            deliver = commands.Basic.Deliver(
+                consumer_tag=consumer_tag,
+                delivery_tag=delivered.delivery_tag or 0,
+                redelivered=bool(delivered.redelivered),
+                exchange=delivered.exchange or "",
+                routing_key=delivered.routing_key or "",
             )
+            result = callback(Delivery(channel, deliver, delivered.header, delivered.body))
+            if result is not None:
+                await result
 
-        await self.channel.basic_consume(
-            queue, callback, arguments=arguments, consumer_tag=self.consumer_tag
-        )
+        try:
+            await channel.basic_consume(
+                queue, fallback, no_ack=no_ack, arguments=arguments, consumer_tag=consumer_tag
+            )
+        except BaseException:
+            self.consumers.pop(consumer_tag, None)
+            raise
 
-    def ack_through(self, delivery_tag: int) -> None:
-        """Acknowledge every delivery up to ``delivery_tag`` (one ``multiple`` ack), sent
-        once the current callback returns."""
-        self._ack_tag = delivery_tag
+    def register(self, consumer_tag: str, callback: DeliveryCallback) -> None:
+        """Send ``consumer_tag``'s deliveries to ``callback`` from now on."""
+        self.consumers[consumer_tag] = callback
+
+    def forget(self, consumer_tag: str) -> None:
+        """Stop handling ``consumer_tag``'s deliveries here (after its cancel)."""
+        self.consumers.pop(consumer_tag, None)
 
     # The queue's interface, as the connection's and the channel's readers use it.
 
     async def put(self, item: tuple[int, Any]) -> None:
         frame = item[1]
         if self._deliver is None:
-            if (
-                isinstance(frame, commands.Basic.Deliver)
-                and frame.consumer_tag == self.consumer_tag
+            if isinstance(frame, commands.Basic.Deliver):
+                callback = self.consumers.get(frame.consumer_tag or "")
+                if callback is not None:
+                    self._deliver, self._callback = frame, callback
+                    return
+            elif isinstance(frame, commands.Basic.Ack | commands.Basic.Nack) and (
+                self._installed and self._queue.empty()
             ):
-                self._deliver = frame
+                self._confirm(frame)
                 return
             await self._queue.put(item)
             return
@@ -144,8 +246,83 @@ class DeliveryTap:
         deliver, self._deliver = self._deliver, None
         header, self._header = self._header, None
         parts, self._parts = self._parts, []
+        callback, self._callback = self._callback, None
+        assert callback is not None
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        await self.deliver(Delivery(deliver.delivery_tag or 0, deliver.routing_key, header, body))
+        try:
+            result = callback(Delivery(self.channel, deliver, header, body))
+            if result is not None:
+                await result
+        except Exception:
+            # Never into the connection's reader, which would close the connection.
+            log.exception("consumer %s failed on delivery %s", deliver.consumer_tag, deliver)
+
+    def _confirm(self, frame: commands.Basic.Ack | commands.Basic.Nack) -> None:
+        """What aiormq's channel reader does with a confirm, without the hand-over."""
+        channel: Any = self.channel
+        tag = frame.delivery_tag
+        if not frame.multiple:
+            channel._confirm_delivery(tag, frame)
+            return
+        for pending in [t for t in channel.confirmations if t <= tag]:
+            channel._confirm_delivery(pending, frame)
+
+    async def get(self) -> tuple[int, Any]:
+        return await self._queue.get()
+
+    def get_nowait(self) -> tuple[int, Any]:
+        return self._queue.get_nowait()
+
+    def task_done(self) -> None:
+        self._queue.task_done()
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def empty(self) -> bool:
+        return self._queue.empty()
+
+
+ErrorCallback = Callable[[BaseException], None]
+
+
+class DeliveryTap:
+    """Feeds the deliveries of one stream consumer to a synchronous ``on_delivery``,
+    with acknowledgements in batches.
+
+    Args:
+        channel: the aiormq channel (its :class:`FrameSwitch` is installed at once).
+        consumer_tag: the tag :meth:`consume` gives the consumer.
+        on_delivery: called with each delivery, in order. It must not block; to
+            acknowledge, it calls :meth:`ack_through`.
+        on_error: called once with what ``on_delivery`` raised; the tap then drops
+            the consumer's further deliveries.
+    """
+
+    def __init__(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        consumer_tag: str,
+        on_delivery: Callable[[Delivery], None],
+        on_error: ErrorCallback,
+    ) -> None:
+        self.channel = channel
+        self.consumer_tag = consumer_tag
+        self.on_delivery = on_delivery
+        self.on_error = on_error
+        self.failed = False
+        self._ack_tag = 0
+        self._switch = FrameSwitch.of(channel)
+        self._switch.register(consumer_tag, self.deliver)
+
+    async def consume(self, queue: str, arguments: dict[str, Any] | None = None) -> None:
+        """Start the consumer; its deliveries may reach ``on_delivery`` before this returns."""
+        await self._switch.consume(queue, self.consumer_tag, self.deliver, arguments=arguments)
+
+    def ack_through(self, delivery_tag: int) -> None:
+        """Acknowledge every delivery up to ``delivery_tag`` (one ``multiple`` ack), sent
+        once the current callback returns."""
+        self._ack_tag = delivery_tag
 
     async def deliver(self, delivery: Delivery) -> None:
         """Call ``on_delivery``, then send the acknowledgement it asked for."""
@@ -162,18 +339,3 @@ class DeliveryTap:
             if not self.channel.is_closed:
                 with contextlib.suppress(aiormq.exceptions.AMQPError):  # closing: no matter
                     await self.channel.basic_ack(tag, multiple=True, wait=False)
-
-    async def get(self) -> tuple[int, Any]:
-        return await self._queue.get()
-
-    def get_nowait(self) -> tuple[int, Any]:
-        return self._queue.get_nowait()
-
-    def task_done(self) -> None:
-        self._queue.task_done()
-
-    def qsize(self) -> int:
-        return self._queue.qsize()
-
-    def empty(self) -> bool:
-        return self._queue.empty()

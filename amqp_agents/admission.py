@@ -28,10 +28,9 @@ from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from . import wire
 from .errors import InvalidMessageError
+from .inbound import Inbound
 from .message import Message
 from .routing import MessageRouter
 from .senders import SenderPolicy
@@ -104,7 +103,7 @@ class Gate:
 
 
 def admit(
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     gate: Gate,
     *,
     handling: bool = False,
@@ -162,7 +161,7 @@ def route_view(router: MessageRouter, message: Message, agent_id: str) -> Messag
     return router.accept(message, agent_id)
 
 
-def _refusal(incoming: AbstractIncomingMessage, message: Message, gate: Gate) -> str | None:
+def _refusal(incoming: Inbound, message: Message, gate: Gate) -> str | None:
     """Why the inbox's owner must not act on a decoded delivery, or None.
 
     Misaddressed: a copy another publisher's CC/BCC put into this inbox. The routing
@@ -186,7 +185,7 @@ def _refusal(incoming: AbstractIncomingMessage, message: Message, gate: Gate) ->
     return gate.senders.refusal(incoming.user_id, message.sender)
 
 
-def _reply_to_refusal(incoming: AbstractIncomingMessage, gate: Gate) -> str | None:
+def _reply_to_refusal(incoming: Inbound, gate: Gate) -> str | None:
     """Why the agent must not answer into the delivery's ``reply_to``, or None.
 
     Answering writes with the agent's rights: only into a reply queue, and only one

@@ -38,11 +38,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractIncomingMessage,
-    AbstractRobustChannel,
-)
+from aio_pika.abc import AbstractChannel, AbstractRobustChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from pydantic import BaseModel
 
@@ -54,6 +50,7 @@ from .client import BrokerClient
 from .declaring import Outage
 from .default_handlers import DefaultHandlers, Handler
 from .errors import AgentsError, HandlerError, QueueUnavailableError, TopologyError
+from .inbound import Inbound
 from .lanes import LaneConsumers, PrioritySlots
 from .message import (
     Message,
@@ -407,7 +404,7 @@ class MessagePassingAgent(DefaultHandlers):
         self._stopped.set()
         log.info("agent %s stopped", self.id)
 
-    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, incoming: Inbound) -> None:
         # aio-pika runs each consumer callback in a task of its own; the slots bound how
         # many run at once and start the most urgent first. That task is the one stop()
         # waits for (and cancels, if it must); one not started is left unacknowledged.
@@ -439,7 +436,7 @@ class MessagePassingAgent(DefaultHandlers):
         finally:
             self._in_flight.discard(task)
 
-    async def _handle_delivery(self, incoming: AbstractIncomingMessage) -> None:
+    async def _handle_delivery(self, incoming: Inbound) -> None:
         if (running := self._handling.get(incoming.message_id or "")) is not None:
             # Sent again or redelivered while a copy is handled here: wait for that copy
             # (handled: this one is a duplicate; failed or cancelled: this one runs).
@@ -460,7 +457,7 @@ class MessagePassingAgent(DefaultHandlers):
                 del self._handling[verdict.message.id]
                 done.set_result(None)
 
-    async def _run_handler(self, incoming: AbstractIncomingMessage, message: Message) -> None:
+    async def _run_handler(self, incoming: Inbound, message: Message) -> None:
         handler = self.handlers.get(message.type)
         if handler is None:
             log.warning(

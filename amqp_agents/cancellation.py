@@ -38,10 +38,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from . import wire
 from .control_stream import StreamReader
+from .inbound import Inbound
 from .message import Message, MessageType
 from .publish import Publisher, properties
 from .senders import SenderPolicy
@@ -196,7 +195,7 @@ class CancelRecords:
             waiter = self._waiters.setdefault(task_id, asyncio.get_running_loop().create_future())
             await asyncio.shield(waiter)
 
-    def _on_record(self, incoming: AbstractIncomingMessage) -> None:
+    def _on_record(self, incoming: Inbound) -> None:
         deadline = wire.deadline_of(incoming.headers)
         task_id = incoming.correlation_id
         if deadline is None or not task_id or deadline <= datetime.now(UTC):

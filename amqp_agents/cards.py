@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelNotFoundEntity
 from pydantic import BaseModel, Field, ValidationError
 
 from . import wire
 from .control_stream import StreamReader
 from .errors import AgentsError
+from .inbound import Inbound
 from .message import Message, MessageType
 from .payloads import Validating
 from .publish import Publisher, properties
@@ -151,7 +151,7 @@ async def discover(
     """
     cards: dict[str, AgentCard] = {}
 
-    def on_record(incoming: AbstractIncomingMessage) -> None:
+    def on_record(incoming: Inbound) -> None:
         card = _card_of(incoming, client)
         if card is not None:
             cards[card.id] = card
@@ -175,7 +175,7 @@ def _id(card: AgentCard) -> str:
     return card.id
 
 
-def _card_of(incoming: AbstractIncomingMessage, client: BrokerClient) -> AgentCard | None:
+def _card_of(incoming: Inbound, client: BrokerClient) -> AgentCard | None:
     """The card a record holds, or None (undecodable, or from a user who may not
     speak for the agent it names)."""
     try:

@@ -19,16 +19,17 @@ from collections.abc import Callable
 from datetime import datetime
 
 from aio_pika import DeliveryMode
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 from pamqp.commands import Basic
 
 from . import wire
+from .inbound import Inbound
 from .publish import Publisher
 
 log = logging.getLogger(__name__)
 
-Record = Callable[[AbstractIncomingMessage], None]
+Record = Callable[[Inbound], None]
 """Called with each entry that is not a marker, in stream order."""
 
 PREFETCH = 500
@@ -91,7 +92,7 @@ class StreamReader:
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await self._channel.close()
 
-    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, incoming: Inbound) -> None:
         headers = incoming.headers or {}
         try:
             if wire.H_STREAM_MARKER in headers:

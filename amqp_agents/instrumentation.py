@@ -39,9 +39,10 @@ from .wire import H_ATTEMPT, H_DEAD_REASON, attempt_of
 if TYPE_CHECKING:  # pragma: no cover - types only; the modules load on instrument()
     import asyncio
 
-    from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+    from aio_pika.abc import AbstractRobustConnection
     from pamqp.commands import Basic
 
+    from .inbound import Inbound
     from .message import Message
     from .metrics import Metrics
     from .tracing import Tracing
@@ -189,7 +190,7 @@ def publishing(
 
 
 def handling(
-    agent_id: str, incoming: AbstractIncomingMessage, message: Message
+    agent_id: str, incoming: Inbound, message: Message
 ) -> contextlib.AbstractContextManager[object]:
     """Around one handler run: its reply, retry or dead letter, and its ack."""
     hub = _hub
@@ -218,13 +219,13 @@ def failed(error: BaseException) -> None:
         _hub.tracing.record_error(now.span, error)
 
 
-def retried(agent_id: str, incoming: AbstractIncomingMessage) -> None:
+def retried(agent_id: str, incoming: Inbound) -> None:
     """A delivery was parked in a retry queue."""
     if _hub is not None and _hub.metrics is not None:
         _hub.metrics.retried(agent_id, type_label(incoming.type)).inc()
 
 
-def dead_lettered(agent_id: str, incoming: AbstractIncomingMessage) -> None:
+def dead_lettered(agent_id: str, incoming: Inbound) -> None:
     """A delivery was moved to the dead letters."""
     if _hub is not None and _hub.metrics is not None:
         _hub.metrics.dead_lettered(agent_id, type_label(incoming.type)).inc()
@@ -296,9 +297,7 @@ def _is_copy(headers: Mapping[str, Any]) -> bool:
 class _Handling:
     __slots__ = ("_context", "_hub", "_started", "_token", "_trace_token")
 
-    def __init__(
-        self, hub: _Hub, agent_id: str, incoming: AbstractIncomingMessage, message: Message
-    ) -> None:
+    def __init__(self, hub: _Hub, agent_id: str, incoming: Inbound, message: Message) -> None:
         self._hub = hub
         self._context = HandlingContext(
             agent_id,

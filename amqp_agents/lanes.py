@@ -14,13 +14,22 @@ import asyncio
 import heapq
 import itertools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
+from ._delivery_tap import Delivery, FrameSwitch
+
 log = logging.getLogger(__name__)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("handling a delivery failed", exc_info=exc)
+
 
 HIGHER_LANE_PREFETCH = 4
 """A higher lane prefetches this many times ``concurrency``, so that one of its
@@ -106,7 +115,7 @@ class LaneConsumers:
         channel: AbstractChannel,
         lanes: Sequence[AbstractQueue],
         concurrency: int,
-        on_delivery: Callable[[AbstractIncomingMessage], Awaitable[None]],
+        on_delivery: Callable[[Delivery], Coroutine[Any, Any, None]],
         on_cancelled: Callable[[Any], None],
     ) -> None:
         self.channel = channel
@@ -115,6 +124,7 @@ class LaneConsumers:
         self._on_delivery = on_delivery
         self._on_cancelled = on_cancelled
         self._tags: dict[str, str] = {}
+        self._switch: FrameSwitch | None = None
 
     def owns(self, consumer_tag: object) -> bool:
         """Whether ``consumer_tag`` is one of these consumers'."""
@@ -127,11 +137,19 @@ class LaneConsumers:
         underlay = await self.channel.get_underlay_channel()
         running = getattr(underlay, "consumers", {})  # aiormq.Channel's
         underlay.on_consumer_cancel_callbacks.add(self._on_cancelled)
+        switch = self._switch = FrameSwitch.of(underlay)
         for lane in self.lanes:
             if self._tags.get(lane.name) not in running:
                 factor = 1 if lane is self.lanes[-1] else HIGHER_LANE_PREFETCH
                 await self.channel.set_qos(prefetch_count=self.concurrency * factor)
-                self._tags[lane.name] = await lane.consume(self._on_delivery)
+                tag = f"{lane.name}.{uuid.uuid4().hex}"
+                await switch.consume(lane.name, tag, self._start)
+                self._tags[lane.name] = tag
+
+    def _start(self, delivery: Delivery) -> None:
+        # In the connection reader's turn (_delivery_tap): the handling gets its own task.
+        task = asyncio.get_running_loop().create_task(self._on_delivery(delivery))
+        task.add_done_callback(_log_failure)
 
     async def cancel(self) -> None:
         """Cancel every consumer (deliveries in hand stay unacknowledged)."""
@@ -143,3 +161,5 @@ class LaneConsumers:
                 await lane.cancel(tag)
             except CONNECTION_EXCEPTIONS as exc:
                 log.warning("could not cancel the consumer of %s: %r", lane.name, exc)
+            if self._switch is not None:
+                self._switch.forget(tag)

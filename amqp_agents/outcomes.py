@@ -12,8 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from . import instrumentation, wire
 from .client import BrokerClient
 from .errors import (
@@ -23,6 +21,7 @@ from .errors import (
     TaskCancelledError,
     UnknownRecipientError,
 )
+from .inbound import Inbound
 from .message import Message, MessageType
 from .retry import RetryPolicy
 from .task_state import STATE_KEY, TaskState
@@ -85,7 +84,7 @@ def error_reply(
 
 async def refuse(
     client: BrokerClient,
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     message: Message,
     error: Exception,
     state: TaskState,
@@ -130,7 +129,7 @@ async def send_reply(client: BrokerClient, reply: Message, reply_address: str | 
 
 async def cancelled(
     client: BrokerClient,
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     message: Message,
     when: str,
     *,
@@ -144,7 +143,7 @@ async def cancelled(
 async def handler_failed(
     client: BrokerClient,
     retry: RetryPolicy,
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     message: Message,
     error: Exception,
     *,
@@ -179,7 +178,7 @@ async def handler_failed(
     )
 
 
-async def ack_handled(incoming: AbstractIncomingMessage) -> None:
+async def ack_handled(incoming: Inbound) -> None:
     """Acknowledge a handled delivery: queue the ack frame, without waiting for the socket.
 
     aio-pika's ``ack()`` also waits until the writer has put the frame on the socket,

@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from aio_pika import DeliveryMode
-from aio_pika.abc import AbstractIncomingMessage
 from pamqp import encode
 from pamqp.commands import Basic
 
 from . import instrumentation, wire
+from .inbound import Inbound
 from .publish import Publisher
 from .topology import Topology
 
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 async def republish(
     publisher: Publisher,
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     *,
     exchange: str,
     routing_key: str,
@@ -58,7 +58,7 @@ async def republish(
 
 async def dead_letter(
     publisher: Publisher,
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     *,
     reason: str,
     agent_id: str,
@@ -99,7 +99,7 @@ async def dead_letter(
 async def retry_later(
     publisher: Publisher,
     topology: Topology,
-    incoming: AbstractIncomingMessage,
+    incoming: Inbound,
     *,
     agent_id: str,
     delay_s: float,

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustChannel
 from aiormq.exceptions import ChannelAccessRefused
 
 from . import instrumentation, wire
+from ._delivery_tap import FrameSwitch
 from .errors import (
     BrokerConnectionError,
     ConfigError,
@@ -40,6 +41,7 @@ from .errors import (
     TopologyError,
     map_exceptions,
 )
+from .inbound import Inbound
 from .message import Message, MessageType
 from .senders import SenderPolicy
 from .task_state import STATE_KEY, TaskLog, TaskState, TaskUpdate, state_of
@@ -108,10 +110,27 @@ class ReplyListener:
         )
         with map_exceptions([refused]):
             await self._queue.bind(exchange, self.queue_name)
+        await self._consume()
+        self._channel.close_callbacks.add(self._on_channel_close)
+        if isinstance(self._channel, AbstractRobustChannel):
+            # aio-pika declares and binds the queue again after a reconnect; the
+            # consumer is ours to start again (it is not aio-pika's: see _consume).
+            self._channel.reopen_callbacks.add(self._on_reopened)
+
+    async def _consume(self) -> None:
         # No acks: a reply is only worth anything to this connection's waiters, and an
         # exclusive queue dies with the connection, so there is nothing to redeliver to.
-        await self._queue.consume(self._on_reply, no_ack=True)
-        self._channel.close_callbacks.add(self._on_channel_close)
+        # Read by the channel's frame switch (_delivery_tap): each reply is settled in
+        # the connection reader's turn, without a task or an aio-pika message.
+        underlay = await self._channel.get_underlay_channel()
+        tag = f"{self.queue_name}.{uuid.uuid4().hex}"
+        await FrameSwitch.of(underlay).consume(self.queue_name, tag, self._on_reply, no_ack=True)
+
+    async def _on_reopened(self, *_: object) -> None:
+        try:
+            await self._consume()
+        except Exception as exc:  # the channel went down again: the next reopen retries
+            log.warning("could not consume the reply queue %s again: %r", self.queue_name, exc)
 
     def expect(
         self, request: Message, on_status: StatusCallback | None = None
@@ -123,7 +142,7 @@ class ReplyListener:
         self._pending[request.id] = pending
         return future, pending.log
 
-    def refusal(self, incoming: AbstractIncomingMessage, reply: Message) -> str | None:
+    def refusal(self, incoming: Inbound, reply: Message) -> str | None:
         """Why ``reply`` does not answer a request of ours, or None (it does)."""
         pending = self._pending.get(reply.reply_to or "")
         if pending is None:
@@ -143,12 +162,14 @@ class ReplyListener:
         """How many requests are waiting for their reply."""
         return len(self._pending)
 
-    async def _on_reply(self, incoming: AbstractIncomingMessage) -> None:
+    def _on_reply(self, incoming: Inbound) -> Awaitable[None] | None:
+        """Take a reply (in the connection reader's turn); an ``on_status`` callback
+        that returns an awaitable is handed back to be awaited there."""
         try:
             reply = wire.decode(incoming)
         except InvalidMessageError as exc:
             log.warning("undecodable reply %s ignored: %s", incoming.message_id, exc)
-            return
+            return None
         if refused := self.refusal(incoming, reply):
             # A late reply (its requester stopped waiting) is routine; anything else
             # is someone else's answer or a forgery.
@@ -161,21 +182,17 @@ class ReplyListener:
                 incoming.user_id,
                 refused,
             )
-            return
+            return None
         pending = self._pending[reply.reply_to or ""]
         pending.log.add(reply)
         if reply.type is MessageType.STATUS:
             if pending.on_status is not None:
-                try:
-                    result = pending.on_status(reply)
-                    if inspect.isawaitable(result):
-                        await result
-                except Exception:
-                    log.exception("on_status callback raised")
-            return
+                return _status_callback(pending.on_status, reply)
+            return None
         self._pending.pop(reply.reply_to or "", None)
         if not pending.future.done():
             pending.future.set_result(reply)
+        return None
 
     def _on_channel_close(self, *_: object) -> None:
         # A closed reply channel strands every waiter: fail them now rather than at timeout.
@@ -188,6 +205,25 @@ class ReplyListener:
                 # retrieved"; a waiter still gets the error.
                 pending.future.exception()
         self._pending.clear()
+
+
+def _status_callback(on_status: StatusCallback, report: Message) -> Awaitable[None] | None:
+    """Call ``on_status``; what it raises is logged (now, or when its awaitable is)."""
+    try:
+        result = on_status(report)
+    except Exception:
+        log.exception("on_status callback raised")
+        return None
+    if not inspect.isawaitable(result):
+        return None
+
+    async def finish(awaitable: Awaitable[None]) -> None:
+        try:
+            await awaitable
+        except Exception:
+            log.exception("on_status callback raised")
+
+    return finish(result)
 
 
 @dataclass(slots=True)

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Container
 from typing import Protocol
 
-from aio_pika.abc import AbstractIncomingMessage
-
 from . import redelivery
 from .admission import DeadLetter, Gate, Skip, Verdict, admit
+from .inbound import Inbound
 from .publish import Publisher
 from .routing import MessageRouter
 from .senders import SenderPolicy
@@ -42,7 +41,7 @@ class Settling:
 
     async def admit(
         self: _Host,
-        incoming: AbstractIncomingMessage,
+        incoming: Inbound,
         agent_id: str,
         *,
         handling: bool = False,
@@ -66,7 +65,7 @@ class Settling:
 
     async def dead_letter(
         self: _Host,
-        incoming: AbstractIncomingMessage,
+        incoming: Inbound,
         *,
         reason: str,
         agent_id: str,
@@ -86,7 +85,7 @@ class Settling:
 
     async def retry_later(
         self: _Host,
-        incoming: AbstractIncomingMessage,
+        incoming: Inbound,
         *,
         agent_id: str,
         delay_s: float,

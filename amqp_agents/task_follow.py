@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
 
 from . import wire
@@ -30,6 +30,7 @@ from .cancellation import canceller
 from .errors import HistoryTimeoutError, InvalidMessageError
 from .history import CLOCK_SKEW, append_marker
 from .history_reader import history_off
+from .inbound import Inbound
 from .message import Message, MessageType
 from .rpc import TaskHandle
 from .task_state import TaskLog, state_of
@@ -52,7 +53,7 @@ class _Follower:
         self.log = TaskLog()
         self.future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
 
-    async def on_entry(self, incoming: AbstractIncomingMessage) -> None:
+    async def on_entry(self, incoming: Inbound) -> None:
         with contextlib.suppress(*CONNECTION_EXCEPTIONS):
             await incoming.ack()
         ours = incoming.correlation_id == self.task_id or incoming.message_id == self.task_id
@@ -146,7 +147,7 @@ async def find_task(
         marker = await append_marker(channel, client.namespace)
         end = asyncio.get_running_loop().create_future()
 
-        async def on_entry(incoming: AbstractIncomingMessage) -> None:
+        async def on_entry(incoming: Inbound) -> None:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await incoming.ack()
             headers = incoming.headers or {}
@@ -174,9 +175,7 @@ async def find_task(
     return found
 
 
-def _note(
-    found: FoundTask, task_id: str, message: Message, incoming: AbstractIncomingMessage
-) -> None:
+def _note(found: FoundTask, task_id: str, message: Message, incoming: Inbound) -> None:
     if message.id == task_id and found.task is None:
         found.task, found.deadline = message, wire.deadline_of(incoming.headers)
     elif message.reply_to == task_id and state_of(message).final and found.final is None:

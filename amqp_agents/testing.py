@@ -80,8 +80,9 @@ class VirtualClock:
 
     @property
     def elapsed_s(self) -> float:
-        """Virtual seconds since :meth:`install`."""
-        return self._now - self._start
+        """Virtual seconds since :meth:`install`, to the nanosecond (the clock adds up
+        timer waits in floating point, which may land a hair short of a whole figure)."""
+        return round(self._now - self._start, 9)
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Drive ``loop`` by this clock (until :meth:`uninstall`)."""

@@ -49,9 +49,9 @@ from .wire import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from aio_pika.abc import AbstractIncomingMessage
     from pamqp.commands import Basic
 
+    from .inbound import Inbound
     from .message import Message
 
 SYSTEM = "rabbitmq"
@@ -165,7 +165,7 @@ class Tracing:
         return span
 
     def consumer(
-        self, agent_id: str, incoming: AbstractIncomingMessage, message: Message, attempt: int
+        self, agent_id: str, incoming: Inbound, message: Message, attempt: int
     ) -> tuple[Span, object]:
         """Start the CONSUMER span of a handler run, a child of the sender's context,
         and make it current; returns the span and the token :meth:`detach` takes."""
