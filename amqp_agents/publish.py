@@ -5,10 +5,11 @@ goes through :meth:`Publisher.publish`, which returns only after the broker took
 responsibility for it and otherwise raises one typed error from
 :mod:`amqp_agents.errors`, chosen by :func:`publish_errors`' table.
 
-The publish goes one layer below aio-pika, to the aiormq channel under its channel,
-with pamqp properties built straight from :class:`wire.Outgoing`: the same frames,
-confirms and returns as ``Exchange.publish``, without an intermediate
-``aio_pika.Message`` per send.
+The publish goes two layers below aio-pika: its frames are written straight onto the
+connection's write queue of the aiormq channel under its channel (_fast_publish.py),
+with properties built straight from :class:`wire.Outgoing`: the same frames, confirms
+and returns as ``Exchange.publish``, without an ``aio_pika.Message`` or pamqp's
+generic marshalling per send.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-import aiormq
 from aio_pika import DeliveryMode
 from aio_pika.abc import AbstractChannel, AbstractRobustChannel, AbstractRobustConnection
 from aio_pika.exceptions import (
@@ -33,7 +33,7 @@ from aio_pika.exceptions import (
 from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 
-from . import instrumentation, wire
+from . import _fast_publish, instrumentation, wire
 from ._properties import FastProperties
 from .errors import (
     BrokerConnectionError,
@@ -314,19 +314,17 @@ class Publisher:
             try:
                 if channel.is_closed:
                     raise ChannelInvalidStateError(f"{channel!r} closed")
-                # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).
-                underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-                await underlay.basic_publish(
+                # Frames written directly (_fast_publish). It waits for the confirm
+                # only, not also for the frames to reach the socket: the confirm implies
+                # it, and the connection's bounded write queue still holds publishers
+                # back when the socket is slow.
+                await _fast_publish.publish(
+                    await channel.get_underlay_channel(),
                     body,
                     exchange=exchange,
                     routing_key=routing_key,
                     properties=properties,
-                    mandatory=True,
                     timeout=self.timeout_s,
-                    # Wait for the confirm only, not also for the frame to reach the
-                    # socket: the confirm implies it, and the connection's bounded write
-                    # queue still holds publishers back when the socket is slow.
-                    wait=False,
                 )
             except BaseException:
                 # The table is built only for a failure: a publish that succeeds (nearly
