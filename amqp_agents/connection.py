@@ -38,7 +38,8 @@ from aiormq.exceptions import (
 from pamqp import commands as spec
 from yarl import URL
 
-from . import _frame_guard
+from . import _frame_guard, _frame_reader
+from ._frame_reader import AgentTransportFactory
 from .broker_url import DEFAULT_URL as DEFAULT_URL
 from .broker_url import memory_broker, node_urls
 from .broker_url import redact_url as redact_url
@@ -102,6 +103,9 @@ class AgentConnection(aio_pika.RobustConnection):
         **kwargs: Any,
     ):
         super().__init__(url, loop=loop, **kwargs)
+        # Passed on to aiormq's connection (aio-pika's own parameters leave it out):
+        # our frames are read by _frame_reader's receiver.
+        self.kwargs["transport_factory"] = AgentTransportFactory()
         self.nodes: tuple[str, ...] = tuple(nodes) or (str(url),)
         """One URL per broker node, in the order given (passwords included)."""
         self.node_index = 0
@@ -261,6 +265,7 @@ async def connect(
     # the tests: _frame_guard.py). Installed here, not on import, so that importing
     # amqp_agents changes no other library (tests/unit/test_frame_guard.py).
     _frame_guard.install()
+    _frame_reader.install()
     if (memory := memory_broker(url)) is not None:
         return await _connect_memory(url, *memory, name=name)
     nodes = node_urls(url)
