@@ -60,7 +60,15 @@ def _shortstr(data: bytes, offset: int) -> tuple[str, int]:
 
 def decode_method(payload: bytes) -> Any:
     """The ``basic.deliver`` or ``basic.ack`` in a method frame's payload (class and
-    method ids first), or None for any other method (pamqp decodes those)."""
+    method ids first), or None for any other method and anything unusual (a routing key
+    that is not UTF-8, a short frame): pamqp and the frame guard decode those."""
+    try:
+        return _decode_method(payload)
+    except (IndexError, struct.error, UnicodeDecodeError):
+        return None
+
+
+def _decode_method(payload: bytes) -> Any:
     kind = payload[:4]
     if kind == _DELIVER:
         consumer_tag, offset = _shortstr(payload, 4)

@@ -17,7 +17,7 @@ from amqp_agents import _frame_reader
 
 def unvalidated(kind: type[Any], **fields: Any) -> Any:
     """A frame as a broker may send it (pamqp's constructor refuses some names)."""
-    frame = kind.__new__(kind)
+    frame = object.__new__(kind)
     for name, value in fields.items():
         setattr(frame, name, value)
     return frame
@@ -98,3 +98,18 @@ async def test_a_frame_without_its_end_marker_is_refused() -> None:
     receiver.started = True
     with pytest.raises(aiormq.exceptions.InvalidFrameError):
         await receiver.get_frame()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        # a routing key that is not UTF-8 (a client chose it): pamqp and the guard decide
+        b"\x00\x3c\x00\x3c\x01t" + (1).to_bytes(8, "big") + b"\x00\x02ex\x02\xff\xfe",
+        b"\x00\x3c\x00\x3c\x05ab",  # cut short
+        b"\x00\x3c\x00\x50\x00",  # an ack cut short
+        b"\x00\x32\x00\x0b",  # another method (queue.declare-ok)
+    ],
+    ids=["routing-key-not-utf8", "deliver-cut-short", "ack-cut-short", "other-method"],
+)
+def test_what_it_does_not_decode_goes_to_pamqp(payload: bytes) -> None:
+    assert _frame_reader.decode_method(payload) is None
