@@ -104,8 +104,10 @@ class Delivery:
         return self.header.properties.message_type
 
     @property
-    def priority(self) -> int | None:
-        return self.header.properties.priority
+    def priority(self) -> int:
+        """0 when the message has none, as aio-pika (and RabbitMQ's queues) read it; a
+        dead letter or retry copy carries it on so (docs/wire-format.md)."""
+        return self.header.properties.priority or 0
 
     @property
     def timestamp(self) -> datetime | None:

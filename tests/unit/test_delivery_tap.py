@@ -231,3 +231,9 @@ def test_a_delivery_reads_its_properties_as_aio_pika_does(
         delivery.routing_key,
     ) == ("m", "c", "r", "task", 3, "u", "application/json", {}, 9, True, "ex", "task.3.a.b")
     assert delivery.expiration == seconds
+
+
+def test_a_delivery_without_priority_reads_as_priority_0_as_in_aio_pika() -> None:
+    deliver = Basic.Deliver("t", 1, False, "ex", "k")
+    delivery = Delivery(cast(Any, None), deliver, ContentHeader(0, 0, Basic.Properties()), b"")
+    assert delivery.priority == 0
