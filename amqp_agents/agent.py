@@ -293,9 +293,11 @@ class MessagePassingAgent(DefaultHandlers):
     def _on_channel_closed(self, _sender: object, exc: BaseException | None = None) -> None:
         if not self.running:
             return
-        # A closed channel cancels the handlers running on it; their deliveries were
-        # not acknowledged, so the broker redelivers them (e.g. a consumer timeout:
-        # 406 PRECONDITION_FAILED "delivery acknowledgement timed out").
+        # A closed channel cancels the handlers running on it: their deliveries can no
+        # longer be acknowledged, and the broker redelivers them (e.g. a consumer
+        # timeout: 406 PRECONDITION_FAILED "delivery acknowledgement timed out").
+        for task in self._in_flight:
+            task.cancel()
         log.warning(
             "%s: consumer channel closed (%s); %d running handlers cancelled, their "
             "messages will be redelivered; consuming again once the channel is back",
@@ -405,11 +407,11 @@ class MessagePassingAgent(DefaultHandlers):
         log.info("agent %s stopped", self.id)
 
     async def _on_delivery(self, incoming: Inbound) -> None:
-        # aio-pika runs each consumer callback in a task of its own; the slots bound how
+        # Each delivery runs in a task of its own (lanes.py starts it); the slots bound how
         # many run at once and start the most urgent first. That task is the one stop()
         # waits for (and cancels, if it must); one not started is left unacknowledged.
         task = asyncio.current_task()
-        if task is None:  # pragma: no cover - aio-pika always calls us from a task
+        if task is None:  # pragma: no cover - lanes.py always calls us in a task
             await self._handle_delivery(incoming)
             return
         self._in_flight.add(task)
