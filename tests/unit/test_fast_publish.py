@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from pamqp import frame
 from pamqp.body import ContentBody
@@ -52,3 +54,37 @@ def test_the_frames_are_pamqps(exchange: str, key: str, body: bytes, max_content
 def test_a_routing_key_over_255_bytes_is_refused() -> None:
     with pytest.raises(ValueError, match="255"):
         _fast_publish.method_frame(1, "ns", "k" * 256)
+
+
+async def test_a_publish_goes_straight_on_only_when_nobody_waits() -> None:
+    lock: asyncio.Lock = asyncio.Lock()
+    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=4)
+    assert _fast_publish.nobody_waits(lock, queue)
+
+    await lock.acquire()
+    waiter = asyncio.ensure_future(lock.acquire())
+    await asyncio.sleep(0)  # the waiter is queued on the lock
+    assert not _fast_publish.nobody_waits(lock, queue), "the lock is held"
+    lock.release()
+    assert not lock.locked()
+    assert not _fast_publish.nobody_waits(lock, queue), "released, but handed to a waiter"
+    await waiter
+    lock.release()
+    assert _fast_publish.nobody_waits(lock, queue)
+
+    queue.put_nowait(1)
+    assert _fast_publish.nobody_waits(lock, queue), "a quarter full"
+    queue.put_nowait(2)
+    assert not _fast_publish.nobody_waits(lock, queue), "half full"
+    for item in (3, 4):
+        queue.put_nowait(item)
+    putter = asyncio.ensure_future(queue.put(5))
+    await asyncio.sleep(0)
+    assert not _fast_publish.nobody_waits(lock, queue), "a publish waits for room"
+    queue.get_nowait()  # one slot free: the putter was woken, it has not put yet
+    assert not _fast_publish.nobody_waits(lock, queue), "that slot is the putter's"
+    queue.get_nowait()
+    queue.get_nowait()
+    assert _fast_publish.nobody_waits(lock, queue), "room for the putter and one more"
+    await putter
+    assert list(queue._queue) == [4, 5], "the putter got its turn"  # type: ignore[attr-defined]
