@@ -2,17 +2,13 @@
 
 aiormq's ``Channel.basic_publish`` builds pamqp objects for the method and content
 header frames and marshals each through pamqp's generic encoder (about 25 us per
-publish), then enters a timeout scope, an async context manager and the channel's
-lock. :func:`publish` writes the same bytes itself (``tests/unit/test_fast_publish.py``
-holds them to pamqp's, byte for byte), keeps aiormq's bookkeeping (the delivery tag,
-the confirmation future, the message id a ``basic.return`` is matched by) and puts the
-frames on the connection's write queue in one synchronous step.
-
-It steps aside for aiormq's own method whenever it could not keep aiormq's ordering
-and fairness: another publish holds or waits for the channel's lock (it may have taken
-a delivery tag but not yet queued its frames), the write queue is full or has a
-publish waiting for room (:func:`nobody_waits`), or the channel is not an aiormq one
-(the memory broker's).
+publish), then enters a countdown, two context managers and the channel's lock.
+:func:`publish` writes the same bytes itself (``tests/unit/test_fast_publish.py``
+holds them to pamqp's, byte for byte) and keeps aiormq's protocol: the channel's lock
+from the delivery tag to the queued frames (publishes go out in the order they asked,
+and tags follow frames), the confirmation future, the message id a ``basic.return``
+is matched by. A channel that is not aiormq's (the memory broker's) gets aiormq's
+method.
 """
 
 from __future__ import annotations
@@ -21,8 +17,9 @@ import asyncio
 import struct
 from typing import Any
 
-import aiormq
+import aiormq.abc
 from aiormq.abc import ChannelFrame
+from aiormq.exceptions import ChannelInvalidStateError
 from pamqp.commands import Basic
 
 _FRAME_END = b"\xce"
@@ -69,24 +66,6 @@ def content_frames(
     return b"".join(parts)
 
 
-def nobody_waits(lock: asyncio.Lock, write_queue: asyncio.Queue[Any]) -> bool:
-    """Whether a publish may go straight onto ``write_queue`` without overtaking one that
-    waits: for the channel's lock (also in the moment after a release, before the next
-    waiter took it), or for room in the queue (the connection's queue holds 10 frames;
-    under load it is full often, and publishes slipping past the waiters starved them:
-    the slowest calls of a concurrent RPC run took 3x longer). When the queue is half
-    full or more, every publish takes aiormq's way, one after the other."""
-    room = write_queue.maxsize <= 0 or write_queue.qsize() < write_queue.maxsize // 2
-    # Less than half full: a putter woken by the last get (it has left ``_putters`` but
-    # not yet put) still finds room after us.
-    return (
-        room
-        and not lock.locked()
-        and not getattr(lock, "_waiters", None)
-        and not getattr(write_queue, "_putters", None)
-    )
-
-
 async def publish(
     channel: aiormq.abc.AbstractChannel,
     body: bytes,
@@ -99,14 +78,8 @@ async def publish(
     """Publish ``body`` with ``mandatory`` and wait for the broker's confirm, as
     ``channel.basic_publish(..., mandatory=True, wait=False)`` does; the same errors."""
     fast: Any = channel
-    if (
-        type(channel) is not aiormq.Channel
-        or channel.is_closed
-        or not fast.publisher_confirms
-        or not properties.message_id
-        # the lock behind aiormq's ``lock`` property, and the connection's write queue
-        or not nobody_waits(fast._Channel__lock, fast.write_queue)
-    ):
+    lock: asyncio.Lock | None = getattr(channel, "_Channel__lock", None)  # behind ``lock``
+    if lock is None or not getattr(fast, "publisher_confirms", False) or not properties.message_id:
         # aiormq's Channel (its abstract interface lacks basic_publish's ``wait``).
         await fast.basic_publish(
             body,
@@ -122,19 +95,27 @@ async def publish(
     payload = method_frame(number, exchange, routing_key) + content_frames(
         number, properties, body, fast.max_content_size
     )
-    # From here to put_nowait nothing awaits: no other publish can take a tag between.
-    fast.delivery_tag += 1
-    tag = fast.delivery_tag
     message_id = properties.message_id
-    confirmation: asyncio.Future[Any] = fast.create_future()
-    fast.confirmations[tag] = confirmation
-    fast.message_id_delivery_tag[message_id] = tag
-
-    def forget_message_id(_: asyncio.Future[Any]) -> None:
-        if fast.message_id_delivery_tag.get(message_id) == tag:
-            del fast.message_id_delivery_tag[message_id]
-
-    confirmation.add_done_callback(forget_message_id)
-    fast.write_queue.put_nowait(ChannelFrame(payload=payload, should_close=False))
     async with asyncio.timeout(timeout):
+        # aiormq's protocol: the channel's lock (first come, first served) is held from
+        # the delivery tag to the frames being queued, so tags follow the frames' order.
+        async with lock:
+            if channel.is_closed:
+                raise ChannelInvalidStateError(f"{channel!r} closed")
+            # Waits its turn when the connection's 10-frame write queue is full; a
+            # publish cancelled meanwhile has taken no tag and left nothing behind.
+            await fast.write_queue.put(ChannelFrame(payload=payload, should_close=False))
+            # Queued: the tag and its confirmation, before anything else can run (no
+            # await between), so no confirm can arrive unregistered.
+            fast.delivery_tag += 1
+            tag = fast.delivery_tag
+            confirmation: asyncio.Future[Any] = fast.create_future()
+            fast.confirmations[tag] = confirmation
+            fast.message_id_delivery_tag[message_id] = tag
+
+            def forget_message_id(_: asyncio.Future[Any]) -> None:
+                if fast.message_id_delivery_tag.get(message_id) == tag:
+                    del fast.message_id_delivery_tag[message_id]
+
+            confirmation.add_done_callback(forget_message_id)
         await confirmation

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import pytest
 from pamqp import frame
@@ -56,35 +57,74 @@ def test_a_routing_key_over_255_bytes_is_refused() -> None:
         _fast_publish.method_frame(1, "ns", "k" * 256)
 
 
-async def test_a_publish_goes_straight_on_only_when_nobody_waits() -> None:
-    lock: asyncio.Lock = asyncio.Lock()
-    queue: asyncio.Queue[int] = asyncio.Queue(maxsize=4)
-    assert _fast_publish.nobody_waits(lock, queue)
+class StandInChannel:
+    """What the publish uses of an aiormq channel (names as aiormq's)."""
 
-    await lock.acquire()
-    waiter = asyncio.ensure_future(lock.acquire())
-    await asyncio.sleep(0)  # the waiter is queued on the lock
-    assert not _fast_publish.nobody_waits(lock, queue), "the lock is held"
-    lock.release()
-    assert not lock.locked()
-    assert not _fast_publish.nobody_waits(lock, queue), "released, but handed to a waiter"
-    await waiter
-    lock.release()
-    assert _fast_publish.nobody_waits(lock, queue)
+    def __init__(self, write_queue_size: int) -> None:
+        self._Channel__lock = asyncio.Lock()
+        self.write_queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=write_queue_size)
+        self.delivery_tag = 0
+        self.confirmations: dict[int, asyncio.Future[Any]] = {}
+        self.message_id_delivery_tag: dict[str, int] = {}
+        self.number = 1
+        self.max_content_size = 131064
+        self.is_closed = False
+        self.publisher_confirms = True
 
-    queue.put_nowait(1)
-    assert _fast_publish.nobody_waits(lock, queue), "a quarter full"
-    queue.put_nowait(2)
-    assert not _fast_publish.nobody_waits(lock, queue), "half full"
-    for item in (3, 4):
-        queue.put_nowait(item)
-    putter = asyncio.ensure_future(queue.put(5))
+    def create_future(self) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().create_future()
+
+    async def written(self) -> bytes:
+        """The next frames the connection's writer takes off the queue."""
+        return bytes((await self.write_queue.get()).payload)
+
+
+def send(channel: StandInChannel, message_id: str) -> asyncio.Task[None]:
+    props = FastProperties(message_id=message_id, delivery_mode=2)
+    return asyncio.ensure_future(
+        _fast_publish.publish(
+            cast(Any, channel),
+            message_id.encode(),
+            exchange="ns",
+            routing_key="k",
+            properties=props,
+            timeout=5,
+        )
+    )
+
+
+async def test_publishes_waiting_for_room_go_out_in_order_and_tags_follow_the_frames() -> None:
+    channel = StandInChannel(write_queue_size=1)
+    sends = [send(channel, f"m{i}") for i in range(4)]
     await asyncio.sleep(0)
-    assert not _fast_publish.nobody_waits(lock, queue), "a publish waits for room"
-    queue.get_nowait()  # one slot free: the putter was woken, it has not put yet
-    assert not _fast_publish.nobody_waits(lock, queue), "that slot is the putter's"
-    queue.get_nowait()
-    queue.get_nowait()
-    assert _fast_publish.nobody_waits(lock, queue), "room for the putter and one more"
-    await putter
-    assert list(queue._queue) == [4, 5], "the putter got its turn"  # type: ignore[attr-defined]
+    late = send(channel, "m4")  # asks after the others: goes out after them
+    written = [await channel.written() for _ in range(5)]
+    assert [frames[-3:-1] for frames in written] == [f"m{i}".encode() for i in range(5)], (
+        "the frames go out in the order the publishes asked"
+    )
+    tags = channel.message_id_delivery_tag
+    by_tag = sorted(tags, key=lambda message_id: tags[message_id])
+    assert by_tag == ["m0", "m1", "m2", "m3", "m4"], "tag k is the k-th frames written"
+    for tag, confirmation in channel.confirmations.items():
+        confirmation.set_result(tag)
+    await asyncio.wait_for(asyncio.gather(*sends, late), 5)
+    assert channel.message_id_delivery_tag == {}, "settled publishes forget their ids"
+
+
+async def test_a_publish_cancelled_while_waiting_for_room_takes_no_tag() -> None:
+    channel = StandInChannel(write_queue_size=1)
+    first = send(channel, "first")
+    waiting = send(channel, "waiting")
+    await asyncio.sleep(0)
+    assert channel.delivery_tag == 1 and channel.write_queue.full()
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    assert channel.delivery_tag == 1
+    assert list(channel.message_id_delivery_tag) == ["first"]
+    await channel.written()
+    after = send(channel, "after")
+    await asyncio.sleep(0)
+    assert channel.message_id_delivery_tag == {"first": 1, "after": 2}
+    for confirmation in channel.confirmations.values():
+        confirmation.set_result(None)
+    await asyncio.wait_for(asyncio.gather(first, after), 5)
