@@ -141,6 +141,21 @@ class Delivery:
         await self.channel.basic_reject(self.delivery_tag, requeue=requeue)
 
 
+def deliver_frame(
+    consumer_tag: str, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str
+) -> commands.Basic.Deliver:
+    """A ``basic.deliver`` as pamqp's decoder makes it: attributes set, not validated
+    (a name the broker delivers is taken as it is; pamqp's constructor refuses some,
+    e.g. an exchange name with characters outside its pattern)."""
+    deliver = commands.Basic.Deliver.__new__(commands.Basic.Deliver)
+    deliver.consumer_tag = consumer_tag
+    deliver.delivery_tag = delivery_tag
+    deliver.redelivered = redelivered
+    deliver.exchange = exchange
+    deliver.routing_key = routing_key
+    return deliver
+
+
 DeliveryCallback = Callable[[Delivery], Awaitable[None] | None]
 """Called in the connection reader's turn; an awaitable it returns is awaited there."""
 
@@ -188,12 +203,12 @@ class FrameSwitch:
         async def fallback(delivered: aiormq.abc.DeliveredMessage) -> None:
             # Only where the switch could not take the channel's frames (the memory
             # broker's channel has no frame queue): aiormq's own path, then ours.
-            deliver = commands.Basic.Deliver(
-                consumer_tag=consumer_tag,
-                delivery_tag=delivered.delivery_tag or 0,
-                redelivered=bool(delivered.redelivered),
-                exchange=delivered.exchange or "",
-                routing_key=delivered.routing_key or "",
+            deliver = deliver_frame(
+                consumer_tag,
+                delivered.delivery_tag or 0,
+                bool(delivered.redelivered),
+                delivered.exchange or "",
+                delivered.routing_key or "",
             )
             result = callback(Delivery(channel, deliver, delivered.header, delivered.body))
             if result is not None:

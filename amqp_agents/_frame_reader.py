@@ -27,6 +27,8 @@ from pamqp.commands import Basic
 from pamqp.exceptions import PAMQPException
 from yarl import URL
 
+from ._delivery_tap import deliver_frame
+
 _HEAD = struct.Struct(">BHI").unpack
 _I64_AT = struct.Struct(">q").unpack_from  # pamqp reads a delivery tag as signed
 _DELIVER = struct.pack(">HH", 60, 60)
@@ -78,15 +80,7 @@ def _decode_method(payload: bytes) -> Any:
         routing_key, offset = _shortstr(payload, offset)
         if offset != len(payload):
             return None
-        # As pamqp's decoder makes it: attributes set, not validated (a name the broker
-        # sends is taken as it is; pamqp's constructor would refuse some it accepts).
-        deliver = Basic.Deliver.__new__(Basic.Deliver)
-        deliver.consumer_tag = consumer_tag
-        deliver.delivery_tag = delivery_tag
-        deliver.redelivered = redelivered
-        deliver.exchange = exchange
-        deliver.routing_key = routing_key
-        return deliver
+        return deliver_frame(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
     if kind == _ACK and len(payload) == 13:
         ack = Basic.Ack.__new__(Basic.Ack)
         ack.delivery_tag = _I64_AT(payload, 4)[0]

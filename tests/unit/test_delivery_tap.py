@@ -10,11 +10,12 @@ import asyncio
 from typing import Any, cast
 
 import pytest
+from aiormq.abc import DeliveredMessage
 from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from amqp_agents._delivery_tap import Delivery, DeliveryTap, FrameSwitch
+from amqp_agents._delivery_tap import Delivery, DeliveryTap, FrameSwitch, deliver_frame
 
 TAG = "history-scan-1"
 
@@ -237,3 +238,30 @@ def test_a_delivery_without_priority_reads_as_priority_0_as_in_aio_pika() -> Non
     deliver = Basic.Deliver("t", 1, False, "ex", "k")
     delivery = Delivery(cast(Any, None), deliver, ContentHeader(0, 0, Basic.Properties()), b"")
     assert delivery.priority == 0
+
+
+class FramelessChannel:
+    """A channel without a frame queue (the memory broker's): aiormq's consumer path."""
+
+    def __init__(self) -> None:
+        self.consumers: dict[str, Any] = {}
+
+    async def basic_consume(self, queue: str, callback: Any, **kwargs: Any) -> None:
+        self.consumers[kwargs["consumer_tag"]] = callback
+
+
+async def test_a_frameless_channels_deliveries_reach_the_callback_whatever_the_names() -> None:
+    channel = FramelessChannel()
+    got: list[Delivery] = []
+    await FrameSwitch.of(cast(Any, channel)).consume("q", "tag", got.append)
+    delivered = DeliveredMessage(
+        # an exchange name pamqp's constructor refuses (the broker accepts it)
+        delivery=deliver_frame("tag", 3, True, "\u00e9change des agents", "k"),
+        header=ContentHeader(0, 2, Basic.Properties(message_id="m")),
+        body=b"{}",
+        channel=cast(Any, channel),
+    )
+    await channel.consumers["tag"](delivered)
+    assert [(d.delivery_tag, d.redelivered, d.exchange, d.message_id) for d in got] == [
+        (3, True, "\u00e9change des agents", "m")
+    ]
